@@ -1,0 +1,126 @@
+"""The self-describing bundle: two graphs, tokenizer.json and a manifest listing every file with its sha256.
+
+The runtime needs nothing else: dims, special tokens and precision travel in manifest.json and, identically,
+in each ONNX file's metadata (key ``whisper_export.config``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from whisper_export import graph_io
+from whisper_export.dims import ModelDims
+
+MANIFEST = "manifest.json"
+BUNDLE_FORMAT = "whisper-export-bundle"
+BUNDLE_FORMAT_VERSION = 1
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, corrupt or from an incompatible exporter."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, config: dict) -> dict:
+    """Hash every file in directory (recursively, manifest excluded) and write manifest.json."""
+    files = {
+        str(p.relative_to(directory)): sha256_file(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "config": config,
+        "files": files,
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    directory: Path
+    config: dict = field(repr=False)
+    files: dict[str, str] = field(repr=False)
+
+    @property
+    def dims(self) -> ModelDims:
+        return ModelDims.from_dict(self.config["dims"])
+
+    @property
+    def precision(self) -> str:
+        return self.config["precision"]
+
+    @property
+    def special_tokens(self) -> dict:
+        return self.config["special_tokens"]
+
+    @property
+    def encoder_path(self) -> Path:
+        return self.directory / graph_io.ENCODER_FILE
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.directory / graph_io.DECODER_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / "tokenizer.json"
+
+    def tokenizer(self):
+        from whisper_export.tokenizer import WhisperTokenizer
+
+        return WhisperTokenizer.from_file(self.tokenizer_path, self.dims.n_vocab)
+
+    @classmethod
+    def open(cls, directory: str | Path, verify: bool = True) -> "Bundle":
+        """Read manifest.json; with verify, check that every listed file exists with its sha256."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise BundleError(f"bundle {str(directory)!r}: not a directory; expected the output of 'whisper-export export'")
+        path = directory / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"bundle {str(directory)!r}: {MANIFEST} is missing; expected an exported bundle") from None
+        except (OSError, json.JSONDecodeError) as e:
+            raise BundleError(f"bundle {str(directory)!r}: {MANIFEST} is unreadable ({e})") from e
+        if manifest.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{path}: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+        if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{path}: format_version {manifest.get('format_version')!r}, expected {BUNDLE_FORMAT_VERSION}; "
+                "re-export the bundle with this version of whisper-export"
+            )
+        config, files = manifest["config"], manifest["files"]
+        io_version = config.get("graph_io_version")
+        if io_version != graph_io.GRAPH_IO_VERSION:
+            raise BundleError(
+                f"{path}: graph I/O version {io_version!r}, expected {graph_io.GRAPH_IO_VERSION}; re-export"
+            )
+        for required in (graph_io.ENCODER_FILE, graph_io.DECODER_FILE, "tokenizer.json"):
+            if required not in files:
+                raise BundleError(f"{path}: does not list {required!r}; received {sorted(files)}")
+        for name, digest in files.items():
+            f = directory / name
+            if not f.is_file():
+                raise BundleError(f"bundle {str(directory)!r}: file {name!r} is missing (listed in {MANIFEST})")
+            if verify:
+                actual = sha256_file(f)
+                if actual != digest:
+                    raise BundleError(
+                        f"bundle {str(directory)!r}: {name} has sha256 {actual}, expected {digest} "
+                        "(the file changed after export; re-export)"
+                    )
+        return cls(directory, config, files)

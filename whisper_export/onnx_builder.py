@@ -1,0 +1,128 @@
+"""A small ONNX graph builder: unique names, typed initializers, and the layers both Whisper graphs share."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+ONNX_DTYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers; ``dtype`` is the activation/weight precision of the graph."""
+
+    def __init__(self, name: str, dtype: type[np.floating]):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.elem = ONNX_DTYPE[self.dtype]
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._used: dict[str, int] = {}
+        self._consts: dict[tuple, str] = {}
+
+    def fresh(self, hint: str) -> str:
+        n = self._used.get(hint, 0)
+        self._used[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    def weight(self, hint: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
+        """A float initializer, stored in the graph precision unless dtype says otherwise."""
+        name = self.fresh(hint)
+        arr = np.ascontiguousarray(np.asarray(array, dtype=dtype or self.dtype))
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def const(self, values, dtype=np.int64) -> str:
+        """A small constant, shared by value."""
+        arr = np.asarray(values, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.weight("const", arr, arr.dtype)
+        return self._consts[key]
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, n_out: int = 1, **attrs):
+        outs = [out] if out else [self.fresh(f"{op_type.lower()}_out") for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(op_type), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def input(self, name: str, elem: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, name: str, value: str, elem: int, shape: list) -> None:
+        if value != name:
+            self.op("Identity", [value], out=name)
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+    def model(self, opset: int, metadata: dict[str, str]) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.initializers)
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="whisper-export"
+        )
+        # the lowest IR version that carries this opset keeps older runtimes able to load the file
+        model.ir_version = onnx.helper.find_min_ir_version_for([helper.make_opsetid("", opset)])
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        return model
+
+
+class Layers:
+    """Whisper's building blocks over a GraphBuilder, mirroring reference_model/model.py."""
+
+    def __init__(self, g: GraphBuilder, state: dict[str, np.ndarray], attention: str, width: int):
+        if attention not in ("onnx", "matmul"):
+            raise ValueError(f"attention: received {attention!r}, expected 'onnx' or 'matmul'")
+        self.g, self.state, self.attention, self.width = g, state, attention, width
+
+    def linear(self, x: str, prefix: str) -> str:
+        g = self.g
+        y = g.op("MatMul", [x, g.weight(f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)])
+        if f"{prefix}.bias" in self.state:
+            y = g.op("Add", [y, g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])])
+        return y
+
+    def layer_norm(self, x: str, prefix: str) -> str:
+        """Normalise in fp32 whatever the graph precision (the fp16 graph's fp32 islands)."""
+        g = self.g
+        w = g.weight(f"{prefix}.weight", self.state[f"{prefix}.weight"], np.float32)
+        b = g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"], np.float32)
+        if g.elem != TensorProto.FLOAT:
+            x = g.op("Cast", [x], to=TensorProto.FLOAT)
+        y = g.op("LayerNormalization", [x, w, b], axis=-1, epsilon=1e-5)
+        return y if g.elem == TensorProto.FLOAT else g.op("Cast", [y], to=g.elem)
+
+    def mlp(self, x: str, prefix: str) -> str:
+        h = self.g.op("Gelu", [self.linear(x, f"{prefix}.mlp.0")])
+        return self.linear(h, f"{prefix}.mlp.2")
+
+    def split_heads(self, x: str, n_head: int) -> str:
+        """(B, T, D) -> (B, H, T, hd)."""
+        y = self.g.op("Reshape", [x, self.g.const([0, -1, n_head, self.width // n_head])])  # (B, T, H, hd)
+        return self.g.op("Transpose", [y], perm=[0, 2, 1, 3])
+
+    def merge_heads(self, x: str) -> str:
+        """(B, H, T, hd) -> (B, T, D)."""
+        y = self.g.op("Transpose", [x], perm=[0, 2, 1, 3])  # (B, T, H, hd)
+        return self.g.op("Reshape", [y, self.g.const([0, -1, self.width])])
+
+    def attend(self, q: str, k: str, v: str, mask: str | None, head_dim: int) -> str:
+        """(B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, hd); mask boolean, True where visible."""
+        g = self.g
+        scale = float(head_dim) ** -0.5
+        if self.attention == "onnx":
+            inputs = [q, k, v] + ([mask] if mask else [])
+            # softmax_precision=1: the softmax accumulates in fp32 even in the fp16 graph
+            return g.op("Attention", inputs, scale=scale, softmax_precision=TensorProto.FLOAT)
+        q = g.op("Mul", [q, g.const(scale, g.dtype)])
+        s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # (B, H, Tq, Tk)
+        if g.elem != TensorProto.FLOAT:
+            s = g.op("Cast", [s], to=TensorProto.FLOAT)
+        if mask:
+            s = g.op("Where", [mask, s, g.const(-np.inf, np.float32)])
+        p = g.op("Softmax", [s], axis=-1)
+        if g.elem != TensorProto.FLOAT:
+            p = g.op("Cast", [p], to=g.elem)
+        return g.op("MatMul", [p, v])
