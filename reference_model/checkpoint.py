@@ -25,12 +25,15 @@ class Checkpoint:
     tokenizer_json: Path | None = None
     # alignment heads, suppress ids, ... as the source provides them (CTranslate2's config.json)
     extra: dict = field(default_factory=dict, repr=False)
+    # what load_checkpoint was given (a packaged name or an absolute path): enough to load it again
+    spec: str = ""
 
     def describe(self) -> dict:
         return {
             "name": self.name,
             "format": self.format,
             "source": self.source,
+            "spec": self.spec,
             "dims": self.dims.to_dict(),
             "tokenizer": str(self.tokenizer_json) if self.tokenizer_json else None,
             "parameters": int(sum(v.size for v in self.state.values())),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reference_model.checkpoint import Checkpoint, CheckpointError
@@ -100,11 +100,14 @@ def load_checkpoint(spec: str | Path | None = None) -> Checkpoint:
     """A packaged model name ("tiny.en", "base"), a CTranslate2 or Hugging Face directory, or an OpenAI .pt."""
     spec = DEFAULT_MODEL if spec is None else spec
     if isinstance(spec, str) and spec in PACKAGED:
-        return PACKAGED[spec].load()
-    path = Path(spec)
+        return replace(PACKAGED[spec].load(), spec=spec)
+    return replace(_load_path(Path(spec)), spec=str(Path(spec).absolute()))
+
+
+def _load_path(path: Path) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(
-            f"model {str(spec)!r}: no such file or directory, and not a packaged model name "
+            f"model {str(path)!r}: no such file or directory, and not a packaged model name "
             f"(expected one of {sorted(PACKAGED)} or a path)"
         )
     if path.is_file() and path.name.startswith("model.bin"):
@@ -126,5 +129,5 @@ def load_checkpoint(spec: str | Path | None = None) -> Checkpoint:
     if ckpt.tokenizer_json is None:
         found = packaged_tokenizer(ckpt.dims.n_vocab)
         if found:
-            ckpt = Checkpoint(ckpt.dims, ckpt.state, ckpt.name, ckpt.format, ckpt.source, found, ckpt.extra)
+            ckpt = replace(ckpt, tokenizer_json=found)
     return ckpt

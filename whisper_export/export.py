@@ -66,6 +66,7 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
         "exporter_version": __version__,
         "model_name": ckpt.name,
         "model_source": ckpt.source,
+        "model_spec": ckpt.spec,
         "model_format": ckpt.format,
         "dims": ckpt.dims.to_dict(),
         "n_mels": ckpt.dims.n_mels,

@@ -1,0 +1,218 @@
+"""The release gate: every graph output of a bundle against the PyTorch reference, plus greedy tokens.
+
+Graph checks draw fresh random inputs (the seed is printed so a failure can be replayed); token checks use
+real speech. Tolerances are per precision: fp32 must match to ~1e-4 on logits, fp16 is looser but its greedy
+tokens must be identical to the fp32 reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from whisper_export import graph_io as io
+from whisper_export.bundle import Bundle
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Max abs error allowed on each kind of output; cosine similarity floor for all of them."""
+
+    cross_kv: float
+    logits: float
+    cache: float
+    min_cosine: float
+
+
+TOLERANCES = {
+    "fp32": Tolerance(cross_kv=1e-4, logits=1e-4, cache=1e-4, min_cosine=0.99999),
+    # fp16 weights and activations round at ~1e-3 relative; logits reach ~30, caches ~10
+    "fp16": Tolerance(cross_kv=0.1, logits=0.5, cache=0.1, min_cosine=0.999),
+}
+
+
+@dataclass
+class Row:
+    graph: str
+    output: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    tolerance: float
+    min_cosine: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.tolerance and self.cosine >= self.min_cosine
+
+
+@dataclass
+class CheckReport:
+    seed: int
+    precision: str
+    rows: list[Row] = field(default_factory=list)
+    tokens: list[dict] = field(default_factory=list)  # {audio, reference, bundle, identical}
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows) and all(t["identical"] for t in self.tokens)
+
+    def table(self) -> str:
+        lines = [f"bundle precision {self.precision}, random seed {self.seed}",
+                 f"{'graph':<8} {'output':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'tol':>8}  ok"]
+        for r in self.rows:
+            lines.append(f"{r.graph:<8} {r.output:<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.cosine:>10.6f} "
+                         f"{r.tolerance:>8.0e}  {'yes' if r.ok else 'NO'}")
+        for t in self.tokens:
+            lines.append(f"tokens  {t['audio']}: {'identical' if t['identical'] else 'DIFFERENT'} "
+                         f"({len(t['reference'])} reference, {len(t['bundle'])} bundle)")
+            if not t["identical"]:
+                lines.append(f"  reference: {t['reference']}\n  bundle:    {t['bundle']}")
+        lines.append("PASS" if self.ok else "FAIL")
+        return "\n".join(lines)
+
+
+def compare(graph: str, output: str, actual: np.ndarray, expected: np.ndarray, tol: float, min_cos: float) -> Row:
+    a, e = np.asarray(actual, np.float64).ravel(), np.asarray(expected, np.float64).ravel()
+    if a.shape != e.shape:
+        raise ValueError(f"{graph}/{output}: received shape {np.shape(actual)}, expected {np.shape(expected)}")
+    diff = np.abs(a - e)
+    cos = float(a @ e / max(np.linalg.norm(a) * np.linalg.norm(e), 1e-30))
+    rel = float((diff / np.maximum(np.abs(e), 1e-3)).max())
+    return Row(graph, output, float(diff.max()), rel, cos, tol, min_cos)
+
+
+def _merge(rows: list[Row], graph: str, output: str) -> list[Row]:
+    """Collapse per-step rows of one output into its worst case."""
+    if not rows:
+        return []
+    return [Row(graph, output, max(r.max_abs for r in rows), max(r.max_rel for r in rows),
+                min(r.cosine for r in rows), rows[0].tolerance, rows[0].min_cosine)]
+
+
+def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 20) -> list[Row]:
+    """Encoder on random mel; decoder over a teacher-forced greedy rollout from different offsets."""
+    import onnxruntime as ort
+    import torch
+
+    tol = TOLERANCES[bundle.precision]
+    dims, L = bundle.dims, bundle.dims.n_text_layer
+    dtype = io.PRECISIONS[bundle.precision]
+    rng = np.random.default_rng(seed)
+    opts = ort.SessionOptions()
+    enc = ort.InferenceSession(str(bundle.encoder_path), opts, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(bundle.decoder_path), opts, providers=["CPUExecutionProvider"])
+
+    mel = rng.standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx)).astype(np.float32)
+    got = enc.run(io.cross_outputs(L), {io.MEL: mel})
+    with torch.no_grad():
+        ck, cv = model.encode(torch.from_numpy(mel))
+    ref_cross = [t for pair in zip(ck, cv) for t in pair]
+    rows = [compare("encoder", name, g, r.numpy(), tol.cross_kv, tol.min_cosine)
+            for name, g, r in zip(io.cross_outputs(L), got, ref_cross)]
+
+    # each row starts at its own offset over a cache holding random "earlier" keys/values
+    offsets = np.array([3 * r for r in range(batch)], np.int64)
+    capacity = int(offsets.max()) + 4 + steps
+    cache = [(rng.standard_normal((batch, dims.n_text_head, capacity, dims.text_head_dim)) * 0.5).astype(np.float32)
+             for _ in range(2 * L)]
+    ref_cache = [torch.from_numpy(c) for c in cache]
+    onnx_cache = [c.astype(dtype) for c in cache]
+    onnx_cross = [c.numpy().astype(dtype) for c in ref_cross]
+    tokens = rng.integers(0, dims.n_vocab, (batch, 4))
+    rows_idx = np.arange(batch)
+    logit_rows, cache_rows = [], []
+    for step in range(steps):
+        positions = np.arange(tokens.shape[1])
+        feeds = {io.TOKENS: tokens, io.OFFSETS: offsets, io.CACHE_INDEX: rows_idx, io.LOGIT_POSITIONS: positions,
+                 **dict(zip(io.self_inputs(L), onnx_cache)), **dict(zip(io.cross_inputs(L), onnx_cross))}
+        out = dec.run(io.decoder_outputs(L), feeds)
+        with torch.no_grad():
+            logits, k, v = model.decoder(
+                torch.from_numpy(tokens), torch.from_numpy(offsets), torch.from_numpy(rows_idx),
+                ref_cache[0::2], ref_cache[1::2], ck, cv, torch.from_numpy(positions))
+        ref_cache = [t for pair in zip(k, v) for t in pair]
+        logit_rows.append(compare("decoder", io.LOGITS, out[0], logits.numpy(), tol.logits, tol.min_cosine))
+        cache_rows += [compare("decoder", "out_self_*", o, r.numpy(), tol.cache, tol.min_cosine)
+                       for o, r in zip(out[1:], ref_cache)]
+        onnx_cache = out[1:]
+        offsets = offsets + tokens.shape[1]
+        tokens = logits[:, -1].argmax(-1).numpy()[:, None]  # teacher-forced by the reference
+    return rows + _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+
+
+def bundle_greedy(bundle: Bundle, mel: np.ndarray, prompt: list[int], suppress: list[int],
+                  suppress_at_begin: list[int], max_new_tokens: int = 224) -> list[int]:
+    """Greedy tokens straight from the two graphs on CPU onnxruntime (one audio, no runtime layers)."""
+    import onnxruntime as ort
+
+    L, dims = bundle.dims.n_text_layer, bundle.dims
+    dtype = io.PRECISIONS[bundle.precision]
+    enc = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
+    cross = enc.run(io.cross_outputs(L), {io.MEL: mel[None].astype(np.float32)})
+    capacity = min(dims.n_text_ctx, len(prompt) + max_new_tokens)
+    cache = [np.zeros((1, dims.n_text_head, capacity, dims.text_head_dim), dtype) for _ in range(2 * L)]
+    eot = bundle.special_tokens["eot"]
+    tokens, offset, out = np.array([prompt]), 0, []
+    for step in range(max_new_tokens):
+        feeds = {io.TOKENS: tokens, io.OFFSETS: np.array([offset]), io.CACHE_INDEX: np.array([0]),
+                 io.LOGIT_POSITIONS: np.array([tokens.shape[1] - 1]),
+                 **dict(zip(io.self_inputs(L), cache)), **dict(zip(io.cross_inputs(L), cross))}
+        logits, *cache = dec.run(io.decoder_outputs(L), feeds)
+        logits = logits[0, -1]
+        logits[suppress] = -np.inf
+        if step == 0:
+            logits[suppress_at_begin] = -np.inf
+        token = int(logits.argmax())
+        if token == eot:
+            break
+        out.append(token)
+        offset += tokens.shape[1]
+        if offset + 1 > capacity:
+            break
+        tokens = np.array([[token]])
+    return out
+
+
+def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:
+    import torch
+
+    from reference_model.greedy import greedy_decode
+    from whisper_export.audio import load_audio, log_mel_batch
+
+    tok = bundle.tokenizer()
+    sp = tok.special
+    prompt = [*tok.sot_sequence("en" if tok.is_multilingual else None), sp.no_timestamps]
+    suppress = sorted(set(tok.non_speech_tokens) | {sp.sot, sp.sot_prev, sp.sot_lm, sp.no_speech,
+                                                     sp.translate, sp.transcribe, *sp.language_tokens})
+    suppress += list(range(sp.timestamp_begin, bundle.dims.n_vocab))
+    begin = [*tok.encode(" "), sp.eot]
+    results = []
+    for path in audio_paths:
+        mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
+        ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, 224, suppress, begin)[0]
+        got = bundle_greedy(bundle, mel[0], prompt, suppress, begin)
+        results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
+                        "text": tok.decode(got)})
+    return results
+
+
+def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str | None = None,
+                 seed: int | None = None) -> CheckReport:
+    """Compare a bundle with the fp32 PyTorch reference built from the checkpoint it was exported from."""
+    from reference_model import load_checkpoint
+    from reference_model.model import Whisper
+
+    bundle = Bundle.open(bundle_dir)
+    spec = model_spec or bundle.config.get("model_spec") or bundle.config["model_source"]
+    ckpt = load_checkpoint(spec)
+    if ckpt.dims != bundle.dims:
+        raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
+    model = Whisper.from_state_dict(ckpt.dims, ckpt.state)
+    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    report = CheckReport(seed, bundle.precision, check_graphs(bundle, model, seed))
+    report.tokens = check_tokens(bundle, model, list(audio))
+    return report
