@@ -18,18 +18,21 @@ from whisper_export.bundle import Bundle
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Max abs error allowed on each kind of output; cosine similarity floor for all of them."""
+    """Allowed max abs error: atol + rtol * max|reference| (fp32 summation order grows with model width);
+    plus a cosine-similarity floor."""
 
-    cross_kv: float
-    logits: float
-    cache: float
+    atol: float
+    rtol: float
     min_cosine: float
+
+    def bound(self, expected: np.ndarray) -> float:
+        return self.atol + self.rtol * float(np.abs(expected).max())
 
 
 TOLERANCES = {
-    "fp32": Tolerance(cross_kv=1e-4, logits=1e-4, cache=1e-4, min_cosine=0.99999),
-    # fp16 weights and activations round at ~1e-3 relative; logits reach ~30, caches ~10
-    "fp16": Tolerance(cross_kv=0.1, logits=0.5, cache=0.1, min_cosine=0.999),
+    "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_cosine=0.99999),
+    # fp16 weights and activations round at ~1e-3 relative
+    "fp16": Tolerance(atol=1e-2, rtol=2e-2, min_cosine=0.999),
 }
 
 
@@ -64,7 +67,7 @@ class CheckReport:
                  f"{'graph':<8} {'output':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'tol':>8}  ok"]
         for r in self.rows:
             lines.append(f"{r.graph:<8} {r.output:<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.cosine:>10.6f} "
-                         f"{r.tolerance:>8.0e}  {'yes' if r.ok else 'NO'}")
+                         f"{r.tolerance:>8.1e}  {'yes' if r.ok else 'NO'}")
         for t in self.tokens:
             lines.append(f"tokens  {t['audio']}: {'identical' if t['identical'] else 'DIFFERENT'} "
                          f"({len(t['reference'])} reference, {len(t['bundle'])} bundle)")
@@ -74,22 +77,23 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def compare(graph: str, output: str, actual: np.ndarray, expected: np.ndarray, tol: float, min_cos: float) -> Row:
+def compare(graph: str, output: str, actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> Row:
     a, e = np.asarray(actual, np.float64).ravel(), np.asarray(expected, np.float64).ravel()
     if a.shape != e.shape:
         raise ValueError(f"{graph}/{output}: received shape {np.shape(actual)}, expected {np.shape(expected)}")
     diff = np.abs(a - e)
     cos = float(a @ e / max(np.linalg.norm(a) * np.linalg.norm(e), 1e-30))
     rel = float((diff / np.maximum(np.abs(e), 1e-3)).max())
-    return Row(graph, output, float(diff.max()), rel, cos, tol, min_cos)
+    return Row(graph, output, float(diff.max()), rel, cos, tol.bound(e), tol.min_cosine)
 
 
 def _merge(rows: list[Row], graph: str, output: str) -> list[Row]:
     """Collapse per-step rows of one output into its worst case."""
     if not rows:
         return []
-    return [Row(graph, output, max(r.max_abs for r in rows), max(r.max_rel for r in rows),
-                min(r.cosine for r in rows), rows[0].tolerance, rows[0].min_cosine)]
+    worst = max(rows, key=lambda r: r.max_abs / r.tolerance)
+    return [Row(graph, output, worst.max_abs, max(r.max_rel for r in rows),
+                min(r.cosine for r in rows), worst.tolerance, worst.min_cosine)]
 
 
 def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 20) -> list[Row]:
@@ -110,7 +114,7 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     with torch.no_grad():
         ck, cv = model.encode(torch.from_numpy(mel))
     ref_cross = [t for pair in zip(ck, cv) for t in pair]
-    rows = [compare("encoder", name, g, r.numpy(), tol.cross_kv, tol.min_cosine)
+    rows = [compare("encoder", name, g, r.numpy(), tol)
             for name, g, r in zip(io.cross_outputs(L), got, ref_cross)]
 
     # each row starts at its own offset over a cache holding random "earlier" keys/values
@@ -134,8 +138,8 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
                 torch.from_numpy(tokens), torch.from_numpy(offsets), torch.from_numpy(rows_idx),
                 ref_cache[0::2], ref_cache[1::2], ck, cv, torch.from_numpy(positions))
         ref_cache = [t for pair in zip(k, v) for t in pair]
-        logit_rows.append(compare("decoder", io.LOGITS, out[0], logits.numpy(), tol.logits, tol.min_cosine))
-        cache_rows += [compare("decoder", "out_self_*", o, r.numpy(), tol.cache, tol.min_cosine)
+        logit_rows.append(compare("decoder", io.LOGITS, out[0], logits.numpy(), tol))
+        cache_rows += [compare("decoder", "out_self_*", o, r.numpy(), tol)
                        for o, r in zip(out[1:], ref_cache)]
         onnx_cache = out[1:]
         offsets = offsets + tokens.shape[1]

@@ -119,7 +119,10 @@ def export_bundle(
     config = bundle_config(ckpt, options)
     dtype = graph_io.PRECISIONS[options.precision]
     metadata = {graph_io.METADATA_KEY: json.dumps(config, sort_keys=True)}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportError(f"output {str(out_dir)!r}: cannot write in {str(out_dir.parent)!r} ({e.strerror})") from e
     try:
         for name, build in ((graph_io.ENCODER_FILE, encoder_graph), (graph_io.DECODER_FILE, decoder_graph)):
             t0 = time.perf_counter()

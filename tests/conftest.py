@@ -1,0 +1,57 @@
+"""Shared fixtures: real weights (tiny.en, base), exported bundles built once per session, committed clips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def clips() -> dict[str, dict]:
+    """{file name: {"text", "language", "path"}} for the committed espeak-ng clips."""
+    meta = json.loads((DATA / "clips.json").read_text())
+    return {name: {**info, "path": DATA / name} for name, info in meta.items()}
+
+
+@pytest.fixture(scope="session")
+def english_clips(clips) -> list[Path]:
+    return sorted(info["path"] for info in clips.values() if info["language"] == "en")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint():
+    from reference_model import load_checkpoint
+
+    return load_checkpoint("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint():
+    from reference_model import load_checkpoint
+
+    return load_checkpoint("base")
+
+
+def _export(ckpt, root: Path, name: str, **options) -> Path:
+    from whisper_export.export import ExportOptions, export_bundle
+
+    return export_bundle(ckpt, root / name, ExportOptions(**options), progress=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    return _export(tiny_checkpoint, tmp_path_factory.mktemp("bundles"), "tiny-fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_fp16(tmp_path_factory, tiny_checkpoint) -> Path:
+    return _export(tiny_checkpoint, tmp_path_factory.mktemp("bundles"), "tiny-fp16", precision="fp16")
+
+
+@pytest.fixture(scope="session")
+def base_bundle(tmp_path_factory, base_checkpoint) -> Path:
+    return _export(base_checkpoint, tmp_path_factory.mktemp("bundles"), "base-fp32")
