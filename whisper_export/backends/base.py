@@ -1,0 +1,137 @@
+"""The contract every decoding backend implements (onnxruntime, torch, and TensorRT in engines/ later).
+
+A backend owns the tensors: cross-attention K/V and self-attention caches are opaque handles that may
+live on a GPU; only logits come back to the host as numpy. The decoding loop (decoding.py) never looks
+inside them, so a new backend slots in by implementing these five members.
+
+Shapes (see whisper_export/graph_io.py for the graph contract they mirror):
+    mel            (n_audio, n_mels, 3000)  float32
+    tokens         (rows, n_new)            int64   rows = n_audio x beams, audio-major
+    offsets        (rows,)                  int64   cache position of each row's first new token
+    cache_index    (rows,)                  int64   which cache row each row continues (beam reorder)
+    logit_positions (P,)                    int64   which of the n_new positions get logits
+    logits         (rows, P, n_vocab)       float32
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from whisper_export.audio import N_FRAMES
+from whisper_export.dims import ModelDims
+
+CrossKV = Any  # backend-owned encoder output (per-layer cross-attention K/V), n_audio rows
+SelfCache = Any  # backend-owned self-attention caches, (rows, n_head, capacity, head_dim) per layer
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot be created or run (missing provider, bad device, ...)."""
+
+
+class Backend(abc.ABC):
+    """Runs the Whisper encoder and one decoder step; see the module docstring for shapes."""
+
+    dims: ModelDims
+    precision: str  # "fp32" | "fp16": the dtype of caches and cross K/V
+
+    @abc.abstractmethod
+    def encode(self, mel: np.ndarray) -> CrossKV:
+        """mel (n_audio, n_mels, 3000) float32 -> cross K/V handle with n_audio rows."""
+
+    @abc.abstractmethod
+    def new_cache(self, rows: int, capacity: int) -> SelfCache:
+        """Zeroed self-attention caches for `rows` decoder rows of `capacity` positions."""
+
+    @abc.abstractmethod
+    def decode(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_positions: np.ndarray,
+        cache: SelfCache,
+        cross: CrossKV,
+    ) -> tuple[np.ndarray, SelfCache]:
+        """One decoder step. Returns (logits (rows, P, n_vocab) float32, the updated cache).
+
+        The input cache is consumed: callers must use only the returned one afterwards (backends may
+        recycle the old buffers).
+        """
+
+    def close(self) -> None:
+        """Release sessions and device memory; the backend is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- validation shared by implementations: messages name the tensor, received and expected ----
+
+    def check_mel(self, mel: np.ndarray) -> None:
+        expected = f"(n_audio, {self.dims.n_mels}, {N_FRAMES}) float32"
+        if not isinstance(mel, np.ndarray):
+            raise TypeError(f"in_mel: received {type(mel).__name__}, expected a numpy array {expected}")
+        if mel.dtype != np.float32:
+            raise ValueError(f"in_mel: received dtype {mel.dtype}, expected float32")
+        if mel.ndim != 3 or mel.shape[1:] != (self.dims.n_mels, N_FRAMES) or mel.shape[0] < 1:
+            raise ValueError(f"in_mel: received shape {mel.shape}, expected {expected}")
+
+    def check_step(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_positions: np.ndarray,
+        rows: int,
+        capacity: int,
+        n_audio: int,
+    ) -> None:
+        """rows/capacity come from the cache, n_audio from the cross K/V."""
+        for name, value, ndim in (
+            ("in_tokens", tokens, 2),
+            ("in_offsets", offsets, 1),
+            ("in_cache_index", cache_index, 1),
+            ("in_logit_positions", logit_positions, 1),
+        ):
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{name}: received {type(value).__name__}, expected a numpy int64 array")
+            if value.dtype != np.int64:
+                raise ValueError(f"{name}: received dtype {value.dtype}, expected int64")
+            if value.ndim != ndim:
+                raise ValueError(f"{name}: received shape {value.shape}, expected {ndim} dimension(s)")
+        n_new = tokens.shape[1]
+        if tokens.shape[0] != rows or n_new < 1:
+            raise ValueError(f"in_tokens: received shape {tokens.shape}, expected ({rows}, n_new >= 1) (cache rows)")
+        if rows % n_audio:
+            raise ValueError(
+                f"in_tokens: received {rows} rows for {n_audio} audios, expected a multiple of n_audio "
+                "(rows = n_audio x beams, audio-major)"
+            )
+        for name, value in (("in_offsets", offsets), ("in_cache_index", cache_index)):
+            if value.shape != (rows,):
+                raise ValueError(f"{name}: received shape {value.shape}, expected ({rows},)")
+        if tokens.min() < 0 or tokens.max() >= self.dims.n_vocab:
+            raise ValueError(f"in_tokens: received ids {tokens.min()}..{tokens.max()}, expected 0..{self.dims.n_vocab - 1}")
+        if offsets.min() < 0 or offsets.max() + n_new > capacity:
+            raise ValueError(
+                f"in_offsets: received {offsets.min()}..{offsets.max()} with {n_new} new tokens, "
+                f"expected offset + n_new <= cache capacity {capacity}"
+            )
+        if cache_index.min() < 0 or cache_index.max() >= rows:
+            raise ValueError(f"in_cache_index: received {cache_index.min()}..{cache_index.max()}, expected 0..{rows - 1}")
+        # beams never move between audios: cross K/V row r // beams must stay the same
+        beams = rows // n_audio
+        if np.any(cache_index // beams != np.arange(rows) // beams):
+            raise ValueError(
+                f"in_cache_index: received {cache_index.tolist()}, expected each row to continue a row "
+                f"of the same audio ({beams} rows per audio)"
+            )
+        if logit_positions.size < 1 or logit_positions.min() < 0 or logit_positions.max() >= n_new:
+            raise ValueError(
+                f"in_logit_positions: received {logit_positions.tolist()}, expected 1+ positions in 0..{n_new - 1}"
+            )

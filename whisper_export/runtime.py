@@ -1,0 +1,144 @@
+"""What applications embed: load a bundle (or a checkpoint for the torch backend) and transcribe.
+
+    from whisper_export.runtime import WhisperRuntime
+    with WhisperRuntime.load("bundles/tiny.en") as rt:
+        print(rt.transcribe("meeting.wav", beam_size=5).text)
+
+Imports numpy, onnxruntime and tokenizers only; torch is imported by the torch backend, when chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_export.audio import N_FRAMES, N_SAMPLES, AudioInput, log_mel_spectrogram, pad_or_trim
+from whisper_export.backends.base import Backend
+from whisper_export.bundle import Bundle
+from whisper_export.decoding import DecodingResult, DecodingTask, detect_language
+from whisper_export.options import DecodingOptions, split_options
+from whisper_export.tokenizer import WhisperTokenizer
+from whisper_export.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult
+
+BACKENDS = ("onnxruntime", "torch")
+
+__all__ = ["WhisperRuntime", "FileResult", "TranscriptionResult", "Segment", "DecodingOptions", "DecodingResult"]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One input of transcribe_batch: its result, or the error that stopped it (the others went on)."""
+
+    source: Any  # the path or array passed in
+    result: TranscriptionResult | None = None
+    error: Exception | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def unwrap(self) -> TranscriptionResult:
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class WhisperRuntime:
+    def __init__(self, backend: Backend, tokenizer: WhisperTokenizer):
+        if tokenizer.n_vocab != backend.dims.n_vocab:
+            raise ValueError(f"tokenizer: received n_vocab {tokenizer.n_vocab}, expected the model's {backend.dims.n_vocab}")
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self._transcriber = Transcriber(backend, tokenizer)
+
+    @classmethod
+    def load(
+        cls,
+        bundle_dir: str | os.PathLike | None = None,
+        *,
+        model: Any = None,
+        backend: str = "onnxruntime",
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> "WhisperRuntime":
+        """bundle_dir: an exported bundle (onnxruntime backend). model: a checkpoint name or path, or a
+        reference_model Checkpoint (torch backend; None = the packaged tiny.en)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: received {backend!r}, expected one of {', '.join(BACKENDS)}")
+        if backend == "onnxruntime":
+            if bundle_dir is None:
+                raise ValueError(
+                    "backend 'onnxruntime': received no bundle directory, expected one exported by "
+                    "'whisper-export export' (or use backend 'torch' with a model)"
+                )
+            from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+            bundle = Bundle.open(os.fspath(bundle_dir))  # BundleError for a missing file or a wrong hash
+            return cls(OnnxRuntimeBackend(bundle, device=device, threads=threads), bundle.tokenizer())
+        if device != "cpu":
+            raise ValueError(f"backend 'torch': received device {device!r}, expected 'cpu'")
+        if bundle_dir is not None:
+            raise ValueError(
+                f"backend 'torch': received bundle {str(bundle_dir)!r}, expected a model (checkpoint name or path): "
+                "the torch backend runs the checkpoint, not the exported graphs"
+            )
+        from whisper_export.backends.reference import TorchBackend
+
+        torch_backend = TorchBackend(model, threads=threads)
+        return cls(torch_backend, torch_backend.tokenizer())
+
+    # -- transcription --------------------------------------------------------------------------------
+
+    def transcribe(self, audio: AudioInput, *, progress: ProgressCallback | None = None, **options) -> TranscriptionResult:
+        """A path or a (n_samples,) float32 array at 16 kHz, any length. Options: DecodingOptions and
+        TranscribeOptions fields (temperature is the fallback schedule)."""
+        return self.transcribe_batch([audio], progress=progress, **options)[0].unwrap()
+
+    def transcribe_batch(
+        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None, **options
+    ) -> list[FileResult]:
+        """One FileResult per input, in order. Options are checked first (ValueError/TypeError for all);
+        an unreadable file becomes that file's error while the others are transcribed."""
+        transcribe_options, decoding = split_options(options)
+        outcomes = self._transcriber.run(list(audios), transcribe_options, decoding, progress)
+        return [
+            FileResult(src, error=o) if isinstance(o, Exception) else FileResult(src, result=o)
+            for src, o in zip(audios, outcomes)
+        ]
+
+    def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, **kwargs) -> list[DecodingResult]:
+        """One 30 s window per audio: mel (n_audio, n_mels, 3000) float32."""
+        options = options or DecodingOptions(**kwargs)
+        return DecodingTask(self.backend, self.tokenizer, options).run(self.backend.encode(mel), mel.shape[0])
+
+    def detect_language(self, audio: AudioInput) -> tuple[str, dict[str, float]]:
+        """The language of the first 30 s: (code, {code: probability})."""
+        if not self.tokenizer.is_multilingual:
+            raise ValueError(
+                f"detect_language: received an English-only model (n_vocab={self.tokenizer.n_vocab}), "
+                "expected a multilingual one"
+            )
+        # as openai-whisper's transcribe(): the log-mel of the audio padded with 30 s of zeros, cut to 30 s
+        mel = pad_or_trim(log_mel_spectrogram(audio, self.backend.dims.n_mels, padding=N_SAMPLES), N_FRAMES)
+        codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(mel[None]), 1)
+        return codes[0], probs[0]
+
+    # -- lifetime -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "WhisperRuntime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"WhisperRuntime({self.backend!r})"

@@ -1,0 +1,253 @@
+"""The small roles of the decoding loop, in numpy, shaped like openai-whisper's decoding.py.
+
+LogitFilter.apply(logits, tokens)   masks logits in place before a token is chosen
+TokenDecoder.update/finalize        chooses tokens (greedy/sampling, beam search) and collects candidates
+SequenceRanker.rank                 picks one candidate per audio
+
+Shapes: rows R = n_audio x n_group (audio-major), logits (R, n_vocab) float32, tokens (R, T) int64 holding the
+whole sequence (prompt included), sum_logprobs (R,) float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from whisper_export.tokenizer import SpecialTokens
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Along the last axis; -inf entries stay -inf."""
+    x = x.astype(np.float32, copy=False)
+    m = x.max(axis=-1, keepdims=True)
+    shifted = x - m
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+# -- logit filters ------------------------------------------------------------------------------------
+
+
+class LogitFilter:
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        """logits (R, V) modified in place given tokens (R, T) so far."""
+        raise NotImplementedError
+
+
+class SuppressTokens(LogitFilter):
+    def __init__(self, token_ids: Sequence[int]):
+        self.ids = np.asarray(sorted(set(token_ids)), dtype=np.int64)
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        logits[:, self.ids] = -np.inf
+
+
+class SuppressBlank(LogitFilter):
+    """A window's text never starts with a bare space or ends before it begins."""
+
+    def __init__(self, blank_ids: Sequence[int], sample_begin: int):
+        self.ids = list(blank_ids)
+        self.sample_begin = sample_begin
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.ids] = -np.inf
+
+
+class ApplyTimestampRules(LogitFilter):
+    """Keep timestamp tokens well-formed: in pairs around text, never decreasing, the first one early."""
+
+    def __init__(self, special: SpecialTokens, sample_begin: int, max_initial_timestamp_index: int | None):
+        self.special = special
+        self.sample_begin = sample_begin
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        ts_begin, eot = self.special.timestamp_begin, self.special.eot
+        # <|notimestamps|> is the without_timestamps prompt's business, never a sampled token
+        logits[:, self.special.no_timestamps] = -np.inf
+        for k in range(tokens.shape[0]):
+            sampled = tokens[k, self.sample_begin :]
+            last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
+            penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
+            if last_was_timestamp:
+                if penultimate_was_timestamp:  # a segment just closed: text must follow
+                    logits[k, ts_begin:] = -np.inf
+                else:  # text just ended: close it with a timestamp (or end the window)
+                    logits[k, :eot] = -np.inf
+            timestamps = sampled[sampled >= ts_begin]
+            if timestamps.size:
+                # never go back in time, and give each segment a nonzero length (no infinite loops)
+                if last_was_timestamp and not penultimate_was_timestamp:
+                    timestamp_last = timestamps[-1]
+                else:
+                    timestamp_last = timestamps[-1] + 1
+                logits[k, ts_begin:timestamp_last] = -np.inf
+        if tokens.shape[1] == self.sample_begin:
+            # the first sampled token is a timestamp, and not too late a one
+            logits[:, :ts_begin] = -np.inf
+            if self.max_initial_timestamp_index is not None:
+                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+        # when the timestamps together are likelier than any single text token, emit a timestamp
+        logprobs = log_softmax(logits)
+        with np.errstate(divide="ignore"):
+            ts = logprobs[:, ts_begin:]
+            ts_max = ts.max(axis=-1, keepdims=True)
+            safe = np.where(np.isfinite(ts_max), ts_max, 0.0)
+            timestamp_logprob = (safe + np.log(np.exp(ts - safe).sum(axis=-1, keepdims=True)))[:, 0]
+        max_text_logprob = logprobs[:, :ts_begin].max(axis=-1)
+        logits[timestamp_logprob > max_text_logprob, :ts_begin] = -np.inf
+
+
+# -- token decoders -----------------------------------------------------------------------------------
+
+
+class TokenDecoder:
+    def reset(self) -> None:
+        """Forget state from a previous run."""
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Append one token per row. Returns (tokens (R, T + 1), whether every audio is complete);
+        sum_logprobs (R,) is updated in place."""
+        raise NotImplementedError
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
+        """tokens (n_audio, n_group, T), sum_logprobs (n_audio, n_group) -> candidates per audio, each a
+        token list ending in eot, and their summed log probabilities."""
+        raise NotImplementedError
+
+
+class GreedyDecoder(TokenDecoder):
+    """Argmax at temperature 0, otherwise a sample from softmax(logits / temperature)."""
+
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator | None = None):
+        self.temperature = temperature
+        self.eot = eot
+        self.rng = rng or np.random.default_rng()
+
+    def update(self, tokens, logits, sum_logprobs):
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:
+            # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
+            gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float64) + 1e-300) + 1e-300)
+            next_tokens = (logits.astype(np.float64) / self.temperature + gumbel).argmax(axis=-1)
+        logprobs = log_softmax(logits)
+        current = logprobs[np.arange(len(next_tokens)), next_tokens]
+        finished = tokens[:, -1] == self.eot
+        sum_logprobs += np.where(finished, 0.0, current)  # a finished row's padding costs nothing
+        next_tokens = np.where(finished, self.eot, next_tokens).astype(np.int64)
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+        return tokens, bool((tokens[:, -1] == self.eot).all())
+
+    def finalize(self, tokens, sum_logprobs):
+        # every candidate ends with eot, even when sample_len ran out first
+        padded = np.concatenate([tokens, np.full(tokens.shape[:2] + (1,), self.eot, tokens.dtype)], axis=-1)
+        return [[list(map(int, seq)) for seq in group] for group in padded], sum_logprobs.tolist()
+
+
+class BeamSearchDecoder(TokenDecoder):
+    """openai-whisper's beam search: beam_size live beams per audio; stops once every audio has
+    round(beam_size * patience) finished sequences. Beams never cross audios, so the rows of an audio
+    stay together and the cache gather (Inference.rearrange_kv_cache) stays within its block."""
+
+    def __init__(self, beam_size: int, eot: int, inference, patience: float | None = None):
+        self.beam_size = beam_size
+        self.eot = eot
+        self.inference = inference
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        if self.max_candidates <= 0:
+            raise ValueError(f"patience: received {patience} with beam_size {beam_size}, expected beam_size * patience >= 0.5")
+        self.finished_sequences: list[dict[tuple[int, ...], float]] | None = None
+
+    def reset(self) -> None:
+        self.finished_sequences = None
+
+    def update(self, tokens, logits, sum_logprobs):
+        rows = tokens.shape[0]
+        if rows % self.beam_size:
+            raise ValueError(f"beam search: received {rows} rows, expected a multiple of beam_size {self.beam_size}")
+        n_audio = rows // self.beam_size
+        if self.finished_sequences is None:
+            self.finished_sequences = [{} for _ in range(n_audio)]
+        logprobs = log_softmax(logits)
+        k = self.beam_size + 1  # one more than needed: at most one of them is eot
+        top = np.argpartition(-logprobs, k - 1, axis=-1)[:, :k]  # (R, k), unordered
+
+        next_tokens: list[tuple[int, ...]] = []
+        source_indices: list[int] = []
+        new_sums: list[float] = []
+        for i in range(n_audio):
+            scores: dict[tuple[int, ...], float] = {}
+            sources: dict[tuple[int, ...], int] = {}
+            for j in range(self.beam_size):
+                row = i * self.beam_size + j
+                prefix = tuple(tokens[row].tolist())
+                for token in top[row]:
+                    sequence = prefix + (int(token),)
+                    scores[sequence] = float(sum_logprobs[row] + logprobs[row, token])
+                    sources[sequence] = row
+            # keep the best beam_size unfinished candidates; finished ones go to the candidate list
+            finished: dict[tuple[int, ...], float] = {}
+            saved = 0
+            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
+                if sequence[-1] == self.eot:
+                    finished[sequence] = scores[sequence]
+                else:
+                    new_sums.append(scores[sequence])
+                    next_tokens.append(sequence)
+                    source_indices.append(sources[sequence])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            done = self.finished_sequences[i]
+            for sequence in sorted(finished, key=finished.__getitem__, reverse=True):
+                if len(done) >= self.max_candidates:
+                    break  # this audio's candidate list is full; later finishers are ignored
+                done[sequence] = finished[sequence]
+        sum_logprobs[:] = new_sums
+        self.inference.rearrange_kv_cache(source_indices)
+        completed = all(len(done) >= self.max_candidates for done in self.finished_sequences)
+        return np.asarray(next_tokens, dtype=np.int64), completed
+
+    def finalize(self, tokens, sum_logprobs):
+        assert self.finished_sequences is not None, "finalize() before update()"
+        for i, done in enumerate(self.finished_sequences):
+            if len(done) < self.beam_size:  # sample_len ran out: add the best unfinished beams
+                for j in np.argsort(sum_logprobs[i])[::-1]:
+                    done[tuple(tokens[i, j].tolist()) + (self.eot,)] = float(sum_logprobs[i, j])
+                    if len(done) >= self.beam_size:
+                        break
+        return (
+            [[list(seq) for seq in done] for done in self.finished_sequences],
+            [list(done.values()) for done in self.finished_sequences],
+        )
+
+
+# -- ranking ------------------------------------------------------------------------------------------
+
+
+class SequenceRanker:
+    def rank(self, tokens: list[list[list[int]]], sum_logprobs: list[list[float]]) -> list[int]:
+        """Index of the chosen candidate for each audio; tokens are the sampled ones, without eot."""
+        raise NotImplementedError
+
+
+class MaximumLikelihoodRanker(SequenceRanker):
+    """Highest length-normalised log probability: divided by the length (length_penalty None), or by
+    Google NMT's ((5 + length) / 6) ** alpha."""
+
+    def __init__(self, length_penalty: float | None):
+        self.length_penalty = length_penalty
+
+    def rank(self, tokens, sum_logprobs):
+        def score(logprob: float, length: int) -> float:
+            # max(.., 1): an empty candidate (possible without suppress_blank) must not divide by zero
+            penalty = max(length, 1) if self.length_penalty is None else ((5 + length) / 6) ** self.length_penalty
+            return logprob / penalty
+
+        return [
+            int(np.argmax([score(lp, len(seq)) for seq, lp in zip(seqs, lps)]))
+            for seqs, lps in zip(tokens, sum_logprobs)
+        ]
