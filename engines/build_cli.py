@@ -1,0 +1,164 @@
+"""``whisper-export build``: export the ONNX bundle, then build its TensorRT engines.
+
+Registered by cli.py as ``app.command("build")(build)``; the typer annotations live here.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# exit codes (also in build()'s docstring and engines/README)
+EXIT_OK = 0
+EXIT_FAILED = 1  # the export or an engine build failed: parser errors, builder errors, attention not fused
+EXIT_USAGE = 2  # invalid request, caught before any engine build: profile too small, unsupported target, ...
+EXIT_NO_TENSORRT = 3  # no usable TensorRT module: the ONNX bundle was written, the engines were not
+
+
+class TrtModuleChoice(str, Enum):
+    tensorrt = "tensorrt"
+    tensorrt_rtx = "tensorrt_rtx"
+
+
+class HardwareCompat(str, Enum):
+    none = "none"
+    ampere_plus = "ampere_plus"
+    same_compute_capability = "same_compute_capability"
+
+
+def _err(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _split_cc(values: list[str] | None) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values or []:
+        out += [v.strip() for v in value.split(",") if v.strip()]
+    return tuple(dict.fromkeys(out))
+
+
+def build(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="packaged name (tiny.en, base), CTranslate2/HF dir or OpenAI .pt; default tiny.en")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="bundle directory (default: ./bundle-<model>-<precision>)")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16/--fp32", help="graph precision; the engines take their types from the graph (strongly typed). fp16 is the default: TensorRT-RTX fuses attention in fp16 only")] = True,
+    max_batch: Annotated[int, typer.Option(help="audios per call the engines accept")] = 16,
+    max_beam: Annotated[int, typer.Option(help="beams (or best_of) per audio; decoder rows = max_batch x max_beam")] = 5,
+    max_tokens: Annotated[Optional[int], typer.Option(help="new tokens per decoder call (prompt length); default n_text_ctx // 2 + 4")] = None,
+    max_rows: Annotated[Optional[int], typer.Option(help="decoder rows in the profile; default max_batch x max_beam, never fewer")] = None,
+    compute_capability: Annotated[Optional[list[str]], typer.Option("--compute-capability", help="build ahead of time for these GPUs without one here, e.g. 8.9 or 8.6,8.9 (TensorRT-RTX)")] = None,
+    trt_module: Annotated[Optional[TrtModuleChoice], typer.Option("--trt-module", help="TensorRT flavour; default: tensorrt_rtx for --compute-capability, else whichever is installed (tensorrt first)")] = None,
+    hardware_compatibility: Annotated[HardwareCompat, typer.Option(help="full TensorRT on a GPU: ampere_plus engines run on every sm_80+ GPU")] = HardwareCompat.none,
+    timing_cache_dir: Annotated[Optional[Path], typer.Option(help="where timing caches persist across builds (default ~/.cache/whisper-export/tensorrt, or $WHISPER_EXPORT_CACHE_DIR/tensorrt)")] = None,
+    engines_only: Annotated[bool, typer.Option("--engines-only", help="do not export: build the engines of the existing bundle --out")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
+) -> None:
+    """Export the ONNX bundle, then build encoder.engine and decoder.engine into it (progress on stderr).
+
+    Exit codes: 0 the bundle and both engines are written; 1 the export or an engine build failed (ONNX
+    parser errors by node, builder errors, attention not fused); 2 invalid request, detected before any
+    engine is built (profile smaller than max_batch x max_beam, unsupported compute capability for the
+    TensorRT module, no GPU for a native build, fp32 with TensorRT-RTX, existing output without
+    --overwrite); 3 no usable TensorRT Python module: the ONNX bundle is written and works with the
+    onnxruntime backend, the engines are not.
+    """
+    from engines import trt_api
+    from engines.attention import FusedAttentionError
+    from engines.build import BuildOptions, TargetError, build_engines, check_precision, check_target
+    from engines.cuda import probe_device
+    from engines.loaders import EngineBuildError, OnnxParseError
+    from engines.profiles import EngineLimits, ProfileError
+    from whisper_export.bundle import Bundle, BundleError
+
+    ccs = _split_cc(compute_capability)
+    limits = EngineLimits(max_batch=max_batch, max_beam=max_beam, max_rows=max_rows, max_tokens=max_tokens)
+    try:
+        options = BuildOptions(trt_module=trt_module.value if trt_module else None, compute_capabilities=ccs,
+                               hardware_compatibility=hardware_compatibility.value, limits=limits,
+                               cache_dir=timing_cache_dir / "tensorrt" if timing_cache_dir else None)
+    except ValueError as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+
+    # 1. everything that can be refused without exporting: the model, the profiles, the target
+    precision = "fp16" if fp16 else "fp32"
+    if engines_only:
+        if out is None:
+            _err("--engines-only needs --out, the bundle to build engines for")
+            raise typer.Exit(EXIT_USAGE)
+        try:
+            existing = Bundle.open(out)
+        except BundleError as e:
+            _err(str(e))
+            raise typer.Exit(EXIT_USAGE) from None
+        dims, precision, ckpt = existing.dims, existing.precision, None
+    else:
+        from reference_model import load_checkpoint
+
+        try:
+            _progress(f"[build] loading {model or 'tiny.en'}")
+            ckpt = load_checkpoint(model)
+        except (ValueError, FileNotFoundError, PermissionError) as e:
+            _err(str(e))
+            raise typer.Exit(EXIT_USAGE) from None
+        dims = ckpt.dims
+        if out is None:
+            out = Path(f"bundle-{re.sub(r'[^A-Za-z0-9._-]+', '_', ckpt.name)}-{precision}")
+    try:
+        limits.resolved(dims)
+    except ProfileError as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+    module = options.trt_module or trt_api.preferred_module(ccs[0] if ccs else None)
+    unavailable = ""
+    try:
+        info = trt_api.select(module)
+        device, why = probe_device()
+        check_target(options, info, device.compute_capability if device else None, why)
+        check_precision(info, precision, options.require_fused_attention)
+    except trt_api.TensorRTUnavailable as e:
+        unavailable = str(e)
+    except (TargetError, ValueError) as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+
+    # 2. the ONNX bundle, which stays usable whatever happens to the engines
+    if ckpt is not None:
+        from whisper_export.export import ExportError, ExportOptions, export_bundle
+
+        try:
+            export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite), progress=_progress)
+        except ExportError as e:
+            hint = " (or --engines-only to build engines for the existing bundle)" if out.exists() else ""
+            _err(f"{e}{hint}")
+            raise typer.Exit(EXIT_USAGE) from None
+        except Exception as e:
+            _err(f"export failed: {e}")
+            raise typer.Exit(EXIT_FAILED) from None
+    assert out is not None
+    if unavailable:
+        _err(f"{unavailable}\nThe ONNX bundle {out} is complete (use it with the onnxruntime backend); "
+             "no TensorRT engines were built.")
+        raise typer.Exit(EXIT_NO_TENSORRT)
+
+    # 3. the engines
+    try:
+        report = build_engines(out, options, progress=_progress)
+    except (ProfileError, TargetError) as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+    except (OnnxParseError, EngineBuildError, FusedAttentionError) as e:
+        _err(f"{e}\nThe ONNX bundle {out} is complete; the engine above was not written.")
+        raise typer.Exit(EXIT_FAILED) from None
+    for engine in report.engines:
+        _progress(f"[build] {engine.path}: {engine.sidecar.engine_bytes / 1e6:.1f} MB, built in "
+                  f"{engine.build_seconds:.1f} s for {', '.join(engine.sidecar.compute_capabilities) or 'this GPU'}")
+    typer.echo(str(out))
