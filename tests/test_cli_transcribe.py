@@ -79,8 +79,10 @@ def test_bad_options_fail_up_front(tiny_bundle, good, args, code, fragment):
 
 
 def test_bundle_problems(tiny_bundle, good, tmp_path):
-    result = _run(*good)
-    assert result.exit_code == 2 and "received no --bundle" in _errors(result)[0]
+    result = _run(*good, "--bundle", tiny_bundle, "--model", "tiny.en")
+    assert result.exit_code == 2 and "received both --bundle" in _errors(result)[0]
+    result = _run(*good, "--backend", "tensorrt")
+    assert result.exit_code == 2 and "--backend tensorrt: received no --bundle" in _errors(result)[0]
 
     def copy(name: str, skip: str | None = None, corrupt: str | None = None) -> Path:
         dst = tmp_path / name

@@ -25,7 +25,7 @@ from whisper_export.options import DecodingOptions, split_options
 from whisper_export.tokenizer import WhisperTokenizer
 from whisper_export.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
 __all__ = ["WhisperRuntime", "FileResult", "TranscriptionResult", "Segment", "DecodingOptions", "DecodingResult"]
 
@@ -67,16 +67,23 @@ class WhisperRuntime:
         device: str = "cpu",
         threads: int | None = None,
     ) -> "WhisperRuntime":
-        """bundle_dir: an exported bundle (onnxruntime backend). model: a checkpoint name or path, or a
-        reference_model Checkpoint (torch backend; None = the packaged tiny.en)."""
+        """bundle_dir: an exported bundle (onnxruntime; tensorrt after ``whisper-export build``); without one,
+        model (a checkpoint name or path; None = the packaged tiny.en) is exported once into the user cache.
+        backend "torch" runs the checkpoint itself (model may also be a reference_model Checkpoint)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: received {backend!r}, expected one of {', '.join(BACKENDS)}")
+        if backend == "tensorrt":
+            if bundle_dir is None:
+                raise ValueError("backend 'tensorrt': received no bundle directory, expected one built by 'whisper-export build'")
+            from engines.backend import TensorRTBackend
+
+            bundle = Bundle.open(os.fspath(bundle_dir))
+            return cls(TensorRTBackend(bundle), bundle.tokenizer())
         if backend == "onnxruntime":
             if bundle_dir is None:
-                raise ValueError(
-                    "backend 'onnxruntime': received no bundle directory, expected one exported by "
-                    "'whisper-export export' (or use backend 'torch' with a model)"
-                )
+                from whisper_export.bundle_cache import ensure_bundle
+
+                bundle_dir = ensure_bundle(model)
             from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
             bundle = Bundle.open(os.fspath(bundle_dir))  # BundleError for a missing file or a wrong hash

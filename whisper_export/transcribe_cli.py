@@ -60,9 +60,9 @@ def _stems(paths: list[Path]) -> list[str]:
 
 def transcribe(
     audio: Annotated[list[Path], typer.Argument(help="audio files (wav/flac/ogg/mp3; others via ffmpeg)", show_default=False)],
-    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="exported bundle directory (onnxruntime backend)")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="checkpoint for --backend torch (default tiny.en)")] = None,
-    backend: Annotated[str, typer.Option(help="onnxruntime (a bundle) or torch (a checkpoint)")] = "onnxruntime",
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="exported bundle directory")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="checkpoint (name or path) when no --bundle: exported once into ~/.cache/whisper-export, or run by --backend torch; default tiny.en")] = None,
+    backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt (a bundle with engines) or torch (a checkpoint)")] = "onnxruntime",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     beam_size: Annotated[int, typer.Option("--beam-size", help="beams at temperature 0; 1 = greedy")] = 5,
     language: Annotated[Optional[str], typer.Option(help="language code such as en, de; default: detect")] = None,
@@ -88,8 +88,8 @@ def transcribe(
             options["temperature"] = temperature
         if threads is not None and threads < 1:
             raise ValueError(f"--threads: received {threads}, expected an int >= 1")
-        if backend not in ("onnxruntime", "torch"):
-            raise ValueError(f"--backend: received {backend!r}, expected onnxruntime or torch")
+        if backend not in ("onnxruntime", "tensorrt", "torch"):
+            raise ValueError(f"--backend: received {backend!r}, expected onnxruntime, tensorrt or torch")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"--device: received {device!r}, expected cpu or cuda")
         formats = expand_formats(output_format)
@@ -100,11 +100,11 @@ def transcribe(
     if output_format != "txt" and output_dir is None:
         _error(f"--output-format {output_format}: received no --output-dir, expected one (only txt goes to stdout)")
         raise typer.Exit(2)
-    if backend == "onnxruntime" and bundle is None:
-        _error(
-            "--backend onnxruntime: received no --bundle, expected an exported bundle directory "
-            "(whisper-export export --out DIR), or use --backend torch [--model NAME]"
-        )
+    if bundle is not None and model is not None:
+        _error(f"received both --bundle {bundle} and --model {model}, expected one of them")
+        raise typer.Exit(2)
+    if backend == "tensorrt" and bundle is None:
+        _error("--backend tensorrt: received no --bundle, expected one built by 'whisper-export build --out DIR'")
         raise typer.Exit(2)
 
     # -- model ---------------------------------------------------------------------------------------------

