@@ -86,9 +86,9 @@ def check(
     if backends:
         from engines.compare import compare_backends, format_table
 
-        rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()])
+        rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
         typer.echo(format_table(rows))
-        ok = ok and all(r.get("ok", True) for r in rows)
+        ok = ok and all(r.ok for r in rows)
     if not ok:
         raise typer.Exit(1)
 

@@ -129,3 +129,32 @@ def test_split_ctranslate2_parts_load_from_a_directory(base_checkpoint, tmp_path
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.dims == base_checkpoint.dims
     np.testing.assert_array_equal(ckpt.state["decoder.ln.weight"], base_checkpoint.state["decoder.ln.weight"])
+
+
+def test_turbo_like_dims_random_weights_match_transformers(tmp_path):
+    """128 mels, 3 encoder vs 1 decoder layers (turbo's 32/4 shape), v3 vocabulary: every dim read from the file."""
+    from transformers import WhisperForConditionalGeneration
+
+    from reference_model.checkpoint import Checkpoint, expected_shapes
+    from whisper_export.dims import ModelDims
+
+    dims = ModelDims(n_mels=128, n_audio_ctx=1500, n_audio_state=64, n_audio_head=4, n_audio_layer=3,
+                     n_vocab=51866, n_text_ctx=448, n_text_state=64, n_text_head=4, n_text_layer=1)
+    rng = np.random.default_rng()
+    state = {k: (rng.standard_normal(s) * 0.2).astype(np.float32) for k, s in expected_shapes(dims).items()}
+    ckpt = Checkpoint(dims, state, "turbo-like", "openai", "random")
+    loaded = load_checkpoint(save_openai(ckpt, tmp_path / "turbo.pt"))
+    assert loaded.dims == dims
+    hf_dir = save_huggingface(loaded, tmp_path / "hf")
+    assert load_checkpoint(hf_dir).dims == dims
+    hf = WhisperForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager").eval()
+    model = Whisper.from_state_dict(dims, loaded.state)
+    mel = torch.randn(1, 128, 3000)
+    tokens = torch.randint(0, 51866, (1, 5))
+    with torch.no_grad():
+        expected = hf(input_features=mel, decoder_input_ids=tokens).logits
+        ck, cv = model.encode(mel)
+        sk, sv = model.empty_cache(1)
+        logits, _, _ = model.decoder(tokens, torch.zeros(1, dtype=torch.long), torch.arange(1), sk, sv, ck, cv)
+    assert len(ck) == 1 and len(model.encoder.blocks) == 3
+    assert (logits - expected).abs().max().item() <= 1e-4
