@@ -162,3 +162,20 @@ def test_export_base_model(base_bundle, base_checkpoint):
     model = Whisper.from_state_dict(base_checkpoint.dims, base_checkpoint.state)
     rows = check_graphs(bundle, model, seed=int(np.random.SeedSequence().entropy % 2**31), batch=2, steps=5)
     assert all(r.ok for r in rows), [r for r in rows if not r.ok]
+
+
+def test_large_models_use_external_data(tiny_checkpoint, tmp_path, monkeypatch):
+    """Models over protobuf's 2 GiB limit go to external-data files; shown on tiny.en with a lowered limit."""
+    import onnxruntime as ort
+
+    import whisper_export.export as export_module
+
+    monkeypatch.setattr(export_module, "EXTERNAL_DATA_BYTES", 1_000_000)
+    out = export_bundle(tiny_checkpoint, tmp_path / "b", **QUIET)
+    assert (out / "encoder.onnx.data").stat().st_size > 10_000_000
+    assert (out / "encoder.onnx").stat().st_size < 1_000_000
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"encoder.onnx.data", "decoder.onnx.data"} <= set(manifest["files"])
+    onnx.checker.check_model(str(out / "decoder.onnx"), full_check=True)
+    enc = ort.InferenceSession(str(out / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    assert enc.run(None, {io.MEL: np.zeros((1, 80, 3000), np.float32)})[0].shape == (1, 6, 1500, 64)
