@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_bundle_cache(tmp_path_factory):
+    """Bundles exported on demand go to a temp dir, never the user's ~/.cache."""
+    old = os.environ.get("WHISPER_EXPORT_CACHE_DIR")
+    os.environ["WHISPER_EXPORT_CACHE_DIR"] = str(tmp_path_factory.mktemp("whisper-export-cache"))
+    yield
+    if old is None:
+        os.environ.pop("WHISPER_EXPORT_CACHE_DIR", None)
+    else:
+        os.environ["WHISPER_EXPORT_CACHE_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -203,14 +203,29 @@ def _bundle_copy(src: Path, dst: Path, skip: str | None = None, corrupt: str | N
 
 
 def test_load_errors(tiny_bundle, tmp_path):
-    with pytest.raises(ValueError, match="received no bundle directory"):
-        WhisperRuntime.load(None)
+    with pytest.raises(ValueError, match="backend 'tensorrt': received no bundle directory"):
+        WhisperRuntime.load(None, backend="tensorrt")
     with pytest.raises(BundleError, match="'decoder.onnx' is missing"):
         WhisperRuntime.load(_bundle_copy(tiny_bundle, tmp_path / "a", skip="decoder.onnx"))
     with pytest.raises(BundleError, match="tokenizer.json has sha256 .*, expected"):
         WhisperRuntime.load(_bundle_copy(tiny_bundle, tmp_path / "b", corrupt="tokenizer.json"))
     with pytest.raises(ValueError, match="backend: received 'tensorflow'"):
         WhisperRuntime.load(tiny_bundle, backend="tensorflow")
+
+
+def test_load_without_bundle_exports_the_default_model_once(tmp_path, monkeypatch, clips):
+    from whisper_export.bundle_cache import cached_bundle_dir
+
+    monkeypatch.setenv("WHISPER_EXPORT_CACHE_DIR", str(tmp_path))
+    path = clips["en_fox.wav"]["path"]
+    with WhisperRuntime.load() as rt:
+        first = rt.transcribe(path, beam_size=1)
+    cached = cached_bundle_dir(None)
+    assert cached.parent.parent == tmp_path and (cached / "manifest.json").is_file()
+    stamp = (cached / "decoder.onnx").stat().st_mtime_ns
+    with WhisperRuntime.load(model="tiny.en") as rt:  # the same bundle, not exported again
+        assert rt.transcribe(path, beam_size=1).text == first.text
+    assert (cached / "decoder.onnx").stat().st_mtime_ns == stamp
 
 
 def test_torch_backend_runtime_transcribes_like_the_bundle(runtime, tiny_checkpoint, clips):
