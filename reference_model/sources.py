@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from reference_model.checkpoint import Checkpoint, CheckpointError
 from reference_model.ctranslate2 import ctranslate2_files, load_ctranslate2
 from reference_model.huggingface import is_hf_dir, load_huggingface
 from reference_model.openai import load_openai
+from whisper_export.bundle import sha256_file
 
 DEFAULT_MODEL = "tiny.en"
 
@@ -50,14 +50,6 @@ class PackagedModel:
         files = [self._verified(*w) for w in self.weights]
         tok = self._verified(*self.tokenizer)
         return load_ctranslate2(files, self.name, tok, self._path(*self.config))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 PACKAGED = {
