@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from whisper_export.audio import N_FRAMES, N_SAMPLES, AudioInput, log_mel_spectrogram, pad_or_trim
+from whisper_export.audio import N_FRAMES, AudioInput, pad_or_trim
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle
 from whisper_export.decoding import DecodingResult, DecodingTask, detect_language
 from whisper_export.options import DecodingOptions, split_options
 from whisper_export.tokenizer import WhisperTokenizer
-from whisper_export.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult
+from whisper_export.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -132,7 +132,7 @@ class WhisperRuntime:
                 "expected a multilingual one"
             )
         # as openai-whisper's transcribe(): the log-mel of the audio padded with 30 s of zeros, cut to 30 s
-        mel = pad_or_trim(log_mel_spectrogram(audio, self.backend.dims.n_mels, padding=N_SAMPLES), N_FRAMES)
+        mel = pad_or_trim(long_form_mel(audio, self.backend.dims.n_mels), N_FRAMES)
         codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(mel[None]), 1)
         return codes[0], probs[0]
 

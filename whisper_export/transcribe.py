@@ -16,7 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from whisper_export.audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioInput, log_mel_spectrogram, pad_or_trim
+from whisper_export.audio import (
+    HOP_LENGTH,
+    N_FRAMES,
+    N_SAMPLES,
+    SAMPLE_RATE,
+    AudioInput,
+    as_audio,
+    log_mel_spectrogram,
+    pad_or_trim,
+)
 from whisper_export.backends.base import Backend, CrossKV
 from whisper_export.decoding import DecodingResult, DecodingTask, detect_language
 from whisper_export.options import TranscribeOptions, decoding_at
@@ -31,6 +40,29 @@ ProgressCallback = Callable[[int, int, int], None]
 SILENCE_BELOW_PEAK = 1.5
 SILENCE_FLOOR = -0.5
 SILENCE_LEAD_FRAMES = 20
+
+# long_form_mel: zero samples after the audio that the STFT really runs over (10 frames; >= N_FFT / 2 + 2 hops
+# so that the last of them is pure silence)
+MEL_TAIL_SAMPLES = 10 * HOP_LENGTH
+
+
+def long_form_mel(audio: AudioInput, n_mels: int) -> np.ndarray:
+    """log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), bit for bit, without the STFT of 30 s of zeros.
+
+    openai-whisper appends 30 s of zeros before the STFT. Past the few frames whose window reaches back into
+    the audio, every padding frame is the log-mel of pure silence: the same value, floored at the file's
+    loudest bin - 8 like the rest. So the STFT runs over the audio and MEL_TAIL_SAMPLES of zeros (its last
+    frame already pure silence) and that frame is repeated to the full length. For a 4 s clip that is a
+    tenth of the FFT work (~15 ms a file); tests/whisper_export/test_perf_paths.py holds it to the original.
+    """
+    waveform = as_audio(audio)
+    mel = log_mel_spectrogram(waveform, n_mels, padding=MEL_TAIL_SAMPLES)
+    total = (len(waveform) + N_SAMPLES) // HOP_LENGTH
+    done = mel.shape[-1]
+    out = np.empty((n_mels, total), np.float32)
+    out[:, :done] = mel
+    out[:, done:] = mel[:, -1:]
+    return out
 
 
 @dataclass(frozen=True)
@@ -206,7 +238,7 @@ class Transcriber:
         jobs: list[_Job] = []
         for i, audio in enumerate(audios):
             try:
-                mel = log_mel_spectrogram(audio, dims.n_mels, padding=N_SAMPLES)
+                mel = long_form_mel(audio, dims.n_mels)
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
                 out[i] = e
                 continue

@@ -1,0 +1,484 @@
+"""GPU benchmark (issue 6 H100 targets, issue 4 GPU must-show): ours on onnxruntime-gpu (CUDA EP, fp16 bundle,
+IO binding + CUDA graphs) against transformers fp16 on the same GPU, in one run.
+
+    # on the GPU machine, onnxruntime-gpu unpacked in /tmp/site (see NOTES.md "Benchmarks"):
+    export PYTHONPATH=/tmp/site:$PWD
+    python benchmarks/gpu_bench.py tiny --bundle /tmp/b16m --out $OUT/gpu_tiny.json
+    python benchmarks/gpu_bench.py large-v3 --tokenizer /tmp/v3_tokenizer.json --work /tmp/lv3 --out $OUT/gpu_large.json
+
+tiny: the carried tiny.en fp16 bundle (attention=matmul: onnxruntime's CUDA Attention kernel rejects
+softmax_precision, see NOTES.md); the checkpoint is rebuilt from the bundle's initializers (exact fp16 values)
+for transformers, and for an attention=onnx export whose CUDA run is tried and recorded.
+large-v3: random weights with large-v3 dims, exported on the machine (timing only; tokens are meaningless).
+
+Every section is guarded: a failure is recorded in the JSON ("errors") and the next section runs; the JSON is
+rewritten after each section so a timeout still leaves the finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import wave
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from whisper_export.bench_cli import (  # noqa: E402
+    hf_fixed_steps,
+    ours_decode,
+    ours_encoder_ms,
+    ours_step_loop,
+    prompt_for,
+    summary,
+)
+
+CLIPS = sorted((REPO / "tests" / "data").glob("en_*.wav"))
+PROFILE = True
+LARGE_V3 = dict(n_mels=128, n_audio_ctx=1500, n_audio_state=1280, n_audio_head=20, n_audio_layer=32, n_vocab=51866,
+                n_text_ctx=448, n_text_state=1280, n_text_head=20, n_text_layer=32)
+
+
+class Report:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data: dict = {"errors": {}, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.t0 = time.perf_counter()
+
+    def section(self, name: str, fn, *args, **kwargs):
+        print(f"[gpu_bench] {name} (t={time.perf_counter() - self.t0:.0f}s)", flush=True)
+        t = time.perf_counter()
+        try:
+            value = fn(*args, **kwargs)
+            self.data[name] = value
+            return value
+        except Exception as e:  # noqa: BLE001 - record and go on
+            self.data["errors"][name] = f"{type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}"
+            print(f"[gpu_bench] {name} FAILED: {e}", flush=True)
+            return None
+        finally:
+            self.data.setdefault("section_seconds", {})[name] = time.perf_counter() - t
+            self.save()
+
+    def save(self):
+        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """16-bit PCM mono 16 kHz (the committed clips) without soundfile, which the GPU image lacks."""
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 16000 and w.getnchannels() == 1 and w.getsampwidth() == 2, path
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768.0
+
+
+def environment() -> dict:
+    import onnxruntime as ort
+    import torch
+
+    info = {"onnxruntime": ort.__version__, "onnxruntime_file": ort.__file__, "providers": ort.get_available_providers(),
+            "torch": torch.__version__, "numpy": np.__version__, "python": sys.version.split()[0]}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    return info
+
+
+def checkpoint_from_bundle(bundle_dir: Path):
+    """The canonical state dict back from a bundle's initializers (linear weights are stored transposed)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from reference_model.checkpoint import Checkpoint, verify_state
+    from whisper_export.bundle import Bundle
+
+    bundle = Bundle.open(bundle_dir)
+    state = {}
+    for name in ("encoder.onnx", "decoder.onnx"):
+        model = onnx.load(str(bundle.directory / name))
+        for init in model.graph.initializer:
+            if init.name.startswith("const"):
+                continue
+            array = numpy_helper.to_array(init).astype(np.float32)
+            if init.name.endswith(".weight_t"):
+                state[init.name[: -len("_t")]] = np.ascontiguousarray(array.T)
+            else:
+                state[init.name] = array
+    verify_state(bundle.dims, state, str(bundle_dir))
+    return Checkpoint(bundle.dims, state, bundle.config.get("model_name", "model"), "onnx-bundle", str(bundle_dir),
+                      bundle.tokenizer_path, {"alignment_heads": bundle.config.get("alignment_heads")}, str(bundle_dir))
+
+
+def kernel_profile(step, n: int) -> dict:
+    """CUDA kernels per step and their GPU time (torch.profiler/CUPTI sees onnxruntime's kernels too)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t
+    kernels: dict[str, list[float]] = {}
+    count = 0
+    busy = 0.0
+    for e in prof.events():
+        if str(getattr(e, "device_type", "")).endswith("CUDA") and not e.name.startswith(("cudaMemcpy", "Memcpy", "Memset")):
+            dt = float(getattr(e, "device_time", None) or getattr(e, "cuda_time", 0) or 0)  # us
+            if dt <= 0:
+                continue
+            count += 1
+            busy += dt
+            kernels.setdefault(e.name[:80], []).append(dt)
+    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:12]
+    return {"steps": n, "kernels_per_step": count / n, "gpu_busy_us_per_step": busy / n,
+            "wall_us_per_step_profiled": wall / n * 1e6,
+            "top": [{"kernel": k, "us_per_step": s / n, "calls_per_step": c / n} for s, c, k in top]}
+
+
+def ours_profile(backend, mel_row, rows: int, prompt: list[int], n: int = 30) -> dict:
+    rows_mel = np.ascontiguousarray(np.repeat(mel_row, rows, 0))
+    cross = backend.encode(rows_mel)
+    cache = backend.new_cache(rows, backend.dims.n_text_ctx)
+    index = np.arange(rows, dtype=np.int64)
+    start = np.asarray([prompt] * rows, np.int64)
+    logits, cache = backend.decode(start, np.zeros(rows, np.int64), index, np.asarray([len(prompt) - 1]), cache, cross)
+    state = {"cache": cache, "i": 0, "token": logits[:, -1].argmax(-1)[:, None].astype(np.int64)}
+
+    def step():
+        offsets = np.full(rows, len(prompt) + state["i"], np.int64)
+        logits, state["cache"] = backend.decode(state["token"], offsets, index, np.zeros(1, np.int64), state["cache"], cross)
+        state["token"] = logits[:, 0].argmax(-1)[:, None].astype(np.int64)
+        state["i"] += 1
+
+    for _ in range(4):  # capture before profiling
+        step()
+    return kernel_profile(step, n)
+
+
+def gpu_backend(bundle_dir, cuda_graph: bool):
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    t = time.perf_counter()
+    backend = OnnxRuntimeBackend(bundle_dir, device="cuda", cuda_graph=cuda_graph)
+    return backend, time.perf_counter() - t
+
+
+def tokens_check(bundle_dir: Path, mel, audios) -> dict:
+    """Greedy / beam 5 / timestamps on the 5 clips: GPU (graphs, no graphs) against the CPU of this machine and
+    against the dev machine's CPU tokens (benchmarks/data/cpu_tokens_tiny_en.json)."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.bundle import Bundle
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime import WhisperRuntime
+
+    expected = json.loads((REPO / "benchmarks" / "data" / "cpu_tokens_tiny_en.json").read_text())
+    bundle = Bundle.open(bundle_dir)
+    tok = bundle.tokenizer()
+    cpu = OnnxRuntimeBackend(bundle)
+    out: dict = {}
+    options = {"greedy": DecodingOptions(without_timestamps=True), "beam5": DecodingOptions(beam_size=5, without_timestamps=True),
+               "greedy_ts": DecodingOptions()}
+    cpu_tokens = {k: [r.tokens for r in decode(cpu, tok, mel, o)] for k, o in options.items()}
+    for graph in (True, False):
+        gpu, _ = gpu_backend(bundle_dir, graph)
+        label = "graph" if graph else "nograph"
+        out[f"{label}_mode"] = gpu.graph_mode
+        out[f"{label}_graph_error"] = gpu.graph_error
+        for k, o in options.items():
+            batched = [r.tokens for r in decode(gpu, tok, mel, o)]
+            alone = [decode(gpu, tok, mel[i : i + 1], o)[0].tokens for i in range(len(mel))]
+            out[f"{label}:{k}:same_as_this_cpu"] = batched == cpu_tokens[k] and alone == cpu_tokens[k]
+            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-matmul-{k}")
+            out[f"{label}:{k}:same_as_dev_cpu_fp32"] = batched == expected.get(f"fp32-onnx-{k}")
+            if not out[f"{label}:{k}:same_as_this_cpu"]:
+                out[f"{label}:{k}:gpu_tokens"] = batched
+                out[f"{label}:{k}:cpu_tokens"] = cpu_tokens[k]
+        gpu.close()
+    # the whole runtime (long-form transcribe) on one clip: GPU and CPU
+    with WhisperRuntime.load(bundle_dir, device="cuda") as rt_gpu, WhisperRuntime.load(bundle_dir) as rt_cpu:
+        g = rt_gpu.transcribe(audios[1], beam_size=5)
+        c = rt_cpu.transcribe(audios[1], beam_size=5)
+        out["runtime_transcribe_en_fox"] = {"gpu_text": g.text, "cpu_text": c.text,
+                                            "same_tokens": [s.tokens for s in g.segments] == [s.tokens for s in c.segments],
+                                            "gpu_segment_tokens": [s.tokens for s in g.segments]}
+    out["cpu_greedy_tokens_en_fox"] = cpu_tokens["greedy"][1]
+    return out
+
+
+def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repeats: int) -> dict:
+    from whisper_export.options import DecodingOptions
+
+    backend, load_s = gpu_backend(bundle_dir, graph)
+    tok = backend.bundle.tokenizer()
+    prompt = prompt_for(tok)
+    r = {"load_s": load_s, "mode": backend.graph_mode, "graph_error": backend.graph_error, "repr": repr(backend)}
+    r["encoder_b1"] = ours_encoder_ms(backend, mel[:1], repeats * 5)
+    mel16 = np.ascontiguousarray(mel[[i % len(mel) for i in range(16)]])
+
+    def enc16():
+        backend.encode(mel16)
+
+    for _ in range(2):
+        enc16()
+    samples = []
+    for _ in range(repeats * 3):
+        t0 = time.perf_counter()
+        enc16()
+        samples.append(time.perf_counter() - t0)
+    r["encoder_b16_ms"] = summary([s * 1e3 for s in samples])
+    greedy = DecodingOptions(without_timestamps=True)
+    beam5 = DecodingOptions(without_timestamps=True, beam_size=5)
+    for key, m, o, one in (("greedy_b1", mel, greedy, True), ("beam5_b1", mel, beam5, True), ("greedy_b16", mel16, greedy, False)):
+        d = ours_decode(backend, tok, m, o, repeats, one_by_one=one)
+        d.pop("token_ids")
+        r[key] = d
+    r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
+    r["graphs_captured_keys"] = len(getattr(backend, "_bindings", {}))
+    try:
+        if PROFILE:
+            r["profile_b1"] = ours_profile(backend, mel[:1], 1, prompt)
+            r["profile_b16"] = ours_profile(backend, mel[:1], 16, prompt)
+    except Exception as e:  # noqa: BLE001
+        r["profile_error"] = f"{type(e).__name__}: {e}"
+    r["mode_after"] = backend.graph_mode
+    r["graph_error_after"] = backend.graph_error
+    backend.close()
+    return r
+
+
+def transformers_suite(ckpt, mel, prompt, batch_sizes, steps: int, repeats: int, work: Path, random_init: bool) -> dict:
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from reference_model.huggingface import hf_config
+
+    t = time.perf_counter()
+    eot = 50256 if not ckpt.dims.is_multilingual else 50257
+    if random_init:
+        cfg = WhisperConfig(**{k: v for k, v in hf_config(ckpt.dims, eot, eot + 1).items() if k not in ("architectures", "model_type")})
+        with torch.device("cuda"):  # random init on the GPU: seconds, not a minute of CPU init for 1.5 B weights
+            model = WhisperForConditionalGeneration(cfg)
+        model = model.to(torch.float16).eval()
+    else:
+        from reference_model.huggingface import save_huggingface
+
+        target = work / "hf"
+        if not target.exists():
+            save_huggingface(ckpt, target)
+        model = WhisperForConditionalGeneration.from_pretrained(str(target), torch_dtype=torch.float16).cuda().eval()
+    r = {"load_s": time.perf_counter() - t, "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+    feats = torch.from_numpy(mel).to("cuda", torch.float16)
+
+    def enc():
+        with torch.inference_mode():
+            model.model.encoder(feats[:1])
+        torch.cuda.synchronize()
+
+    for _ in range(3):
+        enc()
+    samples = []
+    for _ in range(repeats * 5):
+        t0 = time.perf_counter()
+        enc()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    r["encoder_b1_ms"] = summary(samples)
+    r["step_loop"] = []
+    for b in batch_sizes:
+        f = feats[:1].repeat(b, 1, 1)
+        r["step_loop"].append(hf_fixed_steps(model, f, prompt, steps, repeats, eot))
+    if not random_init:
+        from whisper_export.bench_cli import hf_decode
+
+        d = hf_decode(model, feats, eot, repeats, one_by_one=True)
+        r["greedy_b1_tokens"] = d.pop("token_ids")
+        r["greedy_b1"] = d
+    del model
+    torch.cuda.empty_cache()
+    return r
+
+
+def onnx_attention_probe(ckpt, work: Path, mel) -> dict:
+    """Does the attention=onnx fp16 bundle (opset-23 Attention, softmax_precision=FLOAT) run on the CUDA EP?"""
+    from whisper_export.export import ExportOptions, export_bundle
+
+    target = work / "b16-onnx"
+    if not target.exists():
+        export_bundle(ckpt, target, ExportOptions(precision="fp16", attention="onnx"), progress=lambda _: None)
+    from whisper_export.bundle import Bundle
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    backend, _ = gpu_backend(target, True)
+    tok = Bundle.open(target).tokenizer()
+    out = {"mode": backend.graph_mode}
+    try:
+        out["tokens"] = [r.tokens for r in decode(backend, tok, mel[:2], DecodingOptions(without_timestamps=True))]
+        out["ran"] = True
+    except Exception as e:  # noqa: BLE001
+        out["ran"] = False
+        out["error"] = f"{type(e).__name__}: {str(e)[:600]}"
+    return out
+
+
+def random_large_v3(tokenizer_json: Path, dims_dict: dict | None = None):
+    from reference_model.checkpoint import Checkpoint, expected_shapes
+    from whisper_export.dims import ModelDims
+
+    dims = ModelDims(**(dims_dict or LARGE_V3))
+    rng = np.random.default_rng(0)
+    state = {}
+    for name, shape in expected_shapes(dims).items():
+        if name.endswith("ln.weight") or name.endswith("_ln.weight") or name.endswith("ln_post.weight"):
+            state[name] = np.ones(shape, np.float32)
+        elif name.endswith(".bias"):
+            state[name] = np.zeros(shape, np.float32)
+        else:
+            state[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.02)
+    return Checkpoint(dims, state, "large-v3-random", "random", "random", tokenizer_json, {}, "random")
+
+
+def simulate_on_cpu() -> None:
+    """GPU_BENCH_SIMULATE=1: run the CUDA code path of the backend on the CPU provider (no graphs), to check this
+    script before spending GPU time. Use with --skip transformers,profile."""
+    import onnxruntime as ort
+
+    from whisper_export.backends import onnxruntime as ob
+
+    ort.get_available_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    ob.OnnxRuntimeBackend._ort_device = "cpu"
+
+    original = ob.OnnxRuntimeBackend._session
+
+    def session(self, *a, **k):
+        if k.get("graph"):
+            raise ob.BackendError("simulated: no graph capture on the CPU")
+        device, self.device = self.device, "cpu"
+        try:
+            return original(self, *a, **k)
+        finally:
+            self.device = device
+
+    ob.OnnxRuntimeBackend._session = session
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", choices=["tiny", "large-v3"])
+    ap.add_argument("--bundle", type=Path)
+    ap.add_argument("--tokenizer", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_bench"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--skip", default="", help="comma-separated sections to skip")
+    ap.add_argument("--onnx-attention-suite", action="store_true",
+                    help="tiny: also time an attention=onnx fp16 export of the same weights")
+    ap.add_argument("--attentions", default="matmul", help="large-v3: exports to time, e.g. matmul,onnx")
+    args = ap.parse_args()
+    import os
+
+    if os.environ.get("GPU_BENCH_SIMULATE") == "1":
+        simulate_on_cpu()
+    args.work.mkdir(parents=True, exist_ok=True)
+    skip = set(args.skip.split(","))
+    global PROFILE
+    PROFILE = "profile" not in skip
+    rep = Report(args.out)
+    rep.section("environment", environment)
+    from whisper_export.audio import log_mel_batch
+
+    if args.model == "tiny":
+        audios = [read_wav(p) for p in CLIPS]
+        rep.data["clips"] = [p.name for p in CLIPS]
+        mel = log_mel_batch(audios)
+        batch_sizes = [1, 2, 4, 8, 16, 32]
+        if "tokens" not in skip:
+            rep.section("tokens", tokens_check, args.bundle, mel, audios)
+        rep.section("ours_graph", ours_suite, args.bundle, mel, True, batch_sizes, args.steps, args.repeats)
+        if "nograph" not in skip:
+            rep.section("ours_nograph", ours_suite, args.bundle, mel, False, [1, 16], args.steps, args.repeats)
+        ckpt = rep.section("checkpoint_from_bundle", checkpoint_from_bundle, args.bundle)
+        if ckpt is not None and "transformers" not in skip:
+            from whisper_export.tokenizer import WhisperTokenizer
+
+            prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
+            rep.section("transformers", transformers_suite, ckpt, mel, prompt, batch_sizes, args.steps, args.repeats,
+                        args.work, False)
+        if ckpt is not None and "onnx_attention" not in skip:
+            rep.section("onnx_attention_probe", onnx_attention_probe, ckpt, args.work, mel)
+            if args.onnx_attention_suite:
+                rep.section("ours_graph_onnx_attention", ours_suite, args.work / "b16-onnx", mel, True, [1, 16],
+                            args.steps, args.repeats)
+    else:
+        ckpt = rep.section("random_checkpoint", random_large_v3, args.tokenizer)
+        attentions = [a for a in args.attentions.split(",") if a]
+
+        def export(attention):
+            from whisper_export.export import ExportOptions, export_bundle
+
+            target = args.work / f"lv3-b16-{attention}"
+            if not (target / "manifest.json").exists():
+                export_bundle(ckpt, target, ExportOptions(precision="fp16", attention=attention))
+            return {"bytes": sum(p.stat().st_size for p in target.iterdir())}
+
+        for attention in attentions:
+            rep.section(f"export_{attention}", export, attention)
+        del ckpt
+        import gc
+
+        gc.collect()
+        rng = np.random.default_rng(1)
+        mel = (rng.standard_normal((2, 128, 3000)).astype(np.float32) * 0.5).astype(np.float32)
+        from whisper_export.tokenizer import WhisperTokenizer
+
+        tok = WhisperTokenizer.from_file(args.tokenizer, 51866)
+        prompt = prompt_for(tok)
+
+        def ours_large(graph: bool, batch_sizes, attention: str):
+            backend, load_s = gpu_backend(args.work / f"lv3-b16-{attention}", graph)
+            r = {"load_s": load_s, "mode": backend.graph_mode, "graph_error": backend.graph_error}
+            r["encoder_b1"] = ours_encoder_ms(backend, mel[:1], args.repeats * 3)
+            r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, args.steps, args.repeats) for b in batch_sizes]
+            if graph and PROFILE:
+                try:
+                    r["profile_b1"] = ours_profile(backend, mel[:1], 1, prompt, 20)
+                except Exception as e:  # noqa: BLE001
+                    r["profile_error"] = str(e)
+            r["mode_after"] = backend.graph_mode
+            backend.close()
+            return r
+
+        for attention in attentions:
+            suffix = "" if attention == "matmul" else f"_{attention}"
+            rep.section(f"ours_graph{suffix}", ours_large, True, [1, 4, 16], attention)
+            if "nograph" not in skip:
+                rep.section(f"ours_nograph{suffix}", ours_large, False, [1, 16], attention)
+        if "transformers" not in skip:
+            from reference_model.checkpoint import Checkpoint
+            from whisper_export.dims import ModelDims
+
+            shell = Checkpoint(ModelDims(**LARGE_V3), {}, "large-v3-random", "random", "random", args.tokenizer)
+            rep.section("transformers", transformers_suite, shell, mel, prompt, [1, 16], min(args.steps, 64),
+                        args.repeats, args.work, True)
+    rep.data["total_seconds"] = time.perf_counter() - rep.t0
+    rep.save()
+    print(json.dumps({k: v for k, v in rep.data.items() if k in ("errors", "section_seconds")}, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
