@@ -30,14 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from whisper_export.bench_cli import (  # noqa: E402
-    hf_fixed_steps,
-    ours_decode,
-    ours_encoder_ms,
-    ours_step_loop,
-    prompt_for,
-    summary,
-)
+from whisper_export.bench.baselines import hf_fixed_steps  # noqa: E402
+from whisper_export.bench.common import summary  # noqa: E402
+from whisper_export.bench.ours import ours_decode, ours_encoder_ms, ours_step_loop, prompt_for  # noqa: E402
 
 CLIPS = sorted((REPO / "tests" / "data").glob("en_*.wav"))
 PROFILE = True
@@ -302,7 +297,7 @@ def transformers_suite(ckpt, mel, prompt, batch_sizes, steps: int, repeats: int,
         f = feats[:1].repeat(b, 1, 1)
         r["step_loop"].append(hf_fixed_steps(model, f, prompt, steps, repeats, eot))
     if not random_init:
-        from whisper_export.bench_cli import hf_decode
+        from whisper_export.bench.baselines import hf_decode
 
         d = hf_decode(model, feats, eot, repeats, one_by_one=True)
         r["greedy_b1_tokens"] = d.pop("token_ids")
