@@ -135,11 +135,7 @@ class TensorRTBackend(Backend):
         return cross
 
     def new_cache(self, rows: int, capacity: int) -> _Cache:
-        if rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
-            raise ValueError(
-                f"new_cache: received rows={rows}, capacity={capacity}, expected rows >= 1 and "
-                f"1 <= capacity <= n_text_ctx={self.dims.n_text_ctx}"
-            )
+        self.check_new_cache(rows, capacity)
         if rows > self.max_rows or capacity > self.max_capacity:
             raise ValueError(
                 f"new_cache: received rows={rows}, capacity={capacity}, expected rows <= {self.max_rows} and "
@@ -167,11 +163,7 @@ class TensorRTBackend(Backend):
         cache: _Cache,
         cross: _Cross,
     ) -> tuple[np.ndarray, _Cache]:
-        if not isinstance(cache, _Cache) or not isinstance(cross, _Cross):
-            raise TypeError(
-                f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
-                "handles this backend's new_cache() and encode() return"
-            )
+        self.check_handles(cache, cross, _Cache, _Cross)
         if cache.step != cache.pair.step:
             raise BackendError(
                 f"decode: received a cache consumed by an earlier decode (step {cache.step}, the cache is at step "

@@ -72,6 +72,22 @@ class Backend(abc.ABC):
 
     # -- validation shared by implementations: messages name the tensor, received and expected ----
 
+    def check_new_cache(self, rows: int, capacity: int) -> None:
+        if rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
+            raise ValueError(
+                f"new_cache: received rows={rows}, capacity={capacity}, expected rows >= 1 and "
+                f"1 <= capacity <= n_text_ctx={self.dims.n_text_ctx}"
+            )
+
+    @staticmethod
+    def check_handles(cache: Any, cross: Any, cache_type: type, cross_type: type) -> None:
+        """decode() takes only the handles this backend's own new_cache() and encode() returned."""
+        if not isinstance(cache, cache_type) or not isinstance(cross, cross_type):
+            raise TypeError(
+                f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
+                "handles this backend's new_cache() and encode() return"
+            )
+
     def check_mel(self, mel: np.ndarray) -> None:
         expected = f"(n_audio, {self.dims.n_mels}, {N_FRAMES}) float32"
         if not isinstance(mel, np.ndarray):

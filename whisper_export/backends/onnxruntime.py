@@ -351,11 +351,7 @@ class OnnxRuntimeBackend(Backend):
         return outputs
 
     def new_cache(self, rows: int, capacity: int) -> _Cache:
-        if rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
-            raise ValueError(
-                f"new_cache: received rows={rows}, capacity={capacity}, expected rows >= 1 and "
-                f"1 <= capacity <= n_text_ctx={self.dims.n_text_ctx}"
-            )
+        self.check_new_cache(rows, capacity)
         d = self.dims
         if self.device == "cpu":
             shape = (rows, d.n_text_head, capacity, d.text_head_dim)
@@ -367,11 +363,7 @@ class OnnxRuntimeBackend(Backend):
         return _Cache(a.buffers.values, rows, capacity, b.buffers.values, (a, b), 0)
 
     def decode(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross):
-        if not isinstance(cache, _Cache) or not isinstance(cross, _Cross):
-            raise TypeError(
-                f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
-                "handles this backend's new_cache() and encode() return"
-            )
+        self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
         if self.device == "cpu":
             steering = {

@@ -54,20 +54,12 @@ class TorchBackend(Backend):
         return _Cross(k, v, mel.shape[0])
 
     def new_cache(self, rows: int, capacity: int) -> _Cache:
-        if rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
-            raise ValueError(
-                f"new_cache: received rows={rows}, capacity={capacity}, expected rows >= 1 and "
-                f"1 <= capacity <= n_text_ctx={self.dims.n_text_ctx}"
-            )
+        self.check_new_cache(rows, capacity)
         k, v = self.model.empty_cache(rows, capacity)
         return _Cache(k, v, rows, capacity)
 
     def decode(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross):
-        if not isinstance(cache, _Cache) or not isinstance(cross, _Cross):
-            raise TypeError(
-                f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
-                "handles this backend's new_cache() and encode() return"
-            )
+        self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
         t = self._torch.from_numpy
         with self._torch.inference_mode():
