@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +29,10 @@ import onnxruntime as ort
 
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
+from whisper_export.backends.ort_buffers import CacheHandle as _Cache
+from whisper_export.backends.ort_buffers import CrossHandle as _Cross
+from whisper_export.backends.ort_buffers import Pool as _Pool
+from whisper_export.backends.ort_buffers import Steering as _Steering
 from whisper_export.bundle import Bundle, BundleError
 
 DEVICES = ("cpu", "cuda")
@@ -67,71 +69,6 @@ def physical_cores() -> int:
     except OSError:
         pass
     return max(1, len(cores) if cores else len(allowed))
-
-
-class _Pool:
-    """Device buffer sets handed out by key and taken back when the last handle that holds one is gone.
-
-    A set keeps its addresses for the backend's lifetime, which is what a captured CUDA graph needs; a key's
-    sets are reused in turn, so the number of sets (and graphs) stays that of the decodes alive at once.
-    """
-
-    def __init__(self, make):
-        self._make = make  # key -> list of OrtValues
-        self._free: dict[tuple, list["_BufferSet"]] = {}
-        self._ids = itertools.count()
-
-    def take(self, key: tuple) -> "_Lease":
-        free = self._free.setdefault(key, [])
-        buffers = free.pop() if free else _BufferSet(next(self._ids), self._make(key))
-        lease = _Lease(buffers)
-        weakref.finalize(lease, free.append, buffers)
-        return lease
-
-    def clear(self) -> None:
-        self._free.clear()
-
-
-@dataclass(eq=False)
-class _BufferSet:
-    id: int
-    values: list[Any]
-
-
-class _Lease:
-    """Holds a _BufferSet out of its pool; the set goes back when the lease is garbage."""
-
-    __slots__ = ("buffers", "__weakref__")
-
-    def __init__(self, buffers: _BufferSet):
-        self.buffers = buffers
-
-
-@dataclass
-class _Cross:
-    values: list[Any]  # numpy arrays (CPU) or OrtValues on the device (CUDA), in graph_io.cross_inputs order
-    n_audio: int
-    lease: _Lease | None = field(default=None, repr=False)  # CUDA: the pooled buffers the values live in
-
-
-@dataclass
-class _Cache:
-    values: list[Any]  # in graph_io.self_inputs order
-    rows: int
-    capacity: int
-    spare: list[Any] | None = field(default=None)  # CUDA: the output buffers of the next step
-    # CUDA: the pooled pair of sets [A, B] and which one `values` is (0: A, 1: B)
-    lease: tuple[_Lease, _Lease] | None = field(default=None, repr=False)
-    side: int = 0
-
-
-@dataclass
-class _Steering:
-    """Fixed device inputs of the one-token step for one row count, updated in place when they change."""
-
-    values: dict[str, Any]  # graph_io name -> OrtValue
-    last: dict[str, np.ndarray]  # what each holds now
-    logits: Any  # OrtValue (rows, 1, n_vocab) float32 on the device
 
 
 class OnnxRuntimeBackend(Backend):

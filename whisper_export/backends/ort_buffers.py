@@ -1,0 +1,74 @@
+"""Handles and device-buffer pools of the onnxruntime backend (see backends/onnxruntime.py for the design)."""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+class Pool:
+    """Device buffer sets handed out by key and taken back when the last handle that holds one is gone.
+
+    A set keeps its addresses for the backend's lifetime, which is what a captured CUDA graph needs; a key's
+    sets are reused in turn, so the number of sets (and graphs) stays that of the decodes alive at once.
+    """
+
+    def __init__(self, make):
+        self._make = make  # key -> list of OrtValues
+        self._free: dict[tuple, list["BufferSet"]] = {}
+        self._ids = itertools.count()
+
+    def take(self, key: tuple) -> "Lease":
+        free = self._free.setdefault(key, [])
+        buffers = free.pop() if free else BufferSet(next(self._ids), self._make(key))
+        lease = Lease(buffers)
+        weakref.finalize(lease, free.append, buffers)
+        return lease
+
+    def clear(self) -> None:
+        self._free.clear()
+
+
+@dataclass(eq=False)
+class BufferSet:
+    id: int
+    values: list[Any]
+
+
+class Lease:
+    """Holds a BufferSet out of its pool; the set goes back when the lease is garbage."""
+
+    __slots__ = ("buffers", "__weakref__")
+
+    def __init__(self, buffers: BufferSet):
+        self.buffers = buffers
+
+
+@dataclass
+class CrossHandle:
+    values: list[Any]  # numpy arrays (CPU) or OrtValues on the device (CUDA), in graph_io.cross_inputs order
+    n_audio: int
+    lease: Lease | None = field(default=None, repr=False)  # CUDA: the pooled buffers the values live in
+
+
+@dataclass
+class CacheHandle:
+    values: list[Any]  # in graph_io.self_inputs order
+    rows: int
+    capacity: int
+    spare: list[Any] | None = field(default=None)  # CUDA: the output buffers of the next step
+    # CUDA: the pooled pair of sets [A, B] and which one `values` is (0: A, 1: B)
+    lease: tuple[Lease, Lease] | None = field(default=None, repr=False)
+    side: int = 0
+
+
+@dataclass
+class Steering:
+    """Fixed device inputs of the one-token step for one row count, updated in place when they change."""
+
+    values: dict[str, Any]  # graph_io name -> OrtValue
+    last: dict[str, np.ndarray]  # what each holds now
+    logits: Any  # OrtValue (rows, 1, n_vocab) float32 on the device
