@@ -30,7 +30,8 @@ class Tolerance:
 
 
 TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=1e-5, min_cosine=0.99999),
+    # fp32 summation order alone: base (d=512) reaches 0.9e-5 x max|ref| on encoder outputs over 12 seeds
+    "fp32": Tolerance(atol=1e-4, rtol=3e-5, min_cosine=0.99999),
     # fp16 weights and activations round at ~1e-3 relative
     "fp16": Tolerance(atol=1e-2, rtol=2e-2, min_cosine=0.999),
 }
@@ -117,13 +118,22 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     rows = [compare("encoder", name, g, r.numpy(), tol)
             for name, g, r in zip(io.cross_outputs(L), got, ref_cross)]
 
-    # each row starts at its own offset over a cache holding random "earlier" keys/values
+    # each row starts at its own offset; its earlier cache slots hold the reference decoder's own keys/values
+    # for random tokens (prefilled row by row), so both sides continue from a cache the model could have made
     offsets = np.array([3 * r for r in range(batch)], np.int64)
     capacity = int(offsets.max()) + 4 + steps
-    cache = [(rng.standard_normal((batch, dims.n_text_head, capacity, dims.text_head_dim)) * 0.5).astype(np.float32)
-             for _ in range(2 * L)]
-    ref_cache = [torch.from_numpy(c) for c in cache]
-    onnx_cache = [c.astype(dtype) for c in cache]
+    shape = (batch, dims.n_text_head, capacity, dims.text_head_dim)
+    ref_cache = [torch.zeros(shape) for _ in range(2 * L)]
+    with torch.no_grad():
+        for r in np.flatnonzero(offsets):
+            prefix = torch.from_numpy(rng.integers(0, dims.n_vocab, (1, int(offsets[r]))))
+            _, k, v = model.decoder(
+                prefix, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                [c[r : r + 1] for c in ref_cache[0::2]], [c[r : r + 1] for c in ref_cache[1::2]],
+                [c[r : r + 1] for c in ck], [c[r : r + 1] for c in cv], torch.tensor([0]))
+            for i in range(L):
+                ref_cache[2 * i][r], ref_cache[2 * i + 1][r] = k[i][0], v[i][0]
+    onnx_cache = [c.numpy().astype(dtype) for c in ref_cache]
     onnx_cross = [c.numpy().astype(dtype) for c in ref_cross]
     tokens = rng.integers(0, dims.n_vocab, (batch, 4))
     rows_idx = np.arange(batch)
