@@ -157,60 +157,30 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     return rows + _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
 
 
-def bundle_greedy(bundle: Bundle, mel: np.ndarray, prompt: list[int], suppress: list[int],
-                  suppress_at_begin: list[int], max_new_tokens: int = 224) -> list[int]:
-    """Greedy tokens straight from the two graphs on CPU onnxruntime (one audio, no runtime layers)."""
-    import onnxruntime as ort
-
-    L, dims = bundle.dims.n_text_layer, bundle.dims
-    dtype = io.PRECISIONS[bundle.precision]
-    enc = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
-    cross = enc.run(io.cross_outputs(L), {io.MEL: mel[None].astype(np.float32)})
-    capacity = min(dims.n_text_ctx, len(prompt) + max_new_tokens)
-    cache = [np.zeros((1, dims.n_text_head, capacity, dims.text_head_dim), dtype) for _ in range(2 * L)]
-    eot = bundle.special_tokens["eot"]
-    tokens, offset, out = np.array([prompt]), 0, []
-    for step in range(max_new_tokens):
-        feeds = {io.TOKENS: tokens, io.OFFSETS: np.array([offset]), io.CACHE_INDEX: np.array([0]),
-                 io.LOGIT_POSITIONS: np.array([tokens.shape[1] - 1]),
-                 **dict(zip(io.self_inputs(L), cache)), **dict(zip(io.cross_inputs(L), cross))}
-        logits, *cache = dec.run(io.decoder_outputs(L), feeds)
-        logits = logits[0, -1]
-        logits[suppress] = -np.inf
-        if step == 0:
-            logits[suppress_at_begin] = -np.inf
-        token = int(logits.argmax())
-        if token == eot:
-            break
-        out.append(token)
-        offset += tokens.shape[1]
-        if offset + 1 > capacity:
-            break
-        tokens = np.array([[token]])
-    return out
-
-
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:
+    """Greedy tokens of the runtime on the bundle against the torch reference, with the same suppression."""
     import torch
 
     from reference_model.greedy import greedy_decode
     from whisper_export.audio import load_audio, log_mel_batch
+    from whisper_export.decoding import suppress_set
+    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime import WhisperRuntime
 
     tok = bundle.tokenizer()
     sp = tok.special
-    prompt = [*tok.sot_sequence("en" if tok.is_multilingual else None), sp.no_timestamps]
-    suppress = sorted(set(tok.non_speech_tokens) | {sp.sot, sp.sot_prev, sp.sot_lm, sp.no_speech,
-                                                     sp.translate, sp.transcribe, *sp.language_tokens})
-    suppress += list(range(sp.timestamp_begin, bundle.dims.n_vocab))
-    begin = [*tok.encode(" "), sp.eot]
+    options = DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True)
+    prompt = [*tok.sot_sequence(options.language), sp.no_timestamps]
+    sample_len = bundle.dims.n_text_ctx // 2  # DecodingOptions' default
     results = []
-    for path in audio_paths:
-        mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
-        ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, 224, suppress, begin)[0]
-        got = bundle_greedy(bundle, mel[0], prompt, suppress, begin)
-        results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
-                        "text": tok.decode(got)})
+    with WhisperRuntime.load(bundle.directory) as runtime:
+        for path in audio_paths:
+            mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
+            ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len,
+                                suppress_set(tok, options), [*tok.encode(" "), sp.eot])[0]
+            got = runtime.decode(mel, options)[0].tokens
+            results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
+                            "text": tok.decode(got)})
     return results
 
 
