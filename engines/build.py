@@ -45,23 +45,14 @@ from engines.profiles import EngineLimits, Profile, check_profiles_cover, decode
 from engines.sidecar import EngineSidecar, TensorSpec, sidecar_path
 from engines.trt_api import trt
 from whisper_export import __version__
-from whisper_export.bundle import Bundle, sha256_file, write_manifest
+from whisper_export.bundle import Bundle, cache_dir, sha256_file, write_manifest
 
 GRAPHS = ("encoder", "decoder")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
-CACHE_ENV = "WHISPER_EXPORT_CACHE_DIR"
 
 
 class TargetError(ValueError):
     """The requested target (compute capability, hardware compatibility) is not possible here."""
-
-
-def default_cache_dir() -> Path:
-    """$WHISPER_EXPORT_CACHE_DIR, else $XDG_CACHE_HOME/whisper-export, else ~/.cache/whisper-export."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "whisper-export"
 
 
 @dataclass(frozen=True)
@@ -70,7 +61,7 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()  # ahead-of-time targets (TensorRT-RTX), e.g. ("8.9",)
     hardware_compatibility: str = "none"  # full TensorRT: "ampere_plus" runs on any sm_80+ GPU
     limits: EngineLimits = EngineLimits()
-    cache_dir: Path | None = None  # timing caches; None: default_cache_dir() / "tensorrt"
+    cache_dir: Path | None = None  # timing caches; None: cache_dir() / "tensorrt"
     require_fused_attention: bool = True
     graphs: tuple[str, ...] = GRAPHS
     builder_optimization_level: int | None = None
@@ -234,8 +225,8 @@ def build_engines(
     device_cc = device.compute_capability if device else None
     check_target(options, info, device_cc, no_device)
     check_precision(info, bundle.precision, options.require_fused_attention)
-    cache_dir = options.cache_dir or default_cache_dir() / "tensorrt"
-    cache_file = cache_dir / f"{info.name}-{info.version}-{_target_name(options, device_cc)}.timing-cache"
+    timing_dir = options.cache_dir or cache_dir() / "tensorrt"
+    cache_file = timing_dir / f"{info.name}-{info.version}-{_target_name(options, device_cc)}.timing-cache"
     progress(f"[build] {bundle.directory}: {info.name} {info.version}, target "
              f"{', '.join(options.compute_capabilities) or (f'this GPU ({device_cc})' if device_cc else '?')}, "
              f"precision {bundle.precision}, timing cache {cache_file}")

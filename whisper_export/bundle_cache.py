@@ -4,20 +4,14 @@ user cache and reuses it, so the onnxruntime path never needs a manual export st
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import sys
 from pathlib import Path
 
 from whisper_export import __version__, graph_io
-from whisper_export.bundle import MANIFEST
+from whisper_export.bundle import MANIFEST, cache_dir
 
 DEFAULT_MODEL = "tiny.en"  # kept equal to reference_model.sources.DEFAULT_MODEL (tests check it)
-
-
-def cache_root() -> Path:
-    root = os.environ.get("WHISPER_EXPORT_CACHE_DIR") or Path.home() / ".cache" / "whisper-export"
-    return Path(root)
 
 
 def _key(model: str, precision: str) -> str:
@@ -34,7 +28,7 @@ def _key(model: str, precision: str) -> str:
 def cached_bundle_dir(model: str | None, precision: str = "fp32") -> Path:
     model = model or DEFAULT_MODEL
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model)
-    return cache_root() / "bundles" / f"{name}-{precision}-{_key(model, precision)}"
+    return cache_dir() / "bundles" / f"{name}-{precision}-{_key(model, precision)}"
 
 
 def _stderr(message: str) -> None:
