@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -77,22 +79,37 @@ class Layers:
             raise ValueError(f"attention: received {attention!r}, expected 'onnx' or 'matmul'")
         self.g, self.state, self.attention, self.width = g, state, attention, width
 
-    def linear(self, x: str, prefix: str) -> str:
-        g = self.g
-        y = g.op("MatMul", [x, g.weight(f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)])
-        if f"{prefix}.bias" in self.state:
-            y = g.op("Add", [y, g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])])
+    def linear(self, x: str, prefix: str, scale: float = 1.0) -> str:
+        """x @ W.T + b; a power-of-two ``scale`` is folded into W and b, which is exact in binary floating point."""
+        return self.fused_linear(x, [prefix], scale)
+
+    def fused_linear(self, x: str, prefixes: list[str], q_scale: float = 1.0) -> str:
+        """One MatMul (and one bias Add) for several projections of x, concatenated on the last axis.
+
+        The first projection is multiplied by ``q_scale`` (the attention scale, folded into the query weights);
+        a missing bias (Whisper's key projection) is zeros, so its outputs are unchanged by the shared Add.
+        """
+        g, state = self.g, self.state
+        scales = [q_scale] + [1.0] * (len(prefixes) - 1)
+        w = np.concatenate([state[f"{p}.weight"].T * s for p, s in zip(prefixes, scales)], axis=1)
+        y = g.op("MatMul", [x, g.weight(f"{'+'.join(prefixes)}.weight_t", w)])
+        if any(f"{p}.bias" in state for p in prefixes):
+            b = np.concatenate([state.get(f"{p}.bias", np.zeros(state[f"{p}.weight"].shape[0], np.float32)) * s
+                                for p, s in zip(prefixes, scales)])
+            y = g.op("Add", [y, g.weight(f"{'+'.join(prefixes)}.bias", b)])
         return y
 
     def layer_norm(self, x: str, prefix: str) -> str:
-        """Normalise in fp32 whatever the graph precision (the fp16 graph's fp32 islands)."""
+        """LayerNormalization with fp32 statistics (stash_type=1) whatever the graph precision.
+
+        On the fp16 graph this replaces the Cast -> fp32 LayerNorm -> Cast island: the mean, variance and
+        normalisation are computed in fp32 by the kernel and only the result is rounded to fp16, which the Cast
+        back did as well; one kernel instead of three per LayerNorm.
+        """
         g = self.g
-        w = g.weight(f"{prefix}.weight", self.state[f"{prefix}.weight"], np.float32)
-        b = g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"], np.float32)
-        if g.elem != TensorProto.FLOAT:
-            x = g.op("Cast", [x], to=TensorProto.FLOAT)
-        y = g.op("LayerNormalization", [x, w, b], axis=-1, epsilon=1e-5)
-        return y if g.elem == TensorProto.FLOAT else g.op("Cast", [y], to=g.elem)
+        w = g.weight(f"{prefix}.weight", self.state[f"{prefix}.weight"])
+        b = g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])
+        return g.op("LayerNormalization", [x, w, b], axis=-1, epsilon=1e-5, stash_type=TensorProto.FLOAT)
 
     def mlp(self, x: str, prefix: str) -> str:
         h = self.g.op("Gelu", [self.linear(x, f"{prefix}.mlp.0")])
@@ -103,6 +120,21 @@ class Layers:
         y = self.g.op("Reshape", [x, self.g.const([0, -1, n_head, self.width // n_head])])  # (B, T, H, hd)
         return self.g.op("Transpose", [y], perm=[0, 2, 1, 3])
 
+    def qkv_heads(self, x: str, prefix: str, n_head: int) -> list[str]:
+        """(B, T, D) -> q, k, v as (B, H, T, hd) from one fused projection; q carries the attention scale."""
+        g, hd = self.g, self.width // n_head
+        y = self.fused_linear(x, [f"{prefix}.{n}" for n in ("query", "key", "value")], self.folded_scale(hd))
+        y = g.op("Reshape", [y, g.const([0, -1, 3, n_head, hd])])  # (B, T, 3, H, hd)
+        y = g.op("Transpose", [y], perm=[2, 0, 3, 1, 4])  # (3, B, H, T, hd)
+        parts = g.op("Split", [y, g.const([1, 1, 1])], n_out=3, axis=0)  # 3 x (1, B, H, T, hd)
+        return [g.op("Squeeze", [p, g.const([0])]) for p in parts]
+
+    @staticmethod
+    def folded_scale(head_dim: int) -> float:
+        """The attention scale if folding it into the query projection is exact (a power of two), else 1."""
+        scale = float(head_dim) ** -0.5
+        return scale if math.log2(scale).is_integer() else 1.0
+
     def merge_heads(self, x: str) -> str:
         """(B, H, T, hd) -> (B, T, D)."""
         y = self.g.op("Transpose", [x], perm=[0, 2, 1, 3])  # (B, T, H, hd)
@@ -111,12 +143,14 @@ class Layers:
     def attend(self, q: str, k: str, v: str, mask: str | None, head_dim: int) -> str:
         """(B, H, Tq, hd) x (B, H, Tk, hd) -> (B, H, Tq, hd); mask boolean, True where visible."""
         g = self.g
-        scale = float(head_dim) ** -0.5
+        # a scale already folded into the query projection is not applied again
+        scale = float(head_dim) ** -0.5 / self.folded_scale(head_dim)
         if self.attention == "onnx":
             inputs = [q, k, v] + ([mask] if mask else [])
             # softmax_precision=1: the softmax accumulates in fp32 even in the fp16 graph
             return g.op("Attention", inputs, scale=scale, softmax_precision=TensorProto.FLOAT)
-        q = g.op("Mul", [q, g.const(scale, g.dtype)])
+        if scale != 1.0:
+            q = g.op("Mul", [q, g.const(scale, g.dtype)])
         s = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])  # (B, H, Tq, Tk)
         if g.elem != TensorProto.FLOAT:
             s = g.op("Cast", [s], to=TensorProto.FLOAT)
