@@ -5,9 +5,9 @@
 
 Nothing but the logits crosses to the host: ``encode`` leaves the cross-attention K/V on the device, where
 the decoder engine reads them; the self-attention caches live on the device as two buffer sets per cache
-that ping-pong -- step t reads set A and writes set B, step t+1 reads B and writes A -- because the decoder
-graph gathers rows by ``in_cache_index`` (the beam reorder happens in-graph), so its output cannot alias its
-input. A cache handle is consumed by decode(); using it again raises instead of reading overwritten memory.
+that ping-pong -- step t reads set A and writes set B, step t+1 reads B and writes A -- because TensorRT
+does not promise that an output may alias an input. A beam reorder copies rows from the front set into the
+other one (one device-to-device copy per run of consecutive source rows and cache) before the step. A cache handle is consumed by decode(); using it again raises instead of reading overwritten memory.
 Buffers are freed when their handle is garbage-collected, and all of them on close().
 """
 
@@ -170,9 +170,10 @@ class TensorRTBackend(Backend):
                 f"{cache.pair.step}); use the cache the last decode() returned"
             )
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
-        steering = {io.TOKENS: tokens, io.OFFSETS: offsets, io.CACHE_INDEX: cache_index,
-                    io.LOGIT_POSITIONS: logit_positions}
+        steering = {io.TOKENS: tokens, io.OFFSETS: offsets, io.LOGIT_POSITIONS: logit_positions}
         pair = cache.pair
+        if self.reorders(cache_index):
+            self._reorder(pair, cache_index, int(np.prod(cache.shape[1:])) * self.dtype.itemsize)
         current, spare = pair.sets[pair.front], pair.sets[1 - pair.front]
         feeds: dict[str, tuple[tuple[int, ...], Any]] = {n: (v.shape, v.dtype) for n, v in steering.items()}
         feeds.update({n: (cache.shape, self.dtype) for n in self._self_in})
@@ -193,6 +194,21 @@ class TensorRTBackend(Backend):
         pair.front = 1 - pair.front
         pair.step += 1
         return host, _Cache(pair, pair.step, cache.rows, cache.capacity, cache.shape)
+
+    def _reorder(self, pair: "_CachePair", cache_index: np.ndarray, row_bytes: int) -> None:
+        """Row r of the other set := row cache_index[r] of the front set, then the other set is the front."""
+        src_set, dst_set = pair.sets[pair.front], pair.sets[1 - pair.front]
+        runs: list[tuple[int, int, int]] = []  # (first source row, first destination row, rows)
+        for r, s in enumerate(cache_index.tolist()):
+            if runs and runs[-1][0] + runs[-1][2] == s and runs[-1][1] + runs[-1][2] == r:
+                runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+            else:
+                runs.append((s, r, 1))
+        assert self.decoder.stream is not None
+        for src, dst in zip(src_set, dst_set):
+            for s, r, n in runs:
+                dst.copy_from(src, n * row_bytes, s * row_bytes, r * row_bytes, self.decoder.stream)
+        pair.front = 1 - pair.front
 
     def close(self) -> None:
         for handle in list(self._live):

@@ -8,9 +8,8 @@ BaseRunner subclasses for the PyTorch reference and for engines.runner.EngineRun
 ``polygraphy.comparator.Comparator.run`` feeds all of them the same seeded random inputs and
 ``Comparator.compare_accuracy`` with ``SimpleCompareFunc`` (max absolute error against a per-output bound)
 compares each backend with the first available one (tolerances: TOLERANCES below). The decoder is
-fed twice: a prompt-like call (3 new tokens, 2 logit positions, beams reordered through in_cache_index)
-and a one-token step, so both TensorRT profiles are exercised. A backend that cannot run here is skipped
-with its reason (one row), never silently dropped.
+fed twice: a prompt-like call (3 new tokens, 2 logit positions) and a one-token step, so both TensorRT
+profiles are exercised. A backend that cannot run here is skipped with its reason (one row), never silently dropped.
 """
 
 from __future__ import annotations
@@ -110,7 +109,6 @@ def make_feeds(bundle: Bundle, seed: int) -> dict[str, list[OrderedDict[str, np.
         feed: OrderedDict[str, np.ndarray] = OrderedDict()
         feed[io.TOKENS] = rng.integers(0, d.n_vocab, (rows, n_new)).astype(np.int64)
         feed[io.OFFSETS] = np.asarray(offsets, np.int64)
-        feed[io.CACHE_INDEX] = np.asarray([1, 0, 2, 2], np.int64)  # beams reorder within each audio
         feed[io.LOGIT_POSITIONS] = np.asarray(positions, np.int64)
         for name in io.self_inputs(n_layer):
             feed[name] = (rng.standard_normal((rows, h, capacity, hd)) * 0.5).astype(dtype)
@@ -173,7 +171,8 @@ def torch_runner(graph: str, model: Any, example: OrderedDict[str, np.ndarray]) 
                 else:
                     selfs = [f[n] for n in io.self_inputs(n_layer)]
                     cross = [f[n] for n in io.cross_inputs(n_layer)]
-                    logits, ks, vs = model.decoder(f[io.TOKENS], f[io.OFFSETS], f[io.CACHE_INDEX], selfs[0::2],
+                    same_rows = torch.arange(f[io.TOKENS].shape[0])  # the graph continues each row's own cache
+                    logits, ks, vs = model.decoder(f[io.TOKENS], f[io.OFFSETS], same_rows, selfs[0::2],
                                                    selfs[1::2], cross[0::2], cross[1::2], f[io.LOGIT_POSITIONS])
                     out[io.LOGITS] = logits.numpy()
                     for i, (k, v) in enumerate(zip(ks, vs)):

@@ -151,6 +151,15 @@ class DeviceBuffer:
                   "cudaMemcpyAsync device to host")
         return out
 
+    def copy_from(self, src: "DeviceBuffer", nbytes: int, src_offset: int, dst_offset: int, stream: Stream) -> None:
+        """nbytes from src[src_offset:] to self[dst_offset:], device to device, in stream order."""
+        if src_offset + nbytes > src.capacity or dst_offset + nbytes > self.capacity:
+            raise ValueError(f"copy_from: received {nbytes} bytes at {src_offset} -> {dst_offset}, expected both "
+                             f"ranges inside the buffers ({src.capacity} and {self.capacity} bytes)")
+        if nbytes:
+            check(cudart().cudaMemcpyAsync(self.ptr + dst_offset, src.ptr + src_offset, nbytes, DEVICE_TO_DEVICE,
+                                           stream.ptr), "cudaMemcpyAsync device to device")
+
     def zero(self, nbytes: int, stream: Stream) -> None:
         self.ensure(nbytes)
         if nbytes:

@@ -176,7 +176,6 @@ def decoder_profiles(dims: ModelDims, limits: EngineLimits) -> list[Profile]:
         out = {
             io.TOKENS: _r((1, 1), (opt_rows, opt_new), (rows, max_new)),
             io.OFFSETS: _r((1,), (opt_rows,), (rows,)),
-            io.CACHE_INDEX: _r((1,), (opt_rows,), (rows,)),
             io.LOGIT_POSITIONS: _r((1,), (opt_logits,), (max_new,)),
         }
         cache = _r((1, h, 1, hd), (opt_rows, h, lim.opt_capacity or 1, hd), (rows, h, lim.max_capacity or 1, hd))

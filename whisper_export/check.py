@@ -140,7 +140,7 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     logit_rows, cache_rows = [], []
     for step in range(steps):
         positions = np.arange(tokens.shape[1])
-        feeds = {io.TOKENS: tokens, io.OFFSETS: offsets, io.CACHE_INDEX: rows_idx, io.LOGIT_POSITIONS: positions,
+        feeds = {io.TOKENS: tokens, io.OFFSETS: offsets, io.LOGIT_POSITIONS: positions,
                  **dict(zip(io.self_inputs(L), onnx_cache)), **dict(zip(io.cross_inputs(L), onnx_cross))}
         out = dec.run(io.decoder_outputs(L), feeds)
         with torch.no_grad():

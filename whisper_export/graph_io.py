@@ -8,30 +8,39 @@ encoder.onnx
 decoder.onnx (one graph for the prompt step and every later step)
     in_tokens           (rows, n_new)               int64     rows = n_audio x beams, audio-major
     in_offsets          (rows,)                     int64     cache position of each row's first new token
-    in_cache_index      (rows,)                     int64     which input cache row each row continues
     in_logit_positions  (n_logits,)                 int64     which of the n_new positions get logits
     in_self_k_{i}       (rows, n_head, capacity, hd) precision fixed-capacity self-attention cache
     in_self_v_{i}       (rows, n_head, capacity, hd) precision
     in_cross_k_{i}      (n_audio, n_head, 1500, hd)  precision shared by the rows // n_audio rows of an audio
     in_cross_v_{i}      (n_audio, n_head, 1500, hd)  precision
     out_logits          (rows, n_logits, n_vocab)   float32
-    out_self_k_{i}      (rows, n_head, capacity, hd) precision the input cache, reordered by in_cache_index,
-    out_self_v_{i}      (rows, n_head, capacity, hd) precision with the new keys/values written at the offsets
+    out_self_k_{i}      (rows, n_head, capacity, hd) precision the input cache with the new keys/values
+    out_self_v_{i}      (rows, n_head, capacity, hd) precision written at the offsets
+
+cache_reorder.onnx (a beam search's cache reorder, for backends that keep caches on a device)
+    in_self_k_{i}, in_self_v_{i}    (rows, n_head, capacity, hd) precision
+    in_cache_index                  (rows,)      int64     which input row each output row copies
+    out_self_k_{i}, out_self_v_{i}  (rows, n_head, capacity, hd) precision
+
+Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
+step (Backend.decode's cache_index, openai-whisper's rearrange_kv_cache), so greedy steps -- most steps -- do
+not copy the caches through a gather (version 1 gathered them in the graph at every step).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-GRAPH_IO_VERSION = 1
+GRAPH_IO_VERSION = 2
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
+REORDER_FILE = "cache_reorder.onnx"
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
 TOKENS = "in_tokens"
 OFFSETS = "in_offsets"
-CACHE_INDEX = "in_cache_index"
+CACHE_INDEX = "in_cache_index"  # not a graph input since version 2: the name backends give their reorder
 LOGIT_POSITIONS = "in_logit_positions"
 LOGITS = "out_logits"
 
@@ -55,8 +64,12 @@ def self_outputs(n_layer: int) -> list[str]:
 
 
 def decoder_inputs(n_layer: int) -> list[str]:
-    return [TOKENS, OFFSETS, CACHE_INDEX, LOGIT_POSITIONS, *self_inputs(n_layer), *cross_inputs(n_layer)]
+    return [TOKENS, OFFSETS, LOGIT_POSITIONS, *self_inputs(n_layer), *cross_inputs(n_layer)]
 
 
 def decoder_outputs(n_layer: int) -> list[str]:
     return [LOGITS, *self_outputs(n_layer)]
+
+
+def reorder_inputs(n_layer: int) -> list[str]:
+    return [*self_inputs(n_layer), CACHE_INDEX]

@@ -56,7 +56,6 @@ def decoder_graph(
     i64 = TensorProto.INT64
     tokens = g.input(io.TOKENS, i64, ["rows", "n_new"])
     offsets = g.input(io.OFFSETS, i64, ["rows"])
-    cache_index = g.input(io.CACHE_INDEX, i64, ["rows"])
     logit_positions = g.input(io.LOGIT_POSITIONS, i64, ["n_logits"])
     self_shape = ["rows", n_head, "capacity", hd]
     self_in = [g.input(n, g.elem, self_shape) for n in io.self_inputs(dims.n_text_layer)]
@@ -90,8 +89,7 @@ def decoder_graph(
         index = g.op("Expand", [write_at, g.op("Shape", [k])])  # (R, H, n, hd)
         caches = []
         for cache, new in ((self_in[2 * i], k), (self_in[2 * i + 1], v)):
-            reordered = g.op("Gather", [cache, cache_index], axis=0)
-            caches.append(g.op("ScatterElements", [reordered, index, new], axis=2, out=next(self_out)))
+            caches.append(g.op("ScatterElements", [cache, index, new], axis=2, out=next(self_out)))
         a = nn.merge_heads(nn.attend(q, caches[0], caches[1], mask, hd))
         x = g.op("Add", [x, nn.linear(a, f"{p}.attn.out")])
 
@@ -113,4 +111,16 @@ def decoder_graph(
     g.output(io.LOGITS, logits, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
     for name in io.self_outputs(dims.n_text_layer):
         g.outputs.append(onnx.helper.make_tensor_value_info(name, g.elem, self_shape))
+    return g.model(opset, metadata)
+
+
+def cache_reorder_graph(
+    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
+) -> onnx.ModelProto:
+    """out_self_*[r] = in_self_*[in_cache_index[r]]: one Gather per cache (no weights; state is unused)."""
+    g = GraphBuilder("whisper_cache_reorder", dtype)
+    index = g.input(io.CACHE_INDEX, TensorProto.INT64, ["rows"])
+    shape = ["rows", dims.n_text_head, "capacity", dims.text_head_dim]
+    for name_in, name_out in zip(io.self_inputs(dims.n_text_layer), io.self_outputs(dims.n_text_layer)):
+        g.output(name_out, g.op("Gather", [g.input(name_in, g.elem, shape), index], axis=0), g.elem, shape)
     return g.model(opset, metadata)

@@ -81,6 +81,11 @@ class FakeBuffer:
         out[...] = self.memory.read(self.ptr, out.shape, out.dtype)
         return out
 
+    def copy_from(self, src: "FakeBuffer", nbytes: int, src_offset: int, dst_offset: int, stream: Any) -> None:
+        assert src_offset + nbytes <= src.capacity and dst_offset + nbytes <= self.capacity
+        self.memory.blocks[self.ptr][dst_offset : dst_offset + nbytes] = \
+            self.memory.blocks[src.ptr][src_offset : src_offset + nbytes]
+
     def zero(self, nbytes: int, stream: Any) -> None:
         self.ensure(nbytes)
         self.memory.blocks[self.ptr][:nbytes] = 0

@@ -58,7 +58,7 @@ def test_cli_build_writes_both_engines_with_valid_sidecars(built_bundle, capsys)
     assert {t.name: t.dtype for t in dec.outputs}["out_logits"] == "float32"
     assert {t.name: t.dtype for t in dec.outputs}["out_self_k_0"] == "float16"
     # the int64 steering inputs are data tensors, not shape tensors: dynamic on the rows axis only
-    assert {t.name: t.dim_names for t in dec.inputs}["in_cache_index"] == ("rows",)
+    assert {t.name: t.dim_names for t in dec.inputs}["in_offsets"] == ("rows",)
     assert [p.name for p in dec.profiles] == ["step", "prompt"]
     prompt = dec.profiles[1].shapes
     assert prompt["in_tokens"].max == (80, 228) and prompt["in_self_k_0"].max == (80, 6, 448, 64)
@@ -127,7 +127,7 @@ def _broken_bundle(src: Path, dst: Path) -> None:
     from whisper_export.bundle import Bundle, write_manifest
 
     dst.mkdir()
-    for name in ("decoder.onnx", "tokenizer.json"):
+    for name in ("decoder.onnx", "cache_reorder.onnx", "tokenizer.json"):
         shutil.copy(src / name, dst / name)
     x = helper.make_tensor_value_info("in_mel", TensorProto.FLOAT, ["batch", 80, 3000])
     y = helper.make_tensor_value_info("out_cross_k_0", TensorProto.FLOAT, ["batch", 80, 3000])

@@ -22,7 +22,7 @@ TINY = ModelDims(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6,
 
 
 def _decoder_shapes(rows: int, n_new: int, capacity: int, n_audio: int, n_logits: int = 1) -> dict:
-    shapes = {io.TOKENS: (rows, n_new), io.OFFSETS: (rows,), io.CACHE_INDEX: (rows,), io.LOGIT_POSITIONS: (n_logits,)}
+    shapes = {io.TOKENS: (rows, n_new), io.OFFSETS: (rows,), io.LOGIT_POSITIONS: (n_logits,)}
     shapes.update({n: (rows, 6, capacity, 64) for n in io.self_inputs(4)})
     shapes.update({n: (n_audio, 6, 1500, 64) for n in io.cross_inputs(4)})
     return shapes

@@ -41,7 +41,7 @@ def _env(sidecar: EngineSidecar, **changes) -> RuntimeEnv:
 
 def _decoder_feeds(rows=4, n_new=1, capacity=32, n_audio=2, n_logits=1, dtype=np.float16, **override):
     feeds = {io.TOKENS: ((rows, n_new), np.int64), io.OFFSETS: ((rows,), np.int64),
-             io.CACHE_INDEX: ((rows,), np.int64), io.LOGIT_POSITIONS: ((n_logits,), np.int64)}
+             io.LOGIT_POSITIONS: ((n_logits,), np.int64)}
     feeds.update({n: ((rows, 6, capacity, 64), dtype) for n in io.self_inputs(4)})
     feeds.update({n: ((n_audio, 6, 1500, 64), dtype) for n in io.cross_inputs(4)})
     feeds.update(override)
@@ -141,7 +141,7 @@ def test_valid_inputs_select_a_profile_and_resolve_output_shapes(sidecars):
     ({"in_self_k_1": ((4, 6, 32, 32), np.float16)},
      "in_self_k_1: received shape (4, 6, 32, 32), expected (rows, 6, capacity, 64) float16 (axis 3 is 64)"),
     ({io.OFFSETS: ((5,), np.int64)}, "in_offsets: received shape (5,), expected (rows,) int64 with rows = 4 (from in_tokens)"),
-    ({io.CACHE_INDEX: ((4, 1), np.int64)}, "in_cache_index: received shape (4, 1), expected (rows,) int64"),
+    ({io.OFFSETS: ((4, 1), np.int64)}, "in_offsets: received shape (4, 1), expected (rows,) int64"),
     ({"in_cross_v_2": ((3, 6, 1500, 64), np.float16)}, "in_cross_v_2: received shape (3, 6, 1500, 64), expected "
                                                        "(n_audio, 6, 1500, 64) float16 with n_audio = 2 (from in_cross_k_0)"),
 ])
@@ -176,7 +176,7 @@ def test_runner_infer_on_fake_device_matches_onnxruntime(built_bundle):
 
     rng = np.random.default_rng(0)
     feeds = {io.TOKENS: rng.integers(0, 51864, (4, 3)), io.OFFSETS: np.array([0, 1, 2, 3]),
-             io.CACHE_INDEX: np.array([1, 0, 3, 2]), io.LOGIT_POSITIONS: np.array([0, 2])}
+             io.LOGIT_POSITIONS: np.array([0, 2])}
     feeds.update({n: rng.standard_normal((4, 6, 16, 64)).astype(np.float16) for n in io.self_inputs(4)})
     feeds.update({n: rng.standard_normal((2, 6, 1500, 64)).astype(np.float16) for n in io.cross_inputs(4)})
     with FakeRunner(built_bundle.path / "decoder.engine") as runner:
@@ -242,7 +242,7 @@ def test_backend_refuses_a_bundle_without_engines(tmp_path, built_bundle):
     from whisper_export.backends.base import BackendError
     from whisper_export.bundle import Bundle, write_manifest
 
-    for name in ("encoder.onnx", "decoder.onnx", "tokenizer.json"):
+    for name in ("encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "tokenizer.json"):
         shutil.copy(built_bundle.path / name, tmp_path / name)
     write_manifest(tmp_path, Bundle.open(built_bundle.path).config)
     with pytest.raises(BackendError, match="encoder.engine, .*decoder.engine: missing; build the engines first"):

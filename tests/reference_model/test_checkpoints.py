@@ -14,6 +14,7 @@ from reference_model.huggingface import save_huggingface
 from reference_model.model import Whisper
 from reference_model.openai import save_openai
 from reference_model.sources import PACKAGED, PackagedModel
+from whisper_export.check import TOLERANCES
 
 
 def test_packaged_dims_are_whispers(tiny_checkpoint, base_checkpoint):
@@ -24,8 +25,9 @@ def test_packaged_dims_are_whispers(tiny_checkpoint, base_checkpoint):
     assert t.n_mels == b.n_mels == 80 and t.n_text_ctx == 448 and t.n_audio_ctx == 1500
 
 
-def max_logit_diff_vs_transformers(model: Whisper, hf_dir, batch: int, n_tokens: int) -> float:
-    """Reference and transformers logits on fresh random mel and tokens (the prompt step, all positions)."""
+def max_logit_diff_vs_transformers(model: Whisper, hf_dir, batch: int, n_tokens: int) -> tuple[float, float]:
+    """Reference and transformers logits on fresh random mel and tokens (the prompt step, all positions):
+    (max abs difference, the fp32 bound for these logits: 1e-4 + 3e-5 x max |logit|, see check.TOLERANCES)."""
     from transformers import WhisperForConditionalGeneration
 
     hf = WhisperForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager").eval()
@@ -36,7 +38,7 @@ def max_logit_diff_vs_transformers(model: Whisper, hf_dir, batch: int, n_tokens:
         ck, cv = model.encode(mel)
         sk, sv = model.empty_cache(batch)
         logits, _, _ = model.decoder(tokens, torch.zeros(batch, dtype=torch.long), torch.arange(batch), sk, sv, ck, cv)
-    return (logits - expected).abs().max().item()
+    return (logits - expected).abs().max().item(), TOLERANCES["fp32"].bound(expected.numpy())
 
 
 @pytest.mark.parametrize("name", ["tiny_checkpoint", "base_checkpoint"])
@@ -44,7 +46,9 @@ def max_logit_diff_vs_transformers(model: Whisper, hf_dir, batch: int, n_tokens:
 def test_logits_match_transformers(name, impl, request, tmp_path):
     ckpt = request.getfixturevalue(name)
     model = Whisper.from_state_dict(ckpt.dims, ckpt.state, impl)
-    assert max_logit_diff_vs_transformers(model, save_huggingface(ckpt, tmp_path / "hf"), 2, 6) <= 1e-4
+    # the check's fp32 bound: base's logits on noise reach ~35, where two fp32 orderings differed by 1.6e-4
+    diff, bound = max_logit_diff_vs_transformers(model, save_huggingface(ckpt, tmp_path / "hf"), 2, 6)
+    assert diff <= bound
 
 
 def test_ctranslate2_to_hf_and_openai_round_trip(tiny_checkpoint, tmp_path):
@@ -151,4 +155,5 @@ def test_turbo_like_dims_random_weights_match_transformers(tmp_path):
     assert load_checkpoint(hf_dir).dims == dims
     model = Whisper.from_state_dict(dims, loaded.state)
     assert len(model.decoder.blocks) == 1 and len(model.encoder.blocks) == 3
-    assert max_logit_diff_vs_transformers(model, hf_dir, 1, 5) <= 1e-4
+    diff, bound = max_logit_diff_vs_transformers(model, hf_dir, 1, 5)
+    assert diff <= bound

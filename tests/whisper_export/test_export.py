@@ -71,14 +71,14 @@ def test_fp16_graph_is_strongly_typed(tiny_bundle_fp16):
 
 def test_graphs_pass_full_check_and_carry_metadata(tiny_bundle, tiny_checkpoint):
     bundle = Bundle.open(tiny_bundle)
-    for path in (bundle.encoder_path, bundle.decoder_path):
+    for path in (bundle.encoder_path, bundle.decoder_path, bundle.reorder_path):
         onnx.checker.check_model(str(path), full_check=True)
         cfg = read_graph_config(path)
         assert cfg == bundle.config
         assert cfg["dims"] == tiny_checkpoint.dims.to_dict() and cfg["precision"] == "fp32"
         assert cfg["special_tokens"]["eot"] == 50256 and cfg["opset"] == 23
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
+    assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "tokenizer.json"}
 
 
 TORCH_FREE = r"""
@@ -95,7 +95,7 @@ b = Bundle.open(sys.argv[1]); L = b.dims.n_text_layer
 enc = ort.InferenceSession(str(b.encoder_path)); dec = ort.InferenceSession(str(b.decoder_path))
 cross = enc.run(None, {io.MEL: np.random.randn(1, 80, 3000).astype(np.float32)})
 cache = [np.zeros((1, 6, 8, 64), np.float32)] * (2 * L)
-out = dec.run(None, {io.TOKENS: np.array([[50257]]), io.OFFSETS: np.array([0]), io.CACHE_INDEX: np.array([0]),
+out = dec.run(None, {io.TOKENS: np.array([[50257]]), io.OFFSETS: np.array([0]),
                      io.LOGIT_POSITIONS: np.array([0]), **dict(zip(io.self_inputs(L), cache)),
                      **dict(zip(io.cross_inputs(L), cross))})
 assert out[0].shape == (1, 1, 51864) and np.isfinite(out[0]).all()

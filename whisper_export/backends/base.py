@@ -8,7 +8,9 @@ Shapes (see whisper_export/graph_io.py for the graph contract they mirror):
     mel            (n_audio, n_mels, 3000)  float32
     tokens         (rows, n_new)            int64   rows = n_audio x beams, audio-major
     offsets        (rows,)                  int64   cache position of each row's first new token
-    cache_index    (rows,)                  int64   which cache row each row continues (beam reorder)
+    cache_index    (rows,)                  int64   which cache row each row continues (beam reorder); the
+                                                    backend reorders its caches before the step when this is
+                                                    not the identity (the decoder graph does not gather them)
     logit_positions (P,)                    int64   which of the n_new positions get logits
     logits         (rows, P, n_vocab)       float32
 """
@@ -69,6 +71,11 @@ class Backend(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @staticmethod
+    def reorders(cache_index: np.ndarray) -> bool:
+        """Whether a step's rows continue other rows' caches (a beam reorder) rather than their own."""
+        return not np.array_equal(cache_index, np.arange(cache_index.shape[0]))
 
     # -- validation shared by implementations: messages name the tensor, received and expected ----
 

@@ -8,8 +8,9 @@ and CUDA graphs can replay the decoder step:
 - cross K/V: the encoder writes them into a pooled buffer set (one per batch size in use) and they stay there
   for every step of every decode that uses them; they are never recomputed or copied.
 - self-attention caches: a pooled pair of buffer sets per decoder row count; each step reads one set and writes
-  the other (the graph gathers rows by in_cache_index, so its output cannot alias its input), then they swap.
-- steering inputs (tokens, offsets, cache index, logit positions) are fixed device tensors updated in place
+  the other (onnxruntime does not let an output alias an input), then they swap. A beam reorder runs
+  cache_reorder.onnx from one set into the other before the step (greedy steps copy nothing extra).
+- steering inputs (tokens, offsets, logit positions) are fixed device tensors updated in place
   (OrtValue.update_inplace), only when they changed; logits are a fixed device tensor copied to the host.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
   set, direction) and replayed (run config gpu_graph_id); prompt steps run without a graph (gpu_graph_id -1).
@@ -104,6 +105,7 @@ class OnnxRuntimeBackend(Backend):
         self._self_out = graph_io.self_outputs(n_layer)
         self._dec_out = graph_io.decoder_outputs(n_layer)
         self._dec_in = graph_io.decoder_inputs(n_layer)
+        self._reorderer: ort.InferenceSession | None = None  # CUDA: cache_reorder.onnx, opened on first use
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -242,15 +244,13 @@ class OnnxRuntimeBackend(Backend):
             shapes = {
                 graph_io.TOKENS: (rows, 1),
                 graph_io.OFFSETS: (rows,),
-                graph_io.CACHE_INDEX: (rows,),
                 graph_io.LOGIT_POSITIONS: (1,),
             }
             values = {name: self._device_zeros(shape, np.int64) for name, shape in shapes.items()}
-            last = {name: np.zeros(shape, np.int64) for name, shape in shapes.items()}
             logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 (rows, 1, self.dims.n_vocab), np.float32, self._ort_device, self.device_id
             )
-            steering = self._steering[rows] = _Steering(values, last, logits)
+            steering = self._steering[rows] = _Steering(values, logits)
         return steering
 
     # -- Backend ---------------------------------------------------------------------------------------
@@ -303,30 +303,43 @@ class OnnxRuntimeBackend(Backend):
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
         if self.device == "cpu":
-            steering = {
-                graph_io.TOKENS: tokens,
-                graph_io.OFFSETS: offsets,
-                graph_io.CACHE_INDEX: cache_index,
-                graph_io.LOGIT_POSITIONS: logit_positions,
-            }
-            feeds = {**steering, **dict(zip(self._self_in, cache.values)), **dict(zip(self._cross_in, cross.values))}
+            values = cache.values
+            if self.reorders(cache_index):
+                values = [np.take(c, cache_index, axis=0) for c in values]
+            steering = {graph_io.TOKENS: tokens, graph_io.OFFSETS: offsets, graph_io.LOGIT_POSITIONS: logit_positions}
+            feeds = {**steering, **dict(zip(self._self_in, values)), **dict(zip(self._cross_in, cross.values))}
             outputs = self.decoder.run(self._dec_out, feeds)
             return outputs[0], _Cache(outputs[1:], cache.rows, cache.capacity)
         assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
+        if self.reorders(cache_index):
+            cache = self._reorder(cache, cache_index)
         if tokens.shape[1] == 1 and logit_positions.shape == (1,) and logit_positions[0] == 0:
-            logits = self._step(tokens, offsets, cache_index, cache, cross)
+            logits = self._step(tokens, offsets, cache, cross)
         else:
-            logits = self._prompt(tokens, offsets, cache_index, logit_positions, cache, cross)
+            logits = self._prompt(tokens, offsets, logit_positions, cache, cross)
         # the outputs become the next inputs and the consumed inputs the next outputs: no allocation per step
         return logits, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
-    def _prompt(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
+    def _reorder(self, cache: _Cache, cache_index: np.ndarray) -> _Cache:
+        """Gather the rows of one set into the other (one kernel per cache); the step then reads that set."""
+        if self._reorderer is None:
+            reorder_in = graph_io.reorder_inputs(self.dims.n_text_layer)
+            self._reorderer = self._session(self.bundle.reorder_path, reorder_in, self._self_out)
+        binding = self._reorderer.io_binding()
+        binding.bind_cpu_input(graph_io.CACHE_INDEX, np.ascontiguousarray(cache_index, dtype=np.int64))
+        assert cache.spare is not None, "CUDA caches come in pairs (new_cache)"
+        for name_in, name_out, src, dst in zip(self._self_in, self._self_out, cache.values, cache.spare):
+            binding.bind_ortvalue_input(name_in, src)
+            binding.bind_ortvalue_output(name_out, dst)
+        self._reorderer.run_with_iobinding(binding)
+        return _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
+
+    def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
         binding = self.decoder.io_binding()
         for name, value in (
             (graph_io.TOKENS, tokens),
             (graph_io.OFFSETS, offsets),
-            (graph_io.CACHE_INDEX, cache_index),
             (graph_io.LOGIT_POSITIONS, logit_positions),
         ):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
@@ -344,19 +357,15 @@ class OnnxRuntimeBackend(Backend):
         for name, value in zip(self._self_out, cache.spare):
             binding.bind_ortvalue_output(name, value)
 
-    def _step(self, tokens, offsets, cache_index, cache: _Cache, cross: _Cross) -> np.ndarray:
+    def _step(self, tokens, offsets, cache: _Cache, cross: _Cross) -> np.ndarray:
         """One token per row on fixed buffers: the binding is made once per buffer combination and, with
         graphs, captured on its third run and replayed from then on."""
         rows = cache.rows
         steering = self._steering_for(rows)
-        # tokens and offsets change every step; the cache index only in beam search; logit positions never
-        # (the one-token step asks for position 0, which the zeroed buffer holds)
+        # tokens and offsets change every step; logit positions never (the one-token step asks for position 0,
+        # which the zeroed buffer holds)
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
         steering.values[graph_io.OFFSETS].update_inplace(np.ascontiguousarray(offsets, dtype=np.int64))
-        if not np.array_equal(steering.last[graph_io.CACHE_INDEX], cache_index):
-            index = np.ascontiguousarray(cache_index, dtype=np.int64)
-            steering.values[graph_io.CACHE_INDEX].update_inplace(index)
-            steering.last[graph_io.CACHE_INDEX] = index.copy()
         assert cache.lease is not None, "CUDA caches come from the pool (new_cache)"
         cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
         key = (rows, cache.capacity, cross_id, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
@@ -388,7 +397,7 @@ class OnnxRuntimeBackend(Backend):
             if self.graph_mode == "off":
                 raise
             self._graphs_failed(e)
-            return self._step(tokens, offsets, cache_index, cache, cross)
+            return self._step(tokens, offsets, cache, cross)
         return steering.logits.numpy()
 
     def close(self) -> None:
@@ -398,7 +407,7 @@ class OnnxRuntimeBackend(Backend):
             self._steering.clear()
             self._cross_pool.clear()
             self._cache_pool.clear()
-        self.encoder = self.decoder = self.step_decoder = None  # type: ignore[assignment]
+        self.encoder = self.decoder = self.step_decoder = self._reorderer = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         extra = f", cuda_graph={self.graph_mode!r}" if self.device == "cuda" else ""

@@ -67,8 +67,7 @@ class CacheHandle:
 
 @dataclass
 class Steering:
-    """Fixed device inputs of the one-token step for one row count, updated in place when they change."""
+    """Fixed device inputs of the one-token step for one row count, updated in place every step."""
 
     values: dict[str, Any]  # graph_io name -> OrtValue
-    last: dict[str, np.ndarray]  # what each holds now
     logits: Any  # OrtValue (rows, 1, n_vocab) float32 on the device
