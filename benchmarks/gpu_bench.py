@@ -3,13 +3,14 @@ IO binding + CUDA graphs) against transformers fp16 on the same GPU, in one run.
 
     # on the GPU machine, onnxruntime-gpu unpacked in /tmp/site (see NOTES.md "Benchmarks"):
     export PYTHONPATH=/tmp/site:$PWD
-    python benchmarks/gpu_bench.py tiny --bundle /tmp/b16m --out $OUT/gpu_tiny.json
+    python benchmarks/gpu_bench.py tiny --checkpoint /tmp/tinyen --out $OUT/gpu_tiny.json
     python benchmarks/gpu_bench.py large-v3 --tokenizer /tmp/v3_tokenizer.json --work /tmp/lv3 --out $OUT/gpu_large.json
 
-tiny: the carried tiny.en fp16 bundle (attention=matmul: onnxruntime's CUDA Attention kernel rejects
-softmax_precision, see NOTES.md); the checkpoint is rebuilt from the bundle's initializers (exact fp16 values)
-for transformers, and for an attention=onnx export whose CUDA run is tried and recorded.
+tiny: the carried tiny.en CTranslate2 checkpoint (the packaged model.bin, config.json, tokenizer.json), exported
+on the machine to fp16 bundles with each of --attentions (matmul, onnx), and given to transformers.
 large-v3: random weights with large-v3 dims, exported on the machine (timing only; tokens are meaningless).
+Each bundle's decoder is also loaded once with the CUDA EP's optimized graph written out, and its op types
+counted ("optimized_ops"), which shows what onnxruntime fused.
 
 Every section is guarded: a failure is recorded in the JSON ("errors") and the next section runs; the JSON is
 rewritten after each section so a timeout still leaves the finished ones.
@@ -89,29 +90,31 @@ def environment() -> dict:
     return info
 
 
-def checkpoint_from_bundle(bundle_dir: Path):
-    """The canonical state dict back from a bundle's initializers (linear weights are stored transposed)."""
+def optimized_ops(bundle_dir: Path, work: Path) -> dict:
+    """Op types of the decoder after the CUDA EP's graph optimizations (what onnxruntime fused, what is left)."""
+    import collections
+
     import onnx
-    from onnx import numpy_helper
+    import onnxruntime as ort
 
-    from reference_model.checkpoint import Checkpoint, verify_state
-    from whisper_export.bundle import Bundle
+    out = work / f"optimized-{bundle_dir.name}.onnx"
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(bundle_dir / "decoder.onnx"), opts, providers=["CUDAExecutionProvider"])
+    model = onnx.load(str(out), load_external_data=False)
+    before = onnx.load(str(bundle_dir / "decoder.onnx"), load_external_data=False)
+    return {"exported": dict(collections.Counter(n.op_type for n in before.graph.node)),
+            "optimized": dict(collections.Counter(n.op_type for n in model.graph.node))}
 
-    bundle = Bundle.open(bundle_dir)
-    state = {}
-    for name in ("encoder.onnx", "decoder.onnx"):
-        model = onnx.load(str(bundle.directory / name))
-        for init in model.graph.initializer:
-            if init.name.startswith("const"):
-                continue
-            array = numpy_helper.to_array(init).astype(np.float32)
-            if init.name.endswith(".weight_t"):
-                state[init.name[: -len("_t")]] = np.ascontiguousarray(array.T)
-            else:
-                state[init.name] = array
-    verify_state(bundle.dims, state, str(bundle_dir))
-    return Checkpoint(bundle.dims, state, bundle.config.get("model_name", "model"), "onnx-bundle", str(bundle_dir),
-                      bundle.tokenizer_path, {"alignment_heads": bundle.config.get("alignment_heads")}, str(bundle_dir))
+
+def export_tiny(ckpt, work: Path, attention: str) -> Path:
+    from whisper_export.export import ExportOptions, export_bundle
+
+    target = work / f"tiny-b16-{attention}"
+    if not (target / "manifest.json").exists():
+        export_bundle(ckpt, target, ExportOptions(precision="fp16", attention=attention), progress=lambda _: None)
+    return target
 
 
 def kernel_profile(step, n: int) -> dict:
@@ -172,7 +175,7 @@ def gpu_backend(bundle_dir, cuda_graph: bool):
     return backend, time.perf_counter() - t
 
 
-def tokens_check(bundle_dir: Path, mel, audios) -> dict:
+def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
     """Greedy / beam 5 / timestamps on the 5 clips: GPU (graphs, no graphs) against the CPU of this machine and
     against the dev machine's CPU tokens (benchmarks/data/cpu_tokens_tiny_en.json)."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
@@ -198,7 +201,7 @@ def tokens_check(bundle_dir: Path, mel, audios) -> dict:
             batched = [r.tokens for r in decode(gpu, tok, mel, o)]
             alone = [decode(gpu, tok, mel[i : i + 1], o)[0].tokens for i in range(len(mel))]
             out[f"{label}:{k}:same_as_this_cpu"] = batched == cpu_tokens[k] and alone == cpu_tokens[k]
-            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-matmul-{k}")
+            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-{attention}-{k}")
             out[f"{label}:{k}:same_as_dev_cpu_fp32"] = batched == expected.get(f"fp32-onnx-{k}")
             if not out[f"{label}:{k}:same_as_this_cpu"]:
                 out[f"{label}:{k}:gpu_tokens"] = batched
@@ -307,29 +310,6 @@ def transformers_suite(ckpt, mel, prompt, batch_sizes, steps: int, repeats: int,
     return r
 
 
-def onnx_attention_probe(ckpt, work: Path, mel) -> dict:
-    """Does the attention=onnx fp16 bundle (opset-23 Attention, softmax_precision=FLOAT) run on the CUDA EP?"""
-    from whisper_export.export import ExportOptions, export_bundle
-
-    target = work / "b16-onnx"
-    if not target.exists():
-        export_bundle(ckpt, target, ExportOptions(precision="fp16", attention="onnx"), progress=lambda _: None)
-    from whisper_export.bundle import Bundle
-    from whisper_export.decoding import decode
-    from whisper_export.options import DecodingOptions
-
-    backend, _ = gpu_backend(target, True)
-    tok = Bundle.open(target).tokenizer()
-    out = {"mode": backend.graph_mode}
-    try:
-        out["tokens"] = [r.tokens for r in decode(backend, tok, mel[:2], DecodingOptions(without_timestamps=True))]
-        out["ran"] = True
-    except Exception as e:  # noqa: BLE001
-        out["ran"] = False
-        out["error"] = f"{type(e).__name__}: {str(e)[:600]}"
-    return out
-
-
 def random_large_v3(tokenizer_json: Path, dims_dict: dict | None = None):
     from reference_model.checkpoint import Checkpoint, expected_shapes
     from whisper_export.dims import ModelDims
@@ -374,16 +354,14 @@ def simulate_on_cpu() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model", choices=["tiny", "large-v3"])
-    ap.add_argument("--bundle", type=Path)
+    ap.add_argument("--checkpoint", type=Path, help="tiny: the tiny.en checkpoint directory")
     ap.add_argument("--tokenizer", type=Path)
     ap.add_argument("--work", type=Path, default=Path("/tmp/gpu_bench"))
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--skip", default="", help="comma-separated sections to skip")
-    ap.add_argument("--onnx-attention-suite", action="store_true",
-                    help="tiny: also time an attention=onnx fp16 export of the same weights")
-    ap.add_argument("--attentions", default="matmul", help="large-v3: exports to time, e.g. matmul,onnx")
+    ap.add_argument("--attentions", default="matmul,onnx", help="fp16 exports to time, e.g. matmul,onnx")
     args = ap.parse_args()
     import os
 
@@ -397,31 +375,34 @@ def main() -> None:
     rep.section("environment", environment)
     from whisper_export.audio import log_mel_batch
 
+    attentions = [a for a in args.attentions.split(",") if a]
     if args.model == "tiny":
+        from reference_model import load_checkpoint
+
         audios = [read_wav(p) for p in CLIPS]
         rep.data["clips"] = [p.name for p in CLIPS]
         mel = log_mel_batch(audios)
         batch_sizes = [1, 2, 4, 8, 16, 32]
-        if "tokens" not in skip:
-            rep.section("tokens", tokens_check, args.bundle, mel, audios)
-        rep.section("ours_graph", ours_suite, args.bundle, mel, True, batch_sizes, args.steps, args.repeats)
-        if "nograph" not in skip:
-            rep.section("ours_nograph", ours_suite, args.bundle, mel, False, [1, 16], args.steps, args.repeats)
-        ckpt = rep.section("checkpoint_from_bundle", checkpoint_from_bundle, args.bundle)
+        ckpt = rep.section("checkpoint", load_checkpoint, str(args.checkpoint))
+        for attention in attentions:
+            bundle = rep.section(f"export_{attention}", export_tiny, ckpt, args.work, attention)
+            if bundle is None:
+                continue
+            suffix = "" if attention == "matmul" else f"_{attention}"
+            if "tokens" not in skip:
+                rep.section(f"tokens{suffix}", tokens_check, bundle, mel, audios, attention)
+            rep.section(f"optimized_ops{suffix}", optimized_ops, bundle, args.work)
+            rep.section(f"ours_graph{suffix}", ours_suite, bundle, mel, True, batch_sizes, args.steps, args.repeats)
+            if "nograph" not in skip:
+                rep.section(f"ours_nograph{suffix}", ours_suite, bundle, mel, False, [1, 16], args.steps, args.repeats)
         if ckpt is not None and "transformers" not in skip:
             from whisper_export.tokenizer import WhisperTokenizer
 
             prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
             rep.section("transformers", transformers_suite, ckpt, mel, prompt, batch_sizes, args.steps, args.repeats,
                         args.work, False)
-        if ckpt is not None and "onnx_attention" not in skip:
-            rep.section("onnx_attention_probe", onnx_attention_probe, ckpt, args.work, mel)
-            if args.onnx_attention_suite:
-                rep.section("ours_graph_onnx_attention", ours_suite, args.work / "b16-onnx", mel, True, [1, 16],
-                            args.steps, args.repeats)
     else:
         ckpt = rep.section("random_checkpoint", random_large_v3, args.tokenizer)
-        attentions = [a for a in args.attentions.split(",") if a]
 
         def export(attention):
             from whisper_export.export import ExportOptions, export_bundle
@@ -460,6 +441,7 @@ def main() -> None:
 
         for attention in attentions:
             suffix = "" if attention == "matmul" else f"_{attention}"
+            rep.section(f"optimized_ops{suffix}", optimized_ops, args.work / f"lv3-b16-{attention}", args.work)
             rep.section(f"ours_graph{suffix}", ours_large, True, [1, 4, 16], attention)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_large, False, [1, 16], attention)

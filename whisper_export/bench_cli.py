@@ -112,7 +112,7 @@ def run_bench(files: list[Path], bundle: Path | None, model_spec: str | None, de
     import numpy as np
 
     from whisper_export.audio import load_audio
-    from whisper_export.backends.onnxruntime import physical_cores
+    from whisper_export.backends.cpu_info import physical_cores
     from whisper_export.bundle import cache_dir
     from whisper_export.options import DecodingOptions
     from whisper_export.transcribe import long_form_mel

@@ -4,7 +4,7 @@ Shaped like openai-whisper's decoding.py: DecodingTask builds the prompt, the lo
 decoder and the ranker from DecodingOptions; _main_loop asks Inference for logits, filters them and lets
 the decoder choose. Inference owns the decoder rows, their cache offsets and the self-attention cache; the
 backend owns every tensor (see backends/base.py), so beam reordering is an index passed to the next step
-and the gather happens inside the graph.
+and the backend reorders its caches before that step (greedy steps never do).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Inference:
         return logits
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
-        """Row r continues cache row source_indices[r] from the next step on (the graph gathers it)."""
+        """Row r continues cache row source_indices[r] from the next step on (the backend reorders)."""
         self.cache_index = np.asarray(source_indices, dtype=np.int64)
 
 

@@ -168,7 +168,7 @@ class GreedyDecoder(TokenDecoder):
 class BeamSearchDecoder(TokenDecoder):
     """openai-whisper's beam search: beam_size live beams per audio; stops once every audio has
     round(beam_size * patience) finished sequences. Beams never cross audios, so the rows of an audio
-    stay together and the cache gather (Inference.rearrange_kv_cache) stays within its block."""
+    stay together and the cache reorder (Inference.rearrange_kv_cache) stays within its block."""
 
     def __init__(self, beam_size: int, eot: int, inference, patience: float | None = None):
         self.beam_size = beam_size

@@ -30,6 +30,7 @@ import onnxruntime as ort
 
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
+from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
 from whisper_export.backends.ort_buffers import Pool as _Pool
@@ -39,37 +40,6 @@ from whisper_export.bundle import Bundle, BundleError
 DEVICES = ("cpu", "cuda")
 # WHISPER_EXPORT_CUDA_GRAPH=0: plain IO binding on CUDA (for comparisons and as a way out of a driver problem)
 CUDA_GRAPH_ENV = "WHISPER_EXPORT_CUDA_GRAPH"
-
-
-def physical_cores() -> int:
-    """Physical cores available to this process: hyper-threads share one core's FPUs, so GEMM-bound
-    inference gains little from them while doubling contention."""
-    try:
-        allowed = os.sched_getaffinity(0)
-    except AttributeError:  # not Linux
-        allowed = set(range(os.cpu_count() or 1))
-    cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = phys = core = None
-            for line in f:
-                key, _, value = line.partition(":")
-                key, value = key.strip(), value.strip()
-                if key == "processor":
-                    cpu = int(value)
-                elif key == "physical id":
-                    phys = value
-                elif key == "core id":
-                    core = value
-                elif not key and cpu is not None:
-                    if cpu in allowed:
-                        cores.add((phys or "0", core if core is not None else str(cpu)))
-                    cpu = phys = core = None
-            if cpu is not None and cpu in allowed:
-                cores.add((phys or "0", core if core is not None else str(cpu)))
-    except OSError:
-        pass
-    return max(1, len(cores) if cores else len(allowed))
 
 
 class OnnxRuntimeBackend(Backend):
@@ -137,6 +107,7 @@ class OnnxRuntimeBackend(Backend):
         self._cache_pool = _Pool(self._make_cache)
         self._steering: dict[int, _Steering] = {}
         self._bindings: dict[tuple, tuple[Any, Any]] = {}  # graph key -> (IOBinding, RunOptions)
+        self._reorder_bindings: dict[tuple, tuple[Any, Any]] = {}  # set pair -> (IOBinding, index OrtValue)
         self._graph_ids = itertools.count(1)
         self._skip_graph = ort.RunOptions()  # a run outside any graph in a capturing session
         self._skip_graph.add_run_config_entry("gpu_graph_id", "-1")
@@ -321,16 +292,24 @@ class OnnxRuntimeBackend(Backend):
         return logits, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
     def _reorder(self, cache: _Cache, cache_index: np.ndarray) -> _Cache:
-        """Gather the rows of one set into the other (one kernel per cache); the step then reads that set."""
+        """Gather the rows of one set into the other (one kernel per cache); the step then reads that set.
+        The binding of each (source set, destination set) is made once; only the index is updated."""
+        assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
         if self._reorderer is None:
             reorder_in = graph_io.reorder_inputs(self.dims.n_text_layer)
             self._reorderer = self._session(self.bundle.reorder_path, reorder_in, self._self_out)
-        binding = self._reorderer.io_binding()
-        binding.bind_cpu_input(graph_io.CACHE_INDEX, np.ascontiguousarray(cache_index, dtype=np.int64))
-        assert cache.spare is not None, "CUDA caches come in pairs (new_cache)"
-        for name_in, name_out, src, dst in zip(self._self_in, self._self_out, cache.values, cache.spare):
-            binding.bind_ortvalue_input(name_in, src)
-            binding.bind_ortvalue_output(name_out, dst)
+        key = (cache.rows, cache.capacity, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
+        entry = self._reorder_bindings.get(key)
+        if entry is None:
+            index = self._device_zeros((cache.rows,), np.int64)
+            binding = self._reorderer.io_binding()
+            binding.bind_ortvalue_input(graph_io.CACHE_INDEX, index)
+            for name_in, name_out, src, dst in zip(self._self_in, self._self_out, cache.values, cache.spare):
+                binding.bind_ortvalue_input(name_in, src)
+                binding.bind_ortvalue_output(name_out, dst)
+            entry = self._reorder_bindings[key] = (binding, index)
+        binding, index = entry
+        index.update_inplace(np.ascontiguousarray(cache_index, dtype=np.int64))
         self._reorderer.run_with_iobinding(binding)
         return _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
@@ -404,6 +383,7 @@ class OnnxRuntimeBackend(Backend):
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         if self.device == "cuda":
             self._bindings.clear()
+            self._reorder_bindings.clear()
             self._steering.clear()
             self._cross_pool.clear()
             self._cache_pool.clear()
