@@ -32,6 +32,7 @@ from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
 from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
+from whisper_export.backends.ort_buffers import CacheReorder
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
 from whisper_export.backends.ort_buffers import Pool as _Pool
 from whisper_export.backends.ort_buffers import Steering as _Steering
@@ -75,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
         self._self_out = graph_io.self_outputs(n_layer)
         self._dec_out = graph_io.decoder_outputs(n_layer)
         self._dec_in = graph_io.decoder_inputs(n_layer)
-        self._reorderer: ort.InferenceSession | None = None  # CUDA: cache_reorder.onnx, opened on first use
+        self._reorderer: CacheReorder | None = None  # CUDA: cache_reorder.onnx, opened on first beam step
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -107,7 +108,6 @@ class OnnxRuntimeBackend(Backend):
         self._cache_pool = _Pool(self._make_cache)
         self._steering: dict[int, _Steering] = {}
         self._bindings: dict[tuple, tuple[Any, Any]] = {}  # graph key -> (IOBinding, RunOptions)
-        self._reorder_bindings: dict[tuple, tuple[Any, Any]] = {}  # set pair -> (IOBinding, index OrtValue)
         self._graph_ids = itertools.count(1)
         self._skip_graph = ort.RunOptions()  # a run outside any graph in a capturing session
         self._skip_graph.add_run_config_entry("gpu_graph_id", "-1")
@@ -292,25 +292,15 @@ class OnnxRuntimeBackend(Backend):
         return logits, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
     def _reorder(self, cache: _Cache, cache_index: np.ndarray) -> _Cache:
-        """Gather the rows of one set into the other (one kernel per cache); the step then reads that set.
-        The binding of each (source set, destination set) is made once; only the index is updated."""
+        """The cache with row r := row cache_index[r], in the other set of the pair (the step reads it)."""
         assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
         if self._reorderer is None:
             reorder_in = graph_io.reorder_inputs(self.dims.n_text_layer)
-            self._reorderer = self._session(self.bundle.reorder_path, reorder_in, self._self_out)
+            self._reorderer = CacheReorder(
+                lambda graph: self._session(self.bundle.reorder_path, reorder_in, self._self_out, graph=graph),
+                self._device_zeros, self._graph_ids, self.graph_mode != "off", self._self_in, self._self_out)
         key = (cache.rows, cache.capacity, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
-        entry = self._reorder_bindings.get(key)
-        if entry is None:
-            index = self._device_zeros((cache.rows,), np.int64)
-            binding = self._reorderer.io_binding()
-            binding.bind_ortvalue_input(graph_io.CACHE_INDEX, index)
-            for name_in, name_out, src, dst in zip(self._self_in, self._self_out, cache.values, cache.spare):
-                binding.bind_ortvalue_input(name_in, src)
-                binding.bind_ortvalue_output(name_out, dst)
-            entry = self._reorder_bindings[key] = (binding, index)
-        binding, index = entry
-        index.update_inplace(np.ascontiguousarray(cache_index, dtype=np.int64))
-        self._reorderer.run_with_iobinding(binding)
+        self._reorderer.run(key, cache.values, cache.spare, cache_index)
         return _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
@@ -383,7 +373,6 @@ class OnnxRuntimeBackend(Backend):
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         if self.device == "cuda":
             self._bindings.clear()
-            self._reorder_bindings.clear()
             self._steering.clear()
             self._cross_pool.clear()
             self._cache_pool.clear()
