@@ -218,6 +218,37 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
     return out
 
 
+def beam_breakdown(bundle_dir: Path, mel) -> dict:
+    """Where a beam-5 decode's time goes: the cache reorder runs, the decoder steps, the rest (host sampling)."""
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    backend, _ = gpu_backend(bundle_dir, True)
+    tok = backend.bundle.tokenizer()
+    spent: dict[str, list[float]] = {"_reorder": [], "_step": [], "_prompt": []}
+    for name in spent:
+        def timed(*args, _f=getattr(backend, name), _n=name):
+            t = time.perf_counter()
+            out = _f(*args)
+            spent[_n].append(time.perf_counter() - t)
+            return out
+        setattr(backend, name, timed)  # instance attribute: times this backend's own calls only
+    options = DecodingOptions(beam_size=5, without_timestamps=True)
+    decode(backend, tok, mel[:1], options)  # warm-up and captures
+    for v in spent.values():
+        v.clear()
+    t = time.perf_counter()
+    for i in range(len(mel)):
+        decode(backend, tok, mel[i : i + 1], options)
+    total = time.perf_counter() - t
+    out = {name.strip("_"): {"calls": len(v), "ms_each": 1e3 * sum(v) / max(len(v), 1), "s": sum(v)} for name, v in spent.items()}
+    out["total_s"] = total
+    out["rest_s"] = total - sum(sum(v) for v in spent.values())
+    out["reorder_graphs"] = getattr(backend._reorderer, "graphs", None)
+    backend.close()
+    return out
+
+
 def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repeats: int) -> dict:
     from whisper_export.options import DecodingOptions
 
@@ -392,6 +423,7 @@ def main() -> None:
             if "tokens" not in skip:
                 rep.section(f"tokens{suffix}", tokens_check, bundle, mel, audios, attention)
             rep.section(f"optimized_ops{suffix}", optimized_ops, bundle, args.work)
+            rep.section(f"beam_breakdown{suffix}", beam_breakdown, bundle, mel)
             rep.section(f"ours_graph{suffix}", ours_suite, bundle, mel, True, batch_sizes, args.steps, args.repeats)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_suite, bundle, mel, False, [1, 16], args.steps, args.repeats)
