@@ -41,6 +41,9 @@ def test_chosen_logprobs_is_log_softmax_bit_for_bit():
         for scratch in (None, np.empty_like(x)):
             got = chosen_logprobs(x, chosen, scratch)
             assert got.dtype == np.float32 and np.array_equal(got, expected)
+        # several per row, as beam search asks for its top candidates
+        top = np.argpartition(x, -6, axis=-1)[:, -6:]
+        assert np.array_equal(chosen_logprobs(x, top), np.take_along_axis(log_softmax(x), top, axis=-1))
 
 
 def test_verified_hash_cache_still_catches_a_changed_file(tiny_bundle, tmp_path, monkeypatch):
