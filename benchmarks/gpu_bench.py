@@ -156,10 +156,12 @@ def ours_profile(backend, mel_row, rows: int, prompt: list[int], n: int = 30) ->
     logits, cache = backend.decode(start, np.zeros(rows, np.int64), index, np.asarray([len(prompt) - 1]), cache, cross)
     state = {"cache": cache, "i": 0, "token": logits[:, -1].argmax(-1)[:, None].astype(np.int64)}
 
-    def step():
+    no_bias = np.zeros(backend.dims.n_vocab, np.float32)
+
+    def step():  # as ours_step_loop: the greedy path (decode_best)
         offsets = np.full(rows, len(prompt) + state["i"], np.int64)
-        logits, state["cache"] = backend.decode(state["token"], offsets, index, np.zeros(1, np.int64), state["cache"], cross)
-        state["token"] = logits[:, 0].argmax(-1)[:, None].astype(np.int64)
+        best, _, state["cache"] = backend.decode_best(state["token"], offsets, index, no_bias, state["cache"], cross)
+        state["token"] = best[:, None].astype(np.int64)
         state["i"] += 1
 
     for _ in range(4):  # capture before profiling

@@ -165,6 +165,10 @@ class Bundle:
         return self.directory / graph_io.REORDER_FILE
 
     @property
+    def select_path(self) -> Path:
+        return self.directory / graph_io.SELECT_FILE
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.directory / "tokenizer.json"
 
@@ -199,7 +203,8 @@ class Bundle:
             raise BundleError(
                 f"{path}: graph I/O version {io_version!r}, expected {graph_io.GRAPH_IO_VERSION}; re-export"
             )
-        for required in (graph_io.ENCODER_FILE, graph_io.DECODER_FILE, graph_io.REORDER_FILE, "tokenizer.json"):
+        for required in (graph_io.ENCODER_FILE, graph_io.DECODER_FILE, graph_io.REORDER_FILE, graph_io.SELECT_FILE,
+                         "tokenizer.json"):
             if required not in files:
                 raise BundleError(f"{path}: does not list {required!r}; received {sorted(files)}")
         for name in files:

@@ -154,7 +154,24 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
         onnx_cache = out[1:]
         offsets = offsets + tokens.shape[1]
         tokens = logits[:, -1].argmax(-1).numpy()[:, None]  # teacher-forced by the reference
-    return rows + _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+    rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+    return rows + check_select(bundle, out[0], rng)
+
+
+def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """greedy_select.onnx on decoder logits (R, P, V) with a random suppression bias: its token must be numpy's
+    argmax exactly, its log-probability sampling.chosen_logprobs' to fp32 rounding."""
+    import onnxruntime as ort
+
+    from whisper_export.sampling import chosen_logprobs
+
+    select = ort.InferenceSession(str(bundle.select_path), providers=["CPUExecutionProvider"])
+    bias = np.where(rng.random(logits.shape[-1]) < 0.01, -np.inf, 0.0).astype(np.float32)
+    best, logprob = select.run([io.BEST_TOKEN, io.BEST_LOGPROB], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
+    biased = (logits + bias).reshape(-1, logits.shape[-1])
+    want = biased.argmax(-1)
+    return [compare("select", io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
+            compare("select", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

@@ -84,6 +84,18 @@ class Inference:
         self.cache_index = None
         return logits
 
+    def best(self, tokens: np.ndarray, logit_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One new token per row: the greedy choice under logit_bias and its log-probability (R,) each,
+        chosen by the backend (Backend.decode_best) instead of returning the logits."""
+        assert self.cache is not None and tokens.shape[1] == self.length + 1, "best() continues a decode by one token"
+        cache_index = self.cache_index if self.cache_index is not None else np.arange(tokens.shape[0], dtype=np.int64)
+        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
+        offsets = np.full(tokens.shape[0], self.length, dtype=np.int64)
+        best, logprobs, self.cache = self.backend.decode_best(new, offsets, cache_index, logit_bias, self.cache, self.cross)
+        self.length += 1
+        self.cache_index = None
+        return best, logprobs
+
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         """Row r continues cache row source_indices[r] from the next step on (the backend reorders)."""
         self.cache_index = np.asarray(source_indices, dtype=np.int64)
@@ -168,6 +180,19 @@ class DecodingTask:
             return BeamSearchDecoder(o.beam_size, special.eot, inference, o.patience)
         return GreedyDecoder(o.temperature, special.eot, self._rng)
 
+    def _later_bias(self, decoder: TokenDecoder) -> np.ndarray | None:
+        """The logit filters of every step after the first as one additive bias, when greedy decoding needs
+        only the argmax of the filtered logits (temperature 0, every filter independent of the tokens)."""
+        if not isinstance(decoder, GreedyDecoder) or decoder.temperature != 0:
+            return None
+        bias = np.zeros(self.backend.dims.n_vocab, np.float32)
+        for logit_filter in self.logit_filters:
+            part = logit_filter.later_bias(bias.shape[0])
+            if part is None:
+                return None
+            bias += part
+        return bias
+
     def run(
         self,
         cross: CrossKV,
@@ -238,16 +263,21 @@ class DecodingTask:
         sum_logprobs = np.zeros(n_rows, dtype=np.float64)
         no_speech_probs = np.full(n_rows, np.nan)
         decoder.reset()
+        later_bias = self._later_bias(decoder)
         for i in range(self.sample_len):
-            if i == 0:  # the prompt step also yields the logits after <|startoftranscript|>
-                logits = inference.logits(tokens, positions=(sot_index, -1))
-                no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, self.tokenizer.special.no_speech]
+            if i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
+                best, logprobs = inference.best(tokens, later_bias)
+                tokens, completed = decoder.update_chosen(tokens, best, logprobs, sum_logprobs)
             else:
-                logits = inference.logits(tokens)
-            logits = logits[:, -1]  # (R, V), the backend's own array: filtered in place
-            for logit_filter in self.logit_filters:
-                logit_filter.apply(logits, tokens)
-            tokens, completed = decoder.update(tokens, logits, sum_logprobs)
+                if i == 0:  # the prompt step also yields the logits after <|startoftranscript|>
+                    logits = inference.logits(tokens, positions=(sot_index, -1))
+                    no_speech_probs = np.exp(log_softmax(logits[:, 0]))[:, self.tokenizer.special.no_speech]
+                else:
+                    logits = inference.logits(tokens)
+                logits = logits[:, -1]  # (R, V), the backend's own array: filtered in place
+                for logit_filter in self.logit_filters:
+                    logit_filter.apply(logits, tokens)
+                tokens, completed = decoder.update(tokens, logits, sum_logprobs)
             # a full cache cannot take another token
             if completed or tokens.shape[-1] >= capacity:
                 break

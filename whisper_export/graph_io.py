@@ -22,6 +22,12 @@ cache_reorder.onnx (a beam search's cache reorder, for backends that keep caches
     in_cache_index                  (rows,)      int64     which input row each output row copies
     out_self_k_{i}, out_self_v_{i}  (rows, n_head, capacity, hd) precision
 
+greedy_select.onnx (greedy decoding without timestamps on a device: the chosen token, not the logits, to the host)
+    in_logits         (rows, n_logits, n_vocab)   float32   the decoder's out_logits
+    in_logit_bias     (n_vocab,)                  float32   0, or -inf for tokens the logit filters suppress
+    out_best_token    (rows, n_logits)            int64     argmax(logits + bias), the first on ties
+    out_best_logprob  (rows, n_logits)            float32   log_softmax(logits + bias) at that token
+
 Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
 step (Backend.decode's cache_index, openai-whisper's rearrange_kv_cache), so greedy steps -- most steps -- do
 not copy the caches through a gather (version 1 gathered them in the graph at every step).
@@ -31,10 +37,11 @@ from __future__ import annotations
 
 import numpy as np
 
-GRAPH_IO_VERSION = 2
+GRAPH_IO_VERSION = 3
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 REORDER_FILE = "cache_reorder.onnx"
+SELECT_FILE = "greedy_select.onnx"
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
@@ -43,6 +50,10 @@ OFFSETS = "in_offsets"
 CACHE_INDEX = "in_cache_index"  # not a graph input since version 2: the name backends give their reorder
 LOGIT_POSITIONS = "in_logit_positions"
 LOGITS = "out_logits"
+SELECT_LOGITS = "in_logits"
+LOGIT_BIAS = "in_logit_bias"
+BEST_TOKEN = "out_best_token"
+BEST_LOGPROB = "out_best_logprob"
 
 PRECISIONS = {"fp32": np.float32, "fp16": np.float16}
 

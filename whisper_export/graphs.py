@@ -124,3 +124,22 @@ def cache_reorder_graph(
     for name_in, name_out in zip(io.self_inputs(dims.n_text_layer), io.self_outputs(dims.n_text_layer)):
         g.output(name_out, g.op("Gather", [g.input(name_in, g.elem, shape), index], axis=0), g.elem, shape)
     return g.model(opset, metadata)
+
+
+def greedy_select_graph(
+    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
+) -> onnx.ModelProto:
+    """The greedy choice from device-resident logits: argmax(logits + bias) and its log-probability, with the
+    operations of sampling.chosen_logprobs ((x[c] - max) - log(sum(exp(x - max)))). No weights."""
+    g = GraphBuilder("whisper_greedy_select", np.float32)
+    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
+    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [dims.n_vocab])
+    last = g.const([-1])
+    x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
+    best = g.op("ArgMax", [x], axis=-1, keepdims=1, select_last_index=0)  # (R, P, 1)
+    shifted = g.op("Sub", [x, g.op("ReduceMax", [x, last], keepdims=1)])
+    total = g.op("ReduceSum", [g.op("Exp", [shifted]), last], keepdims=1)  # (R, P, 1)
+    logprob = g.op("Sub", [g.op("GatherElements", [shifted, best], axis=-1), g.op("Log", [total])])
+    g.output(io.BEST_TOKEN, g.op("Squeeze", [best, last]), TensorProto.INT64, ["rows", "n_logits"])
+    g.output(io.BEST_LOGPROB, g.op("Squeeze", [logprob, last]), TensorProto.FLOAT, ["rows", "n_logits"])
+    return g.model(opset, metadata)

@@ -48,6 +48,11 @@ class LogitFilter:
         """logits (R, V) modified in place given tokens (R, T) so far."""
         raise NotImplementedError
 
+    def later_bias(self, n_vocab: int) -> np.ndarray | None:
+        """What apply() does on every step after the first sampled one, as an additive (V,) float32 bias of 0
+        and -inf; None when that depends on the tokens (then the decoding loop needs the logits)."""
+        return None
+
 
 class SuppressTokens(LogitFilter):
     def __init__(self, token_ids: Sequence[int]):
@@ -55,6 +60,11 @@ class SuppressTokens(LogitFilter):
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         logits[:, self.ids] = -np.inf
+
+    def later_bias(self, n_vocab: int) -> np.ndarray:
+        bias = np.zeros(n_vocab, np.float32)
+        bias[self.ids] = -np.inf
+        return bias
 
 
 class SuppressBlank(LogitFilter):
@@ -67,6 +77,9 @@ class SuppressBlank(LogitFilter):
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         if tokens.shape[1] == self.sample_begin:
             logits[:, self.ids] = -np.inf
+
+    def later_bias(self, n_vocab: int) -> np.ndarray:
+        return np.zeros(n_vocab, np.float32)  # it acts on the first sampled step only
 
 
 class ApplyTimestampRules(LogitFilter):
@@ -154,7 +167,11 @@ class GreedyDecoder(TokenDecoder):
             # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
             gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float64) + 1e-300) + 1e-300)
             next_tokens = (logits.astype(np.float64) / self.temperature + gumbel).argmax(axis=-1)
-        current = chosen_logprobs(logits, next_tokens, self._scratch(logits.shape))
+        return self.update_chosen(tokens, next_tokens, chosen_logprobs(logits, next_tokens, self._scratch(logits.shape)),
+                                  sum_logprobs)
+
+    def update_chosen(self, tokens, next_tokens, current, sum_logprobs):
+        """update() once the tokens (R,) and their log-probabilities (R,) are chosen (Backend.decode_best)."""
         finished = tokens[:, -1] == self.eot
         sum_logprobs += np.where(finished, 0.0, current)  # a finished row's padding costs nothing
         next_tokens = np.where(finished, self.eot, next_tokens).astype(np.int64)

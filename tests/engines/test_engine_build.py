@@ -127,7 +127,7 @@ def _broken_bundle(src: Path, dst: Path) -> None:
     from whisper_export.bundle import Bundle, write_manifest
 
     dst.mkdir()
-    for name in ("decoder.onnx", "cache_reorder.onnx", "tokenizer.json"):
+    for name in ("decoder.onnx", "cache_reorder.onnx", "greedy_select.onnx", "tokenizer.json"):
         shutil.copy(src / name, dst / name)
     x = helper.make_tensor_value_info("in_mel", TensorProto.FLOAT, ["batch", 80, 3000])
     y = helper.make_tensor_value_info("out_cross_k_0", TensorProto.FLOAT, ["batch", 80, 3000])

@@ -242,7 +242,7 @@ def test_backend_refuses_a_bundle_without_engines(tmp_path, built_bundle):
     from whisper_export.backends.base import BackendError
     from whisper_export.bundle import Bundle, write_manifest
 
-    for name in ("encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "tokenizer.json"):
+    for name in ("encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "greedy_select.onnx", "tokenizer.json"):
         shutil.copy(built_bundle.path / name, tmp_path / name)
     write_manifest(tmp_path, Bundle.open(built_bundle.path).config)
     with pytest.raises(BackendError, match="encoder.engine, .*decoder.engine: missing; build the engines first"):

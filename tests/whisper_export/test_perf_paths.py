@@ -121,3 +121,36 @@ def test_cuda_code_path_on_the_cpu_provider(tiny_bundle, english_clips, monkeypa
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
         assert all(len(free) == 2 for free in sim._cache_pool._free.values())
         assert all(len(free) == 1 for free in sim._cross_pool._free.values())
+
+
+def test_greedy_choice_by_the_backend_equals_filtering_the_logits(tiny_bundle, english_clips):
+    """Greedy without timestamps takes Backend.decode_best after the prompt step: the same tokens and
+    log-probabilities, bit for bit, as filtering host logits and taking their argmax (the path it replaces)."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.decoding import DecodingTask
+    from whisper_export.options import DecodingOptions
+
+    class LogitsEveryStep(DecodingTask):
+        def _later_bias(self, decoder):
+            return None
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mel = log_mel_batch(english_clips)
+    with OnnxRuntimeBackend(bundle) as backend:
+        calls = []
+        original = backend.decode_best
+        backend.decode_best = lambda *a: calls.append(1) or original(*a)  # counts, then runs the real one
+        options = DecodingOptions(without_timestamps=True)
+        fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert len(calls) > 10
+        before = len(calls)
+        slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert len(calls) == before
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and a.sum_logprob == b.sum_logprob and a.no_speech_prob == b.no_speech_prob
+        assert len(a.tokens) > 5
+    # with timestamps the rules depend on the tokens: the loop keeps asking for logits
+    for options in (DecodingOptions(), DecodingOptions(temperature=0.5, without_timestamps=True)):
+        task = DecodingTask(backend, tokenizer, options)
+        assert task._later_bias(task._wire(None, 4)) is None

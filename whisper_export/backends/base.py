@@ -63,6 +63,30 @@ class Backend(abc.ABC):
         recycle the old buffers).
         """
 
+    def decode_best(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_bias: np.ndarray,
+        cache: SelfCache,
+        cross: CrossKV,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """A one-token step (tokens (rows, 1)) that returns, per row, argmax(logits + logit_bias) and its
+        log-probability under log_softmax(logits + logit_bias), and the updated cache, instead of the logits.
+
+        logit_bias (n_vocab,) float32 holds 0 or -inf (the logit filters that do not depend on the tokens):
+        greedy decoding without timestamps needs nothing else from a step. This default decodes and selects
+        in numpy (bit for bit what sampling.GreedyDecoder computes); a GPU backend selects on the device and
+        copies 12 bytes per row to the host instead of 4 x n_vocab.
+        """
+        from whisper_export.sampling import chosen_logprobs
+
+        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
+        biased = logits[:, 0] + logit_bias
+        best = biased.argmax(axis=-1)
+        return best, chosen_logprobs(biased, best), cache
+
     def close(self) -> None:
         """Release sessions and device memory; the backend is unusable afterwards."""
 

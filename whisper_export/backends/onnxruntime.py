@@ -32,7 +32,7 @@ from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
 from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
-from whisper_export.backends.ort_buffers import CacheReorder
+from whisper_export.backends.ort_aux import AuxGraphs
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
 from whisper_export.backends.ort_buffers import Pool as _Pool
 from whisper_export.backends.ort_buffers import Steering as _Steering
@@ -76,7 +76,7 @@ class OnnxRuntimeBackend(Backend):
         self._self_out = graph_io.self_outputs(n_layer)
         self._dec_out = graph_io.decoder_outputs(n_layer)
         self._dec_in = graph_io.decoder_inputs(n_layer)
-        self._reorderer: CacheReorder | None = None  # CUDA: cache_reorder.onnx, opened on first beam step
+        self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -291,17 +291,37 @@ class OnnxRuntimeBackend(Backend):
         # the outputs become the next inputs and the consumed inputs the next outputs: no allocation per step
         return logits, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
+    def _aux_graphs(self) -> AuxGraphs:
+        if self._aux is None:
+            paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path}
+            self._aux = AuxGraphs(
+                lambda which, inputs, outputs, graph: self._session(paths[which], inputs, outputs, graph=graph),
+                self._device_zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,
+                self.dims.n_vocab)
+        return self._aux
+
     def _reorder(self, cache: _Cache, cache_index: np.ndarray) -> _Cache:
         """The cache with row r := row cache_index[r], in the other set of the pair (the step reads it)."""
         assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
-        if self._reorderer is None:
-            reorder_in = graph_io.reorder_inputs(self.dims.n_text_layer)
-            self._reorderer = CacheReorder(
-                lambda graph: self._session(self.bundle.reorder_path, reorder_in, self._self_out, graph=graph),
-                self._device_zeros, self._graph_ids, self.graph_mode != "off", self._self_in, self._self_out)
         key = (cache.rows, cache.capacity, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
-        self._reorderer.run(key, cache.values, cache.spare, cache_index)
+        self._aux_graphs().reorder(key, cache.values, cache.spare, cache_index)
         return _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
+
+    def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
+        """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there."""
+        if self.device == "cpu" or tokens.ndim != 2 or tokens.shape[1] != 1:
+            return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
+        self.check_handles(cache, cross, _Cache, _Cross)
+        self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
+        if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
+            raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
+                             f"expected a ({self.dims.n_vocab},) float32 array")
+        assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
+        if self.reorders(cache_index):
+            cache = self._reorder(cache, cache_index)
+        self._step(tokens, offsets, cache, cross, fetch=False)
+        best, logprobs = self._aux_graphs().select(self._steering_for(cache.rows).logits, cache.rows, logit_bias)
+        return best, logprobs, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
@@ -326,7 +346,7 @@ class OnnxRuntimeBackend(Backend):
         for name, value in zip(self._self_out, cache.spare):
             binding.bind_ortvalue_output(name, value)
 
-    def _step(self, tokens, offsets, cache: _Cache, cross: _Cross) -> np.ndarray:
+    def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True) -> np.ndarray | None:
         """One token per row on fixed buffers: the binding is made once per buffer combination and, with
         graphs, captured on its third run and replayed from then on."""
         rows = cache.rows
@@ -366,8 +386,8 @@ class OnnxRuntimeBackend(Backend):
             if self.graph_mode == "off":
                 raise
             self._graphs_failed(e)
-            return self._step(tokens, offsets, cache, cross)
-        return steering.logits.numpy()
+            return self._step(tokens, offsets, cache, cross, fetch)
+        return steering.logits.numpy() if fetch else None
 
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone
@@ -376,7 +396,7 @@ class OnnxRuntimeBackend(Backend):
             self._steering.clear()
             self._cross_pool.clear()
             self._cache_pool.clear()
-        self.encoder = self.decoder = self.step_decoder = self._reorderer = None  # type: ignore[assignment]
+        self.encoder = self.decoder = self.step_decoder = self._aux = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         extra = f", cuda_graph={self.graph_mode!r}" if self.device == "cuda" else ""

@@ -67,15 +67,16 @@ def ours_decode(backend, tokenizer, mel, options, repeats: int, one_by_one: bool
 
 
 def ours_step_loop(backend, mel_row, rows: int, prompt: list[int], n_steps: int, repeats: int) -> dict[str, float]:
-    """ms per decoder step for `rows` audios decoding n_steps tokens each (argmax on the host, no eot stop):
-    the backend's raw step cost, logits to the host included."""
+    """ms per decoder step for `rows` audios decoding n_steps tokens each (argmax feedback, no eot stop):
+    the backend's raw step cost through Backend.decode_best, the path greedy decoding without timestamps takes
+    (a GPU backend picks the token on the device; the CPU one copies nothing and picks in numpy)."""
     import numpy as np
 
     mel = np.ascontiguousarray(np.repeat(mel_row, rows, axis=0))
     cross = backend.encode(mel)
     capacity = min(backend.dims.n_text_ctx, len(prompt) + n_steps + 1)
     index = np.arange(rows, dtype=np.int64)
-    zero = np.zeros(1, np.int64)
+    no_bias = np.zeros(backend.dims.n_vocab, np.float32)
     start = np.asarray([prompt] * rows, dtype=np.int64)
 
     def run():
@@ -85,8 +86,8 @@ def ours_step_loop(backend, mel_row, rows: int, prompt: list[int], n_steps: int,
         t = _now()
         for i in range(n_steps):
             offsets = np.full(rows, len(prompt) + i, dtype=np.int64)
-            logits, cache = backend.decode(token, offsets, index, zero, cache, cross)
-            token = logits[:, 0].argmax(-1).astype(np.int64)[:, None]
+            best, _, cache = backend.decode_best(token, offsets, index, no_bias, cache, cross)
+            token = best.astype(np.int64)[:, None]
         return _now() - t
 
     run()  # warm-up: allocations, CUDA graph capture

@@ -1,0 +1,123 @@
+"""The bundle's two small graphs on CUDA, next to the decoder: cache_reorder.onnx (a beam search's cache
+reorder, device to device) and greedy_select.onnx (the greedy token and its log-probability from the logits the
+decoder left on the device, so 12 bytes per row reach the host instead of 4 x n_vocab).
+
+Both run on fixed device buffers: one IO binding per buffer combination, made once, whose small inputs (the
+reorder index, the logit bias) are updated in place; with CUDA graphs wanted, each binding is captured once
+and replayed. Uncaptured, their few small kernels cost more in onnxruntime's per-node overhead than on the GPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from whisper_export import graph_io
+
+
+class CapturedRuns:
+    """One session of a small graph: run(key, bind) binds once per key, then replays (captured if graphs)."""
+
+    def __init__(self, open_session: Callable[[bool], Any], graph_ids: itertools.count, graphs: bool):
+        self._open, self._graph_ids, self.graphs = open_session, graph_ids, graphs
+        self._bindings: dict[tuple, tuple[Any, Any]] = {}  # key -> (IOBinding, RunOptions)
+        self.session = self._start()
+
+    def _start(self) -> Any:
+        if self.graphs:
+            try:
+                return self._open(True)
+            except Exception:  # noqa: BLE001 - a session that cannot capture: plain runs
+                self.graphs = False
+        return self._open(False)
+
+    def run(self, key: tuple, bind: Callable[[Any], None]) -> None:
+        import onnxruntime as ort
+
+        entry = self._bindings.get(key)
+        first = entry is None
+        if entry is None:
+            binding = self.session.io_binding()
+            bind(binding)
+            options = ort.RunOptions()
+            if self.graphs:
+                options.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
+            entry = self._bindings[key] = (binding, options)
+        binding, options = entry
+        try:
+            if first and self.graphs:  # plain runs first, so that nothing is allocated under capture
+                skip = ort.RunOptions()
+                skip.add_run_config_entry("gpu_graph_id", "-1")
+                for _ in range(2):
+                    self.session.run_with_iobinding(binding, skip)
+            self.session.run_with_iobinding(binding, options)
+        except Exception:
+            if not self.graphs:
+                raise
+            self.graphs = False  # a capture refused at run time: plain runs from now on
+            self._bindings.clear()
+            self.session = self._start()
+            self.run(key, bind)
+
+
+class AuxGraphs:
+    """cache_reorder.onnx and greedy_select.onnx of one backend, each opened on first use."""
+
+    def __init__(self, open_session: Callable[..., Any], device_zeros: Callable[[tuple, Any], Any],
+                 graph_ids: itertools.count, graphs: bool, n_layer: int, n_vocab: int):
+        self._open, self._zeros, self._graph_ids, self._graphs = open_session, device_zeros, graph_ids, graphs
+        self._names = list(zip(graph_io.self_inputs(n_layer), graph_io.self_outputs(n_layer)))
+        self._n_layer, self._n_vocab = n_layer, n_vocab
+        self._reorder: CapturedRuns | None = None
+        self._select: CapturedRuns | None = None
+        self._index: dict[int, Any] = {}  # rows -> the reorder index on the device
+        self._best: dict[int, tuple[Any, Any]] = {}  # rows -> (best token, its log-probability) on the device
+        self._bias: Any = None
+        self._bias_now: np.ndarray | None = None
+
+    def reorder(self, key: tuple, source: list[Any], destination: list[Any], index: np.ndarray) -> None:
+        """destination := source with row r taken from row index[r], every cache; key names the two sets."""
+        if self._reorder is None:
+            inputs = graph_io.reorder_inputs(self._n_layer)
+            outputs = graph_io.self_outputs(self._n_layer)
+            self._reorder = CapturedRuns(lambda graph: self._open("reorder", inputs, outputs, graph),
+                                         self._graph_ids, self._graphs)
+        rows = len(index)
+        if rows not in self._index:
+            self._index[rows] = self._zeros((rows,), np.int64)
+        value = self._index[rows]
+        value.update_inplace(np.ascontiguousarray(index, dtype=np.int64))
+
+        def bind(binding: Any) -> None:
+            binding.bind_ortvalue_input(graph_io.CACHE_INDEX, value)
+            for (name_in, name_out), src, dst in zip(self._names, source, destination):
+                binding.bind_ortvalue_input(name_in, src)
+                binding.bind_ortvalue_output(name_out, dst)
+
+        self._reorder.run(key, bind)
+
+    def select(self, logits: Any, rows: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best token (R,) int64, its log-probability (R,) float32) from device logits (rows, 1, n_vocab)."""
+        if self._select is None:
+            inputs, outputs = [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS], [graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB]
+            self._select = CapturedRuns(lambda graph: self._open("select", inputs, outputs, graph),
+                                        self._graph_ids, self._graphs)
+            self._bias = self._zeros((self._n_vocab,), np.float32)
+        if self._bias_now is None or not np.array_equal(self._bias_now, bias):
+            self._bias.update_inplace(np.ascontiguousarray(bias, dtype=np.float32))
+            self._bias_now = np.array(bias, dtype=np.float32)
+        if rows not in self._best:
+            self._best[rows] = (self._zeros((rows, 1), np.int64), self._zeros((rows, 1), np.float32))
+        best, logprob = self._best[rows]
+
+        def bind(binding: Any) -> None:
+            binding.bind_ortvalue_input(graph_io.SELECT_LOGITS, logits)
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, self._bias)
+            binding.bind_ortvalue_output(graph_io.BEST_TOKEN, best)
+            binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, logprob)
+
+        self._select.run(("select", rows, id(logits)), bind)
+        return best.numpy()[:, 0], logprob.numpy()[:, 0]
