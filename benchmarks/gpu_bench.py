@@ -246,7 +246,8 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     out = {name.strip("_"): {"calls": len(v), "ms_each": 1e3 * sum(v) / max(len(v), 1), "s": sum(v)} for name, v in spent.items()}
     out["total_s"] = total
     out["rest_s"] = total - sum(sum(v) for v in spent.values())
-    out["reorder_graphs"] = getattr(backend._reorderer, "graphs", None)
+    aux = backend._aux
+    out["reorder_graphs"] = aux._reorder.graphs if aux is not None and aux._reorder is not None else None
     backend.close()
     return out
 
