@@ -289,6 +289,8 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
         r["profile_error"] = f"{type(e).__name__}: {e}"
     r["mode_after"] = backend.graph_mode
     r["graph_error_after"] = backend.graph_error
+    aux = backend._aux
+    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select")}
     backend.close()
     return r
 
