@@ -280,6 +280,11 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
         d.pop("token_ids")
         r[key] = d
     r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
+    default_min = getattr(backend, "select_min_rows", None)
+    for label, min_rows in (("device_select", 1), ("host_select", 10**9)):  # both sides of the crossover
+        backend.select_min_rows = min_rows
+        r[f"step_loop_{label}"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 2, 4, 8, 16)]
+    backend.select_min_rows = default_min
     r["graphs_captured_keys"] = len(getattr(backend, "_bindings", {}))
     try:
         if PROFILE:

@@ -130,16 +130,17 @@ def greedy_select_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
     """The greedy choice from device-resident logits: argmax(logits + bias) and its log-probability, with the
-    operations of sampling.chosen_logprobs ((x[c] - max) - log(sum(exp(x - max)))). No weights."""
+    operations of sampling.chosen_logprobs: (x[c] - max) - log(sum(exp(x - max))), where x[c] - max is 0.
+    TopK(k=1), not ArgMax: both take the lowest index on ties, and onnxruntime's CUDA ArgMax over (16, 1, 51864)
+    took 3.4 ms (a cuDNN reduction) where TopK takes microseconds. No weights."""
     g = GraphBuilder("whisper_greedy_select", np.float32)
     logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
     bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [dims.n_vocab])
     last = g.const([-1])
     x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
-    best = g.op("ArgMax", [x], axis=-1, keepdims=1, select_last_index=0)  # (R, P, 1)
-    shifted = g.op("Sub", [x, g.op("ReduceMax", [x, last], keepdims=1)])
-    total = g.op("ReduceSum", [g.op("Exp", [shifted]), last], keepdims=1)  # (R, P, 1)
-    logprob = g.op("Sub", [g.op("GatherElements", [shifted, best], axis=-1), g.op("Log", [total])])
+    top, best = g.op("TopK", [x, g.const([1])], n_out=2, axis=-1, largest=1, sorted=1)  # (R, P, 1) each
+    total = g.op("ReduceSum", [g.op("Exp", [g.op("Sub", [x, top])]), last], keepdims=1)  # (R, P, 1)
+    logprob = g.op("Neg", [g.op("Log", [total])])
     g.output(io.BEST_TOKEN, g.op("Squeeze", [best, last]), TensorProto.INT64, ["rows", "n_logits"])
     g.output(io.BEST_LOGPROB, g.op("Squeeze", [logprob, last]), TensorProto.FLOAT, ["rows", "n_logits"])
     return g.model(opset, metadata)

@@ -45,6 +45,9 @@ CUDA_GRAPH_ENV = "WHISPER_EXPORT_CUDA_GRAPH"
 
 class OnnxRuntimeBackend(Backend):
     _ort_device = "cuda"  # where the CUDA path's OrtValues live (a test may point it at "cpu")
+    # CUDA: from this many rows on, decode_best selects on the device (one more small graph run) instead of
+    # copying the logits to the host (4 x n_vocab bytes per row); see NOTES.md for the measured crossover
+    select_min_rows = 4
 
     def __init__(
         self,
@@ -309,7 +312,7 @@ class OnnxRuntimeBackend(Backend):
 
     def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
         """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there."""
-        if self.device == "cpu" or tokens.ndim != 2 or tokens.shape[1] != 1:
+        if self.device == "cpu" or tokens.ndim != 2 or tokens.shape[1] != 1 or tokens.shape[0] < self.select_min_rows:
             return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
