@@ -113,7 +113,7 @@ def test_cuda_code_path_on_the_cpu_provider(tiny_bundle, english_clips, monkeypa
     mel = log_mel_batch(english_clips[:3])
     with ob.OnnxRuntimeBackend(bundle) as cpu, ob.OnnxRuntimeBackend(bundle, device="cuda") as sim:
         assert sim.graph_mode == "off" and "no CUDA graphs" in sim.graph_error
-        sim.select_min_rows = 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch size
+        assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
         for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
                         DecodingOptions(beam_size=3, without_timestamps=True)):
             for m in (mel, mel[1:2], mel):

@@ -45,9 +45,10 @@ CUDA_GRAPH_ENV = "WHISPER_EXPORT_CUDA_GRAPH"
 
 class OnnxRuntimeBackend(Backend):
     _ort_device = "cuda"  # where the CUDA path's OrtValues live (a test may point it at "cpu")
-    # CUDA: from this many rows on, decode_best selects on the device (one more small graph run) instead of
-    # copying the logits to the host (4 x n_vocab bytes per row); see NOTES.md for the measured crossover
-    select_min_rows = 4
+    # CUDA: from this many rows on, decode_best selects on the device (one more captured small graph) instead
+    # of copying the logits to the host (4 x n_vocab bytes per row); on the H100 the device wins from 1 row on
+    # (tiny.en: 0.59 vs 0.72 ms per step at 1 row, 0.76 vs 3.58 at 16; NOTES.md, GPU run 8)
+    select_min_rows = 1
 
     def __init__(
         self,
