@@ -7,7 +7,6 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 
 class Pool:
     """Device buffer sets handed out by key and taken back when the last handle that holds one is gone.
