@@ -7,7 +7,8 @@ Nothing but the logits crosses to the host: ``encode`` leaves the cross-attentio
 the decoder engine reads them; the self-attention caches live on the device as two buffer sets per cache
 that ping-pong -- step t reads set A and writes set B, step t+1 reads B and writes A -- because TensorRT
 does not promise that an output may alias an input. A beam reorder copies rows from the front set into the
-other one (one device-to-device copy per run of consecutive source rows and cache) before the step. A cache handle is consumed by decode(); using it again raises instead of reading overwritten memory.
+other one (one device-to-device copy per run of consecutive source rows and cache) before the step. A cache
+handle is consumed by decode(); using it again raises instead of reading overwritten memory.
 Buffers are freed when their handle is garbage-collected, and all of them on close().
 """
 

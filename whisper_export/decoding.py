@@ -74,27 +74,29 @@ class Inference:
         rows, total = tokens.shape
         if self.cache is None:
             self.cache = self.backend.new_cache(rows, self.capacity)
-        if self.cache_index is None:
-            self.cache_index = np.arange(rows, dtype=np.int64)
         new = np.ascontiguousarray(tokens[:, self.length :], dtype=np.int64)
         at = np.asarray([p % total - self.length for p in positions], dtype=np.int64)
-        offsets = np.full(rows, self.length, dtype=np.int64)
-        logits, self.cache = self.backend.decode(new, offsets, self.cache_index, at, self.cache, self.cross)
+        offsets, cache_index = self._next_step(rows)
+        logits, self.cache = self.backend.decode(new, offsets, cache_index, at, self.cache, self.cross)
         self.length = total
-        self.cache_index = None
         return logits
 
     def best(self, tokens: np.ndarray, logit_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One new token per row: the greedy choice under logit_bias and its log-probability (R,) each,
         chosen by the backend (Backend.decode_best) instead of returning the logits."""
         assert self.cache is not None and tokens.shape[1] == self.length + 1, "best() continues a decode by one token"
-        cache_index = self.cache_index if self.cache_index is not None else np.arange(tokens.shape[0], dtype=np.int64)
         new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
-        offsets = np.full(tokens.shape[0], self.length, dtype=np.int64)
+        offsets, cache_index = self._next_step(tokens.shape[0])
         best, logprobs, self.cache = self.backend.decode_best(new, offsets, cache_index, logit_bias, self.cache, self.cross)
         self.length += 1
-        self.cache_index = None
         return best, logprobs
+
+    def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, cache_index) of the next step: every row continues at length, from the row a pending
+        rearrange_kv_cache named (or its own); the pending reorder is used up."""
+        cache_index = self.cache_index if self.cache_index is not None else np.arange(rows, dtype=np.int64)
+        self.cache_index = None
+        return np.full(rows, self.length, dtype=np.int64), cache_index
 
     def rearrange_kv_cache(self, source_indices: Sequence[int]) -> None:
         """Row r continues cache row source_indices[r] from the next step on (the backend reorders)."""

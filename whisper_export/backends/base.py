@@ -82,6 +82,7 @@ class Backend(abc.ABC):
         """
         from whisper_export.sampling import chosen_logprobs
 
+        self.check_logit_bias(logit_bias)
         logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
         biased = logits[:, 0] + logit_bias
         best = biased.argmax(axis=-1)
@@ -118,6 +119,11 @@ class Backend(abc.ABC):
                 f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
                 "handles this backend's new_cache() and encode() return"
             )
+
+    def check_logit_bias(self, logit_bias: np.ndarray) -> None:
+        if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
+            raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
+                             f"expected a ({self.dims.n_vocab},) float32 array")
 
     def check_mel(self, mel: np.ndarray) -> None:
         expected = f"(n_audio, {self.dims.n_mels}, {N_FRAMES}) float32"

@@ -285,15 +285,13 @@ class OnnxRuntimeBackend(Backend):
             feeds = {**steering, **dict(zip(self._self_in, values)), **dict(zip(self._cross_in, cross.values))}
             outputs = self.decoder.run(self._dec_out, feeds)
             return outputs[0], _Cache(outputs[1:], cache.rows, cache.capacity)
-        assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
-        if self.reorders(cache_index):
-            cache = self._reorder(cache, cache_index)
+        cache = self._reorder(cache, cache_index)
         if tokens.shape[1] == 1 and logit_positions.shape == (1,) and logit_positions[0] == 0:
             logits = self._step(tokens, offsets, cache, cross)
         else:
             logits = self._prompt(tokens, offsets, logit_positions, cache, cross)
         # the outputs become the next inputs and the consumed inputs the next outputs: no allocation per step
-        return logits, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
+        return logits, cache.swapped()
 
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
@@ -305,11 +303,13 @@ class OnnxRuntimeBackend(Backend):
         return self._aux
 
     def _reorder(self, cache: _Cache, cache_index: np.ndarray) -> _Cache:
-        """The cache with row r := row cache_index[r], in the other set of the pair (the step reads it)."""
-        assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
-        key = (cache.rows, cache.capacity, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
-        self._aux_graphs().reorder(key, cache.values, cache.spare, cache_index)
-        return _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
+        """CUDA: the cache with row r := row cache_index[r], written into the other set of the pair (which the
+        step then reads); the cache itself when cache_index is the identity."""
+        if not self.reorders(cache_index):
+            return cache
+        assert cache.spare is not None, "CUDA caches come in pairs (new_cache)"
+        self._aux_graphs().reorder(cache.sets_key(), cache.values, cache.spare, cache_index)
+        return cache.swapped()
 
     def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
         """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there."""
@@ -317,15 +317,11 @@ class OnnxRuntimeBackend(Backend):
             return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
-        if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
-            raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
-                             f"expected a ({self.dims.n_vocab},) float32 array")
-        assert cache.spare is not None and cache.lease is not None, "CUDA caches come in pairs (new_cache)"
-        if self.reorders(cache_index):
-            cache = self._reorder(cache, cache_index)
+        self.check_logit_bias(logit_bias)
+        cache = self._reorder(cache, cache_index)
         self._step(tokens, offsets, cache, cross, fetch=False)
         best, logprobs = self._aux_graphs().select(self._steering_for(cache.rows).logits, cache.rows, logit_bias)
-        return best, logprobs, _Cache(cache.spare, cache.rows, cache.capacity, cache.values, cache.lease, 1 - cache.side)
+        return best, logprobs, cache.swapped()
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
@@ -359,9 +355,8 @@ class OnnxRuntimeBackend(Backend):
         # which the zeroed buffer holds)
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
         steering.values[graph_io.OFFSETS].update_inplace(np.ascontiguousarray(offsets, dtype=np.int64))
-        assert cache.lease is not None, "CUDA caches come from the pool (new_cache)"
         cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
-        key = (rows, cache.capacity, cross_id, cache.lease[cache.side].buffers.id, cache.lease[1 - cache.side].buffers.id)
+        key = (cross_id, *cache.sets_key())
         entry = self._bindings.get(key)
         session = self.step_decoder if self.graph_mode != "off" and self.step_decoder is not None else self.decoder
         if entry is None:

@@ -63,6 +63,16 @@ class CacheHandle:
     lease: tuple[Lease, Lease] | None = field(default=None, repr=False)
     side: int = 0
 
+    def swapped(self) -> "CacheHandle":
+        """CUDA: the same pair with the other set current (after a step or a reorder wrote into it)."""
+        assert self.spare is not None and self.lease is not None, "CUDA caches come in pairs (new_cache)"
+        return CacheHandle(self.spare, self.rows, self.capacity, self.values, self.lease, 1 - self.side)
+
+    def sets_key(self) -> tuple[int, int, int, int]:
+        """CUDA: (rows, capacity, current set id, spare set id): what a binding over this pair is bound to."""
+        assert self.lease is not None, "CUDA caches come from the pool (new_cache)"
+        return self.rows, self.capacity, self.lease[self.side].buffers.id, self.lease[1 - self.side].buffers.id
+
 
 @dataclass
 class Steering:
