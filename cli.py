@@ -51,7 +51,7 @@ def export_cmd(
     model: ModelOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="fp16 weights/activations; LayerNorm, softmax, logits in fp32")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 23 for the Attention operator)")] = 23,
-    attention: Annotated[str, typer.Option(help="'onnx' (opset-23 Attention) or 'matmul' (MatMul/Softmax fallback)")] = "onnx",
+    attention: Annotated[str, typer.Option(help="'onnx' (opset-23 Attention; TensorRT), 'matmul' (MatMul/Softmax fallback) or 'onnxruntime' (onnxruntime's fused contrib ops: fastest on onnxruntime-gpu, not buildable by TensorRT)")] = "onnx",
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
 ) -> None:
     """Export the encoder and decoder-with-past graphs into a self-describing bundle."""

@@ -2,7 +2,7 @@
 
     python benchmarks/cpu_tokens.py   # rewrites benchmarks/data/cpu_tokens_tiny_en.json
 
-tiny.en exported as fp32 (attention=onnx) and fp16 (attention=onnx and matmul), onnxruntime on the CPU; greedy,
+tiny.en exported as fp32 (attention=onnx) and fp16 (attention=onnx, matmul and onnxruntime), onnxruntime on the CPU; greedy,
 beam 5 and greedy with timestamps, the clips decoded as one batch (what gpu_bench decodes).
 """
 
@@ -27,7 +27,7 @@ from whisper_export.options import DecodingOptions  # noqa: E402
 OPTIONS = {"greedy": DecodingOptions(without_timestamps=True),
            "beam5": DecodingOptions(beam_size=5, without_timestamps=True),
            "greedy_ts": DecodingOptions()}
-VARIANTS = (("fp32", "onnx"), ("fp16", "onnx"), ("fp16", "matmul"))
+VARIANTS = (("fp32", "onnx"), ("fp16", "onnx"), ("fp16", "matmul"), ("fp16", "onnxruntime"))
 
 
 def main() -> None:

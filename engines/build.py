@@ -212,6 +212,10 @@ def build_engines(
     """Build the engines of an exported bundle; see the module docstring for the checks and the files."""
     t_start = time.perf_counter()
     bundle = Bundle.open(Path(bundle_dir))
+    if bundle.config.get("attention") == "onnxruntime":
+        raise TargetError(
+            f"{bundle.directory}: received a bundle exported with attention='onnxruntime' (onnxruntime contrib "
+            "operators, which TensorRT does not parse), expected attention='onnx'; re-export it with --attention onnx")
     dims = bundle.dims
     limits = options.limits.resolved(dims)  # ProfileError before anything else
     profiles: dict[str, list[Profile]] = {

@@ -66,5 +66,11 @@ def tiny_bundle_fp16(tmp_path_factory, tiny_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bundle_ort(tmp_path_factory, tiny_checkpoint) -> Path:
+    """tiny.en fp32 on onnxruntime's fused contrib operators (attention="onnxruntime", graphs_ort.py)."""
+    return _export(tiny_checkpoint, tmp_path_factory.mktemp("bundles"), "tiny-ort", attention="onnxruntime")
+
+
+@pytest.fixture(scope="session")
 def base_bundle(tmp_path_factory, base_checkpoint) -> Path:
     return _export(base_checkpoint, tmp_path_factory.mktemp("bundles"), "base-fp32")

@@ -18,6 +18,7 @@ import onnx
 from whisper_export import __version__, graph_io
 from whisper_export.bundle import write_manifest
 from whisper_export.graphs import cache_reorder_graph, decoder_graph, encoder_graph, greedy_select_graph
+from whisper_export.onnx_builder import ATTENTIONS
 
 MIN_OPSET = 20  # Gelu
 ATTENTION_OPSET = 23  # the Attention operator
@@ -32,7 +33,9 @@ class ExportError(ValueError):
 @dataclass(frozen=True)
 class ExportOptions:
     precision: str = "fp32"  # "fp32" | "fp16"
-    attention: str = "onnx"  # "onnx" (opset-23 Attention) | "matmul" (MatMul/Softmax for older runtimes)
+    # "onnx" (opset-23 Attention) | "matmul" (MatMul/Softmax for older runtimes) | "onnxruntime" (onnxruntime's
+    # fused contrib operators: the fastest decoder step on onnxruntime-gpu, not buildable by TensorRT)
+    attention: str = "onnx"
     opset: int = ATTENTION_OPSET
     overwrite: bool = False
 
@@ -42,8 +45,8 @@ class ExportOptions:
     def _verify(self) -> None:
         if self.precision not in graph_io.PRECISIONS:
             raise ValueError(f"precision: received {self.precision!r}, expected one of {sorted(graph_io.PRECISIONS)}")
-        if self.attention not in ("onnx", "matmul"):
-            raise ValueError(f"attention: received {self.attention!r}, expected 'onnx' or 'matmul'")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention: received {self.attention!r}, expected one of {', '.join(ATTENTIONS)}")
         max_opset = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= self.opset <= max_opset:
             raise ValueError(f"opset: received {self.opset}, expected {MIN_OPSET}..{max_opset} (installed onnx {onnx.__version__})")

@@ -16,8 +16,7 @@ def encoder_graph(
 ) -> onnx.ModelProto:
     g = GraphBuilder("whisper_encoder", dtype)
     nn = Layers(g, state, attention, dims.n_audio_state)
-    d, n_frames = dims.n_audio_state, 2 * dims.n_audio_ctx
-    hd = d // dims.n_audio_head
+    n_frames = 2 * dims.n_audio_ctx
     mel = g.input(io.MEL, TensorProto.FLOAT, ["batch", dims.n_mels, n_frames])
     x = mel if g.elem == TensorProto.FLOAT else g.op("Cast", [mel], to=g.elem)
     for i, stride in ((1, 1), (2, 2)):
@@ -29,12 +28,7 @@ def encoder_graph(
     x = g.op("Add", [x, g.weight("encoder.positional_embedding", state["encoder.positional_embedding"])])
     for i in range(dims.n_audio_layer):
         p = f"encoder.blocks.{i}"
-        h = nn.layer_norm(x, f"{p}.attn_ln")
-        # three MatMuls here, not qkv_heads: at 1500 rows they are compute-bound and the fused layout's 5-D
-        # transpose measured ~10 ms slower per window on the CPU
-        q, k, v = (nn.split_heads(nn.linear(h, f"{p}.attn.{n}", nn.folded_scale(hd) if n == "query" else 1.0),
-                                  dims.n_audio_head) for n in ("query", "key", "value"))
-        a = nn.merge_heads(nn.attend(q, k, v, None, hd))
+        a = nn.self_attention(nn.layer_norm(x, f"{p}.attn_ln"), f"{p}.attn", dims.n_audio_head)
         x = g.op("Add", [x, nn.linear(a, f"{p}.attn.out")])
         x = g.op("Add", [x, nn.mlp(nn.layer_norm(x, f"{p}.mlp_ln"), p)])
     x = nn.layer_norm(x, "encoder.ln_post")
@@ -47,40 +41,68 @@ def encoder_graph(
     return g.model(opset, metadata)
 
 
+class DecoderIO:
+    """The decoder contract's inputs (graph_io) declared on a builder, and the values every variant derives."""
+
+    def __init__(self, g: GraphBuilder, dims: ModelDims):
+        n_head, hd, i64 = dims.n_text_head, dims.text_head_dim, TensorProto.INT64
+        self.tokens = g.input(io.TOKENS, i64, ["rows", "n_new"])
+        self.offsets = g.input(io.OFFSETS, i64, ["rows"])
+        self.logit_positions = g.input(io.LOGIT_POSITIONS, i64, ["n_logits"])
+        self.self_shape = ["rows", n_head, "capacity", hd]
+        self.self_in = [g.input(n, g.elem, self.self_shape) for n in io.self_inputs(dims.n_text_layer)]
+        cross_shape = ["n_audio", n_head, dims.n_audio_ctx, hd]
+        self.cross_in = [g.input(n, g.elem, cross_shape) for n in io.cross_inputs(dims.n_text_layer)]
+        self.n_new = g.op("Squeeze", [g.op("Shape", [self.tokens], start=1, end=2), g.const([0])])
+        self.capacity = g.op("Squeeze", [g.op("Shape", [self.self_in[0]], start=2, end=3), g.const([0])])
+        steps = g.op("Range", [g.const(0), self.n_new, g.const(1)])  # (n,)
+        self.positions = g.op("Add", [g.op("Unsqueeze", [self.offsets, g.const([1])]), steps])  # (R, n)
+        # cross-attention folds each audio's beams into its query axis: (R, n, D) -> (A, beams * n, D)
+        d = dims.n_text_state
+        rows_shape = g.op("Shape", [self.tokens], start=0, end=1)
+        audio_shape = g.op("Shape", [self.cross_in[0]], start=0, end=1)
+        self.fold = g.op("Concat", [audio_shape, g.const([-1, d])], axis=0)
+        self.unfold = g.op("Concat", [rows_shape, g.const([-1, d])], axis=0)
+
+    def embed(self, g: GraphBuilder, state: dict[str, np.ndarray]) -> tuple[str, str]:
+        """(x (R, n, D): token + positional embedding, the token embedding's initializer for the tied logits)."""
+        emb = g.weight("decoder.token_embedding.weight", state["decoder.token_embedding.weight"])
+        pos_emb = g.weight("decoder.positional_embedding", state["decoder.positional_embedding"])
+        return g.op("Add", [g.op("Gather", [emb, self.tokens]), g.op("Gather", [pos_emb, self.positions])]), emb
+
+    def finish(self, g: GraphBuilder, dims: ModelDims, x: str, emb: str) -> None:
+        """out_logits from the final normalised x (R, n, D) at in_logit_positions; the cache outputs' types."""
+        x = g.op("Gather", [x, self.logit_positions], axis=1)  # (R, P, D)
+        flat = g.op("Reshape", [x, g.const([-1, dims.n_text_state])])  # (R * P, D)
+        logits = g.op("Gemm", [flat, emb], transB=1)  # tied projection, (R * P, V)
+        out_shape = g.op("Concat", [g.op("Shape", [x], start=0, end=2), g.const([dims.n_vocab])], axis=0)
+        logits = g.op("Reshape", [logits, out_shape])  # (R, P, V)
+        if g.elem != TensorProto.FLOAT:
+            logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
+        g.output(io.LOGITS, logits, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
+        for name in io.self_outputs(dims.n_text_layer):
+            g.outputs.append(onnx.helper.make_tensor_value_info(name, g.elem, self.self_shape))
+
+
 def decoder_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
+    if attention == "onnxruntime":
+        from whisper_export.graphs_ort import decoder_graph_ort
+
+        return decoder_graph_ort(dims, state, dtype, opset, metadata)
     g = GraphBuilder("whisper_decoder", dtype)
     nn = Layers(g, state, attention, dims.n_text_state)
-    d, n_head, hd = dims.n_text_state, dims.n_text_head, dims.text_head_dim
-    i64 = TensorProto.INT64
-    tokens = g.input(io.TOKENS, i64, ["rows", "n_new"])
-    offsets = g.input(io.OFFSETS, i64, ["rows"])
-    logit_positions = g.input(io.LOGIT_POSITIONS, i64, ["n_logits"])
-    self_shape = ["rows", n_head, "capacity", hd]
-    self_in = [g.input(n, g.elem, self_shape) for n in io.self_inputs(dims.n_text_layer)]
-    cross_shape = ["n_audio", n_head, dims.n_audio_ctx, hd]
-    cross_in = [g.input(n, g.elem, cross_shape) for n in io.cross_inputs(dims.n_text_layer)]
+    n_head, hd = dims.n_text_head, dims.text_head_dim
+    io_ = DecoderIO(g, dims)
 
-    # positions (R, n) of the new tokens, and the (R, 1, n, capacity) mask of the keys each may see
-    n_new = g.op("Squeeze", [g.op("Shape", [tokens], start=1, end=2), g.const([0])])
-    steps = g.op("Range", [g.const(0), n_new, g.const(1)])  # (n,)
-    positions = g.op("Add", [g.op("Unsqueeze", [offsets, g.const([1])]), steps])  # (R, n)
-    capacity = g.op("Squeeze", [g.op("Shape", [self_in[0]], start=2, end=3), g.const([0])])
-    key_pos = g.op("Range", [g.const(0), capacity, g.const(1)])  # (capacity,)
-    mask = g.op("LessOrEqual", [key_pos, g.op("Unsqueeze", [positions, g.const([2])])])  # (R, n, cap)
+    # the (R, 1, n, capacity) mask of the keys each new token may see, and where its key/value is written
+    key_pos = g.op("Range", [g.const(0), io_.capacity, g.const(1)])  # (capacity,)
+    mask = g.op("LessOrEqual", [key_pos, g.op("Unsqueeze", [io_.positions, g.const([2])])])  # (R, n, cap)
     mask = g.op("Unsqueeze", [mask, g.const([1])])  # (R, 1, n, cap)
-    write_at = g.op("Unsqueeze", [positions, g.const([1, 3])])  # (R, 1, n, 1)
+    write_at = g.op("Unsqueeze", [io_.positions, g.const([1, 3])])  # (R, 1, n, 1)
 
-    emb = g.weight("decoder.token_embedding.weight", state["decoder.token_embedding.weight"])
-    pos_emb = g.weight("decoder.positional_embedding", state["decoder.positional_embedding"])
-    x = g.op("Add", [g.op("Gather", [emb, tokens]), g.op("Gather", [pos_emb, positions])])  # (R, n, D)
-    # cross-attention folds each audio's beams into its query axis: (R, n, D) -> (A, beams * n, D)
-    rows_shape = g.op("Shape", [tokens], start=0, end=1)
-    audio_shape = g.op("Shape", [cross_in[0]], start=0, end=1)
-    fold = g.op("Concat", [audio_shape, g.const([-1, d])], axis=0)
-    unfold = g.op("Concat", [rows_shape, g.const([-1, d])], axis=0)
-
+    x, emb = io_.embed(g, state)
     self_out = iter(io.self_outputs(dims.n_text_layer))
     for i in range(dims.n_text_layer):
         p = f"decoder.blocks.{i}"
@@ -88,29 +110,19 @@ def decoder_graph(
         q, k, v = nn.qkv_heads(h, f"{p}.attn", n_head)
         index = g.op("Expand", [write_at, g.op("Shape", [k])])  # (R, H, n, hd)
         caches = []
-        for cache, new in ((self_in[2 * i], k), (self_in[2 * i + 1], v)):
+        for cache, new in ((io_.self_in[2 * i], k), (io_.self_in[2 * i + 1], v)):
             caches.append(g.op("ScatterElements", [cache, index, new], axis=2, out=next(self_out)))
         a = nn.merge_heads(nn.attend(q, caches[0], caches[1], mask, hd))
         x = g.op("Add", [x, nn.linear(a, f"{p}.attn.out")])
 
         h = nn.layer_norm(x, f"{p}.cross_attn_ln")
-        q = nn.split_heads(g.op("Reshape", [nn.linear(h, f"{p}.cross_attn.query", nn.folded_scale(hd)), fold]), n_head)
-        a = nn.merge_heads(nn.attend(q, cross_in[2 * i], cross_in[2 * i + 1], None, hd))  # (A, beams*n, D)
-        a = g.op("Reshape", [a, unfold])  # (R, n, D)
+        q = g.op("Reshape", [nn.linear(h, f"{p}.cross_attn.query", nn.folded_scale(hd)), io_.fold])
+        a = nn.merge_heads(nn.attend(nn.split_heads(q, n_head), io_.cross_in[2 * i], io_.cross_in[2 * i + 1], None, hd))
+        a = g.op("Reshape", [a, io_.unfold])  # (A, beams*n, D) -> (R, n, D)
         x = g.op("Add", [x, nn.linear(a, f"{p}.cross_attn.out")])
         x = g.op("Add", [x, nn.mlp(nn.layer_norm(x, f"{p}.mlp_ln"), p)])
 
-    x = nn.layer_norm(x, "decoder.ln")
-    x = g.op("Gather", [x, logit_positions], axis=1)  # (R, P, D)
-    flat = g.op("Reshape", [x, g.const([-1, d])])  # (R * P, D)
-    logits = g.op("Gemm", [flat, emb], transB=1)  # tied projection, (R * P, V)
-    out_shape = g.op("Concat", [g.op("Shape", [x], start=0, end=2), g.const([dims.n_vocab])], axis=0)
-    logits = g.op("Reshape", [logits, out_shape])  # (R, P, V)
-    if g.elem != TensorProto.FLOAT:
-        logits = g.op("Cast", [logits], to=TensorProto.FLOAT)
-    g.output(io.LOGITS, logits, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
-    for name in io.self_outputs(dims.n_text_layer):
-        g.outputs.append(onnx.helper.make_tensor_value_info(name, g.elem, self_shape))
+    io_.finish(g, dims, nn.layer_norm(x, "decoder.ln"), emb)
     return g.model(opset, metadata)
 
 

@@ -260,3 +260,12 @@ def test_full_tensorrt_cannot_build_ahead_of_time(monkeypatch):
     with pytest.raises(TargetError, match="full TensorRT needs the target GPU to build"):
         check_target(BuildOptions(), full, None, "no GPU")
     check_target(BuildOptions(hardware_compatibility="ampere_plus"), full, "9.0", "")  # on a GPU: fine
+
+
+def test_onnxruntime_variant_is_refused_before_anything_is_built(tiny_bundle_ort, tmp_path):
+    from engines.build import BuildOptions, TargetError, build_engines
+
+    options = BuildOptions(trt_module="tensorrt_rtx", compute_capabilities=(TARGET_CC,), cache_dir=tmp_path)
+    with pytest.raises(TargetError, match="attention='onnxruntime'.*expected attention='onnx'"):
+        build_engines(tiny_bundle_ort, options, progress=lambda _: None)
+    assert not list(tiny_bundle_ort.glob("*.engine"))

@@ -26,9 +26,9 @@ def tiny_model(tiny_checkpoint):
     return Whisper.from_state_dict(tiny_checkpoint.dims, tiny_checkpoint.state)
 
 
-@pytest.mark.parametrize("attention", ["onnx", "matmul"])
-def test_fp32_parity_over_a_20_step_rollout(attention, tiny_checkpoint, tiny_model, tiny_bundle, tmp_path):
-    bundle_dir = tiny_bundle if attention == "onnx" else export_bundle(
+@pytest.mark.parametrize("attention", ["onnx", "matmul", "onnxruntime"])
+def test_fp32_parity_over_a_20_step_rollout(attention, tiny_checkpoint, tiny_model, tiny_bundle, tiny_bundle_ort, tmp_path):
+    bundle_dir = {"onnx": tiny_bundle, "onnxruntime": tiny_bundle_ort}.get(attention) or export_bundle(
         tiny_checkpoint, tmp_path / "b", ExportOptions(attention=attention), **QUIET)
     seed = int(np.random.SeedSequence().entropy % 2**31)  # fresh inputs every run; printed on failure
     rows = check_graphs(Bundle.open(bundle_dir), tiny_model, seed, batch=3, steps=20)

@@ -85,9 +85,11 @@ def test_cpu_encoder_per_window_equals_one_batch(tiny_bundle, english_clips):
         assert all(np.array_equal(a, b) for a, b in zip(split, whole))
 
 
-def test_cuda_code_path_on_the_cpu_provider(tiny_bundle, english_clips, monkeypatch):
-    """The CUDA path's pooled buffers, fixed bindings, ping-pong caches and steering updates, run on the CPU
-    provider (no graphs): the tokens of the plain CPU path, and the buffer sets come back to their pools."""
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_cuda_code_path_on_the_cpu_provider(variant, tiny_bundle, tiny_bundle_ort, english_clips, monkeypatch):
+    """The CUDA path's pooled buffers, fixed bindings, ping-pong caches (in-place ones for attention=
+    "onnxruntime") and steering updates, run on the CPU provider (no graphs): the tokens of the plain CPU path,
+    and the buffer sets come back to their pools."""
     import onnxruntime as ort
 
     from whisper_export.backends import onnxruntime as ob
@@ -108,11 +110,12 @@ def test_cuda_code_path_on_the_cpu_provider(tiny_bundle, english_clips, monkeypa
             self.device = device
 
     monkeypatch.setattr(ob.OnnxRuntimeBackend, "_session", session)
-    bundle = Bundle.open(tiny_bundle)
+    bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
     tokenizer = bundle.tokenizer()
     mel = log_mel_batch(english_clips[:3])
     with ob.OnnxRuntimeBackend(bundle) as cpu, ob.OnnxRuntimeBackend(bundle, device="cuda") as sim:
         assert sim.graph_mode == "off" and "no CUDA graphs" in sim.graph_error
+        assert sim.in_place == (variant == "onnxruntime")
         assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
         for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
                         DecodingOptions(beam_size=3, without_timestamps=True)):

@@ -8,8 +8,10 @@ and CUDA graphs can replay the decoder step:
 - cross K/V: the encoder writes them into a pooled buffer set (one per batch size in use) and they stay there
   for every step of every decode that uses them; they are never recomputed or copied.
 - self-attention caches: a pooled pair of buffer sets per decoder row count; each step reads one set and writes
-  the other (onnxruntime does not let an output alias an input), then they swap. A beam reorder runs
-  cache_reorder.onnx from one set into the other before the step (greedy steps copy nothing extra).
+  the other, then they swap. A beam reorder runs cache_reorder.onnx from one set into the other before the step
+  (greedy steps copy nothing extra). A bundle exported with attention="onnxruntime" appends in place instead
+  (GroupQueryAttention's past/present buffer sharing: in_self_* and out_self_* bound to the same set), so a
+  step writes n_new positions per row rather than copying the whole cache.
 - steering inputs (tokens, offsets, logit positions) are fixed device tensors updated in place
   (OrtValue.update_inplace), only when they changed; logits are a fixed device tensor copied to the host.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
@@ -81,6 +83,9 @@ class OnnxRuntimeBackend(Backend):
         self._dec_out = graph_io.decoder_outputs(n_layer)
         self._dec_in = graph_io.decoder_inputs(n_layer)
         self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
+        # attention="onnxruntime" (graphs_ort.py): the cache is appended to in place, and a step of several
+        # tokens must be a prompt (every offset 0)
+        self.in_place = self.bundle.config.get("attention") == "onnxruntime"
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -274,9 +279,20 @@ class OnnxRuntimeBackend(Backend):
         b = self._cache_pool.take((rows, capacity))
         return _Cache(a.buffers.values, rows, capacity, b.buffers.values, (a, b), 0)
 
+    def _check_prompt(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
+        if self.in_place and tokens.shape[1] > 1 and offsets.any():
+            raise ValueError(
+                f"offsets: received {offsets.tolist()} for a {tokens.shape[1]}-token step, expected all 0: a bundle "
+                "exported with attention='onnxruntime' takes several tokens only as a prompt (GroupQueryAttention)")
+
+    def _after_step(self, cache: _Cache) -> _Cache:
+        """The handle of the cache a step wrote: the other set of the pair, or the same one when in place."""
+        return cache if self.in_place else cache.swapped()
+
     def decode(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross):
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
+        self._check_prompt(tokens, offsets)
         if self.device == "cpu":
             values = cache.values
             if self.reorders(cache_index):
@@ -291,7 +307,7 @@ class OnnxRuntimeBackend(Backend):
         else:
             logits = self._prompt(tokens, offsets, logit_positions, cache, cross)
         # the outputs become the next inputs and the consumed inputs the next outputs: no allocation per step
-        return logits, cache.swapped()
+        return logits, self._after_step(cache)
 
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
@@ -321,7 +337,7 @@ class OnnxRuntimeBackend(Backend):
         cache = self._reorder(cache, cache_index)
         self._step(tokens, offsets, cache, cross, fetch=False)
         best, logprobs = self._aux_graphs().select(self._steering_for(cache.rows).logits, cache.rows, logit_bias)
-        return best, logprobs, cache.swapped()
+        return best, logprobs, self._after_step(cache)
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
@@ -343,7 +359,7 @@ class OnnxRuntimeBackend(Backend):
         for name, value in zip(self._cross_in, cross.values):
             binding.bind_ortvalue_input(name, value)
         assert cache.spare is not None, "CUDA caches come in pairs (new_cache)"
-        for name, value in zip(self._self_out, cache.spare):
+        for name, value in zip(self._self_out, cache.values if self.in_place else cache.spare):
             binding.bind_ortvalue_output(name, value)
 
     def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True) -> np.ndarray | None:
@@ -376,7 +392,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             if warm:
                 # two plain runs of exactly these shapes and buffers first (the step is idempotent: it reads
-                # one cache set and writes the other), so that lazy allocations and kernel set-up never happen
+                # one cache set and writes the other, or rewrites the same position in place), so that lazy
+                # allocations and kernel set-up never happen
                 # under capture, whether onnxruntime counts warm-up runs per graph or per session
                 for _ in range(2):
                     session.run_with_iobinding(binding, self._skip_graph)
