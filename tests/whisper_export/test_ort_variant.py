@@ -18,7 +18,6 @@ from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 from whisper_export.bundle import Bundle
 from whisper_export.check import check_graphs, check_tokens
 from whisper_export.export import ExportOptions, export_bundle
-from whisper_export.options import DecodingOptions
 from whisper_export.runtime import WhisperRuntime
 
 
