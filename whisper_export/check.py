@@ -139,12 +139,15 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     onnx_cross = [c.numpy().astype(dtype) for c in ref_cross]
     tokens = rng.integers(0, dims.n_vocab, (batch, 4))
     rows_idx = np.arange(batch)
+    selects = bundle.config.get("attention") == "onnxruntime"  # the decoder also chooses greedily (graph_io)
+    bias = _suppression(rng, dims.n_vocab)
     logit_rows, cache_rows = [], []
     for step in range(steps):
         positions = np.arange(tokens.shape[1])
         feeds = {io.TOKENS: tokens, io.OFFSETS: offsets, io.LOGIT_POSITIONS: positions,
-                 **dict(zip(io.self_inputs(L), onnx_cache)), **dict(zip(io.cross_inputs(L), onnx_cross))}
-        out = dec.run(io.decoder_outputs(L), feeds)
+                 **dict(zip(io.self_inputs(L), onnx_cache)), **dict(zip(io.cross_inputs(L), onnx_cross)),
+                 **({io.LOGIT_BIAS: bias} if selects else {})}
+        out = dec.run(io.decoder_outputs(L, selects), feeds)
         with torch.no_grad():
             logits, k, v = model.decoder(
                 torch.from_numpy(tokens), torch.from_numpy(offsets), torch.from_numpy(rows_idx),
@@ -154,12 +157,29 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
         # the written part of each row only: slots beyond offset + n_new are unspecified (graph_io)
         written = offsets + tokens.shape[1]
         cache_rows += [compare("decoder", "out_self_*", _written(o, written), _written(r.numpy(), written), tol)
-                       for o, r in zip(out[1:], ref_cache)]
-        onnx_cache = out[1:]
+                       for o, r in zip(out[1 : 1 + 2 * L], ref_cache)]
+        onnx_cache = out[1 : 1 + 2 * L]
         offsets = offsets + tokens.shape[1]
         tokens = logits[:, -1].argmax(-1).numpy()[:, None]  # teacher-forced by the reference
     rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+    if selects:  # the decoder's own choice on its last step's logits
+        rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
     return rows + check_select(bundle, out[0], rng)
+
+
+def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
+    """A logit bias like the filters': -inf for a random 1% of the vocabulary, else 0."""
+    return np.where(rng.random(n_vocab) < 0.01, -np.inf, 0.0).astype(np.float32)
+
+
+def _select_rows(graph: str, logits: np.ndarray, bias: np.ndarray, best: np.ndarray, logprob: np.ndarray) -> list[Row]:
+    """A greedy choice against numpy's: the token exactly, its log-probability to fp32 rounding."""
+    from whisper_export.sampling import chosen_logprobs
+
+    biased = (logits + bias).reshape(-1, logits.shape[-1])
+    want = biased.argmax(-1)
+    return [compare(graph, io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
+            compare(graph, io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
 
 
 def _written(cache: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -172,15 +192,10 @@ def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -
     argmax exactly, its log-probability sampling.chosen_logprobs' to fp32 rounding."""
     import onnxruntime as ort
 
-    from whisper_export.sampling import chosen_logprobs
-
     select = ort.InferenceSession(str(bundle.select_path), providers=["CPUExecutionProvider"])
-    bias = np.where(rng.random(logits.shape[-1]) < 0.01, -np.inf, 0.0).astype(np.float32)
+    bias = _suppression(rng, logits.shape[-1])
     best, logprob = select.run([io.BEST_TOKEN, io.BEST_LOGPROB], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
-    biased = (logits + bias).reshape(-1, logits.shape[-1])
-    want = biased.argmax(-1)
-    return [compare("select", io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
-            compare("select", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
+    return _select_rows("select", logits, bias, best, logprob)
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

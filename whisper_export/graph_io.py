@@ -22,11 +22,20 @@ cache_reorder.onnx (a beam search's cache reorder, for backends that keep caches
     in_cache_index                  (rows,)      int64     which input row each output row copies
     out_self_k_{i}, out_self_v_{i}  (rows, n_head, capacity, hd) precision
 
+decoder.onnx exported with attention="onnxruntime" (graphs_ort.py) also chooses greedily, as greedy_select.onnx
+does, so that a greedy step is one run:
+    in_logit_bias     (n_vocab,)                  float32
+    out_best_token    (rows, n_logits)            int64
+    out_best_logprob  (rows, n_logits)            float32
+and its multi-token steps must start every row at offset 0 (a prompt).
+
 greedy_select.onnx (greedy decoding without timestamps on a device: the chosen token, not the logits, to the host)
     in_logits         (rows, n_logits, n_vocab)   float32   the decoder's out_logits
     in_logit_bias     (n_vocab,)                  float32   0, or -inf for tokens the logit filters suppress
     out_best_token    (rows, n_logits)            int64     argmax(logits + bias), the first on ties
     out_best_logprob  (rows, n_logits)            float32   log_softmax(logits + bias) at that token
+
+Cache positions at or beyond a row's offset + n_new are unspecified in out_self_* (never read).
 
 Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
 step (Backend.decode's cache_index, openai-whisper's rearrange_kv_cache), so greedy steps -- most steps -- do
@@ -74,12 +83,14 @@ def self_outputs(n_layer: int) -> list[str]:
     return [f"out_self_{kv}_{i}" for i in range(n_layer) for kv in "kv"]
 
 
-def decoder_inputs(n_layer: int) -> list[str]:
-    return [TOKENS, OFFSETS, LOGIT_POSITIONS, *self_inputs(n_layer), *cross_inputs(n_layer)]
+def decoder_inputs(n_layer: int, selects: bool = False) -> list[str]:
+    """selects: the decoder that also chooses greedily (attention="onnxruntime")."""
+    return [TOKENS, OFFSETS, LOGIT_POSITIONS, *self_inputs(n_layer), *cross_inputs(n_layer), *([LOGIT_BIAS] * selects)]
 
 
-def decoder_outputs(n_layer: int) -> list[str]:
-    return [LOGITS, *self_outputs(n_layer)]
+def decoder_outputs(n_layer: int, selects: bool = False) -> list[str]:
+    """The logits, the caches in self_outputs order, then (selects) the greedy choice."""
+    return [LOGITS, *self_outputs(n_layer), *([BEST_TOKEN, BEST_LOGPROB] if selects else [])]
 
 
 def reorder_inputs(n_layer: int) -> list[str]:

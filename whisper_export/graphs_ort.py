@@ -9,6 +9,8 @@ Same contract as graphs.decoder_graph (graph_io), fewer and larger kernels per l
 - SkipLayerNormalization adds the previous projection's bias and the residual, normalises, and hands the new
   residual on: one kernel where the standard graph has bias Add, residual Add and LayerNormalization.
 - BiasGelu adds the first MLP bias inside the activation.
+- The greedy choice (graphs.greedy_choice, greedy_select.onnx's) is part of the graph, so a greedy step is one
+  run instead of two (in_logit_bias in, out_best_token / out_best_logprob out; graph_io).
 
 GroupQueryAttention's limits become the variant's: a step of several tokens must start every row at offset 0
 (a prompt; what the runtime does), and cache positions at or beyond a row's offset + n_new are unspecified
@@ -23,7 +25,7 @@ from onnx import TensorProto
 
 from whisper_export import graph_io as io
 from whisper_export.dims import ModelDims
-from whisper_export.graphs import DecoderIO
+from whisper_export.graphs import DecoderIO, greedy_choice
 from whisper_export.onnx_builder import GraphBuilder, Layers
 
 
@@ -88,5 +90,9 @@ def decoder_graph_ort(
         h, b1 = nn.projection(stream.norm(f"{p}.mlp_ln"), f"{p}.mlp.0")
         stream.add(nn.projection(g.ort_op("BiasGelu", [h, b1]), f"{p}.mlp.2"))
 
-    io_.finish(g, dims, stream.norm("decoder.ln"), emb)
+    logits = io_.finish(g, dims, stream.norm("decoder.ln"), emb)
+    # the greedy choice in the same graph: a greedy step is one run (graph_io)
+    best, logprob = greedy_choice(g, logits, g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [dims.n_vocab]), dims.n_vocab)
+    g.output(io.BEST_TOKEN, best, TensorProto.INT64, ["rows", "n_logits"])
+    g.output(io.BEST_LOGPROB, logprob, TensorProto.FLOAT, ["rows", "n_logits"])
     return g.model(opset, metadata)

@@ -80,12 +80,13 @@ class OnnxRuntimeBackend(Backend):
         self._cross_in = graph_io.cross_inputs(n_layer)
         self._self_in = graph_io.self_inputs(n_layer)
         self._self_out = graph_io.self_outputs(n_layer)
-        self._dec_out = graph_io.decoder_outputs(n_layer)
-        self._dec_in = graph_io.decoder_inputs(n_layer)
+        # attention="onnxruntime" (graphs_ort.py): the cache is appended to in place, the decoder also chooses
+        # greedily (one run per greedy step), and a step of several tokens must be a prompt (every offset 0)
+        self.in_place = self.selects = self.bundle.config.get("attention") == "onnxruntime"
+        self._dec_out = graph_io.decoder_outputs(n_layer, self.selects)
+        self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
-        # attention="onnxruntime" (graphs_ort.py): the cache is appended to in place, and a step of several
-        # tokens must be a prompt (every offset 0)
-        self.in_place = self.bundle.config.get("attention") == "onnxruntime"
+        self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -230,7 +231,8 @@ class OnnxRuntimeBackend(Backend):
             logits = ort.OrtValue.ortvalue_from_shape_and_type(
                 (rows, 1, self.dims.n_vocab), np.float32, self._ort_device, self.device_id
             )
-            steering = self._steering[rows] = _Steering(values, logits)
+            choice = self._aux_graphs().choice_buffers(rows) if self.selects else None
+            steering = self._steering[rows] = _Steering(values, logits, choice)
         return steering
 
     # -- Backend ---------------------------------------------------------------------------------------
@@ -294,13 +296,8 @@ class OnnxRuntimeBackend(Backend):
         self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
         self._check_prompt(tokens, offsets)
         if self.device == "cpu":
-            values = cache.values
-            if self.reorders(cache_index):
-                values = [np.take(c, cache_index, axis=0) for c in values]
-            steering = {graph_io.TOKENS: tokens, graph_io.OFFSETS: offsets, graph_io.LOGIT_POSITIONS: logit_positions}
-            feeds = {**steering, **dict(zip(self._self_in, values)), **dict(zip(self._cross_in, cross.values))}
-            outputs = self.decoder.run(self._dec_out, feeds)
-            return outputs[0], _Cache(outputs[1:], cache.rows, cache.capacity)
+            outputs, cache = self._run_cpu(tokens, offsets, cache_index, logit_positions, cache, cross)
+            return outputs[0], cache
         cache = self._reorder(cache, cache_index)
         if tokens.shape[1] == 1 and logit_positions.shape == (1,) and logit_positions[0] == 0:
             logits = self._step(tokens, offsets, cache, cross)
@@ -308,6 +305,19 @@ class OnnxRuntimeBackend(Backend):
             logits = self._prompt(tokens, offsets, logit_positions, cache, cross)
         # the outputs become the next inputs and the consumed inputs the next outputs: no allocation per step
         return logits, self._after_step(cache)
+
+    def _run_cpu(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross,
+                 logit_bias: np.ndarray | None = None) -> tuple[list[np.ndarray], _Cache]:
+        """The decoder's outputs (graph_io.decoder_outputs order) and the new cache, on numpy arrays."""
+        values = cache.values
+        if self.reorders(cache_index):
+            values = [np.take(c, cache_index, axis=0) for c in values]
+        feeds = {graph_io.TOKENS: tokens, graph_io.OFFSETS: offsets, graph_io.LOGIT_POSITIONS: logit_positions,
+                 **dict(zip(self._self_in, values)), **dict(zip(self._cross_in, cross.values))}
+        if self.selects:
+            feeds[graph_io.LOGIT_BIAS] = self._no_bias if logit_bias is None else logit_bias
+        outputs = self.decoder.run(self._dec_out, feeds)
+        return outputs, _Cache(outputs[1 : 1 + len(self._self_out)], cache.rows, cache.capacity)
 
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
@@ -328,15 +338,24 @@ class OnnxRuntimeBackend(Backend):
         return cache.swapped()
 
     def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
-        """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there."""
-        if self.device == "cpu" or tokens.ndim != 2 or tokens.shape[1] != 1 or tokens.shape[0] < self.select_min_rows:
+        """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there; a decoder
+        that selects itself (attention="onnxruntime") returns its own choice from the same run, on CPU too."""
+        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
+        if not one_token or not self.selects and (self.device == "cpu" or tokens.shape[0] < self.select_min_rows):
             return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
         self.check_logit_bias(logit_bias)
+        if self.device == "cpu":
+            outputs, cache = self._run_cpu(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross, logit_bias)
+            return outputs[-2][:, 0], outputs[-1][:, 0], cache
         cache = self._reorder(cache, cache_index)
-        self._step(tokens, offsets, cache, cross, fetch=False)
-        best, logprobs = self._aux_graphs().select(self._steering_for(cache.rows).logits, cache.rows, logit_bias)
+        self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias)
+        steering = self._steering_for(cache.rows)
+        if steering.choice is not None:
+            best, logprobs = (value.numpy()[:, 0] for value in steering.choice)
+        else:
+            best, logprobs = self._aux_graphs().select(steering.logits, cache.rows, logit_bias)
         return best, logprobs, self._after_step(cache)
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
@@ -349,6 +368,10 @@ class OnnxRuntimeBackend(Backend):
         ):
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         self._bind_tensors(binding, cache, cross)
+        if self.selects:
+            binding.bind_cpu_input(graph_io.LOGIT_BIAS, self._no_bias)
+            binding.bind_output(graph_io.BEST_TOKEN, "cpu")
+            binding.bind_output(graph_io.BEST_LOGPROB, "cpu")
         binding.bind_output(graph_io.LOGITS, "cpu")
         self.decoder.run_with_iobinding(binding, self._prompt_options)
         return binding.get_outputs()[-1].numpy()  # bound last: the caches first, the logits last
@@ -362,11 +385,14 @@ class OnnxRuntimeBackend(Backend):
         for name, value in zip(self._self_out, cache.values if self.in_place else cache.spare):
             binding.bind_ortvalue_output(name, value)
 
-    def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True) -> np.ndarray | None:
+    def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True,
+              logit_bias: np.ndarray | None = None) -> np.ndarray | None:
         """One token per row on fixed buffers: the binding is made once per buffer combination and, with
-        graphs, captured on its third run and replayed from then on."""
+        graphs, captured on its third run and replayed from then on. logit_bias: a selecting decoder's."""
         rows = cache.rows
         steering = self._steering_for(rows)
+        # a selecting decoder's bias buffer is bound once; its value changes in place (None: left as it is)
+        bias = self._aux_graphs().device_bias(logit_bias) if self.selects else None
         # tokens and offsets change every step; logit positions never (the one-token step asks for position 0,
         # which the zeroed buffer holds)
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
@@ -381,6 +407,10 @@ class OnnxRuntimeBackend(Backend):
                 binding.bind_ortvalue_input(name, value)
             self._bind_tensors(binding, cache, cross)
             binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
+            if steering.choice is not None:
+                binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
+                binding.bind_ortvalue_output(graph_io.BEST_TOKEN, steering.choice[0])
+                binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, steering.choice[1])
             options = ort.RunOptions()
             if self.graph_mode != "off":
                 options.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
@@ -402,7 +432,7 @@ class OnnxRuntimeBackend(Backend):
             if self.graph_mode == "off":
                 raise
             self._graphs_failed(e)
-            return self._step(tokens, offsets, cache, cross, fetch)
+            return self._step(tokens, offsets, cache, cross, fetch, logit_bias)
         return steering.logits.numpy() if fetch else None
 
     def close(self) -> None:

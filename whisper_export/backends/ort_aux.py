@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from whisper_export import graph_io
+from whisper_export.backends.ort_buffers import DeviceBias
 
 
 class CapturedRuns:
@@ -77,8 +78,7 @@ class AuxGraphs:
         self._select: CapturedRuns | None = None
         self._index: dict[int, Any] = {}  # rows -> the reorder index on the device
         self._best: dict[int, tuple[Any, Any]] = {}  # rows -> (best token, its log-probability) on the device
-        self._bias: Any = None
-        self._bias_now: np.ndarray | None = None
+        self._bias: DeviceBias | None = None
 
     def reorder(self, key: tuple, source: list[Any], destination: list[Any], index: np.ndarray) -> None:
         """destination := source with row r taken from row index[r], every cache; key names the two sets."""
@@ -101,23 +101,31 @@ class AuxGraphs:
 
         self._reorder.run(key, bind)
 
+    def device_bias(self, bias: np.ndarray | None) -> Any:
+        """The device copy of a logit bias (n_vocab,): one buffer, rewritten only when the bias changes;
+        None leaves its value as it is (a step whose choice is not used)."""
+        if self._bias is None:
+            self._bias = DeviceBias(self._zeros((self._n_vocab,), np.float32))
+        return self._bias.value if bias is None else self._bias.set(bias)
+
+    def choice_buffers(self, rows: int) -> tuple[Any, Any]:
+        """Device outputs (rows, 1) of a greedy choice: the token (int64) and its log-probability (float32)."""
+        if rows not in self._best:
+            self._best[rows] = (self._zeros((rows, 1), np.int64), self._zeros((rows, 1), np.float32))
+        return self._best[rows]
+
     def select(self, logits: Any, rows: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(best token (R,) int64, its log-probability (R,) float32) from device logits (rows, 1, n_vocab)."""
         if self._select is None:
             inputs, outputs = [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS], [graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB]
             self._select = CapturedRuns(lambda graph: self._open("select", inputs, outputs, graph),
                                         self._graph_ids, self._graphs)
-            self._bias = self._zeros((self._n_vocab,), np.float32)
-        if self._bias_now is None or not np.array_equal(self._bias_now, bias):
-            self._bias.update_inplace(np.ascontiguousarray(bias, dtype=np.float32))
-            self._bias_now = np.array(bias, dtype=np.float32)
-        if rows not in self._best:
-            self._best[rows] = (self._zeros((rows, 1), np.int64), self._zeros((rows, 1), np.float32))
-        best, logprob = self._best[rows]
+        device_bias = self.device_bias(bias)
+        best, logprob = self.choice_buffers(rows)
 
         def bind(binding: Any) -> None:
             binding.bind_ortvalue_input(graph_io.SELECT_LOGITS, logits)
-            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, self._bias)
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, device_bias)
             binding.bind_ortvalue_output(graph_io.BEST_TOKEN, best)
             binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, logprob)
 

@@ -80,4 +80,21 @@ class Steering:
 
     values: dict[str, Any]  # graph_io name -> OrtValue
     logits: Any  # OrtValue (rows, 1, n_vocab) float32 on the device
+    choice: tuple[Any, Any] | None = None  # a decoder that selects: its (best token, log-probability) outputs
+
+
+class DeviceBias:
+    """The logit bias (n_vocab,) on the device, copied from the host only when it changes (once per decode)."""
+
+    def __init__(self, value: Any):
+        self.value = value  # OrtValue, zeroed
+        self._host: Any = None
+
+    def set(self, bias: Any) -> Any:
+        import numpy as np
+
+        if self._host is None or not np.array_equal(self._host, bias):
+            self.value.update_inplace(np.ascontiguousarray(bias, dtype=np.float32))
+            self._host = np.array(bias, dtype=np.float32)
+        return self.value
 
