@@ -141,7 +141,7 @@ def kernel_profile(step, n: int) -> dict:
             count += 1
             busy += dt
             kernels.setdefault(e.name[:80], []).append(dt)
-    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:12]
+    top = sorted(((sum(v), len(v), k) for k, v in kernels.items()), reverse=True)[:40]
     return {"steps": n, "kernels_per_step": count / n, "gpu_busy_us_per_step": busy / n,
             "wall_us_per_step_profiled": wall / n * 1e6,
             "top": [{"kernel": k, "us_per_step": s / n, "calls_per_step": c / n} for s, c, k in top]}
@@ -169,12 +169,49 @@ def ours_profile(backend, mel_row, rows: int, prompt: list[int], n: int = 30) ->
     return kernel_profile(step, n)
 
 
-def gpu_backend(bundle_dir, cuda_graph: bool):
+def gpu_backend(bundle_dir, cuda_graph: bool, **options):
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
     t = time.perf_counter()
-    backend = OnnxRuntimeBackend(bundle_dir, device="cuda", cuda_graph=cuda_graph)
+    backend = OnnxRuntimeBackend(bundle_dir, device="cuda", cuda_graph=cuda_graph, **options)
     return backend, time.perf_counter() - t
+
+
+GREEDY_BLOCKS = (1, 4, 8, 16)
+
+
+def block_sweep(backend, mel, prompt, batch_sizes, steps: int, repeats: int) -> list[dict]:
+    """The step loop at each greedy block size (a decoder that chooses greedily in its graph; ort_greedy.py)."""
+    default = backend.greedy_block
+    rows = []
+    for block in GREEDY_BLOCKS:
+        backend.greedy_block = block
+        rows += [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
+    backend.greedy_block = default
+    return rows
+
+
+def attention_kernels(bundle_dir: Path, mel, prompt, steps: int, repeats: int) -> dict:
+    """The decoder step under each choice of onnxruntime's attention kernels (CUDA EP option sdpa_kernel, a bit
+    mask: 1 flash, 2 memory-efficient, 4 TensorRT fused, 8 cuDNN flash, 16 unfused; 0 = onnxruntime's default),
+    batch 1 and 16, in blocks of 16 greedy steps; and whether the greedy tokens of the first clip stay the same."""
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    out: dict = {}
+    reference = None
+    for sdpa in ("0", "1", "2", "3", "8", "16"):
+        try:
+            backend, _ = gpu_backend(bundle_dir, True, provider_options={"sdpa_kernel": sdpa}, greedy_block=16)
+            loop = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 16)]
+            tokens = decode(backend, backend.bundle.tokenizer(), mel[:1], DecodingOptions(without_timestamps=True))[0].tokens
+            reference = reference if reference is not None else tokens
+            out[sdpa] = {"step_loop": loop, "same_tokens_as_default": tokens == reference, "mode": backend.graph_mode}
+            backend.close()
+        except Exception as e:  # noqa: BLE001 - a kernel set onnxruntime cannot run: recorded
+            out[sdpa] = {"error": f"{type(e).__name__}: {e}"[:500]}
+        print(f"[gpu_bench] sdpa_kernel={sdpa}: {out[sdpa].get('step_loop', out[sdpa].get('error'))}", flush=True)
+    return out
 
 
 def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
@@ -280,12 +317,22 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
         d.pop("token_ids")
         r[key] = d
     r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
-    default_min = getattr(backend, "select_min_rows", None)
-    for label, min_rows in (("device_select", 1), ("host_select", 10**9)):  # both sides of the crossover
-        backend.select_min_rows = min_rows
-        r[f"step_loop_{label}"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 2, 4, 8, 16)]
-    backend.select_min_rows = default_min
-    r["graphs_captured_keys"] = len(getattr(backend, "_bindings", {}))
+    if backend.selects:  # the decoder chooses in its graph: greedy blocks on the device (ort_greedy.py)
+        r["step_loop_blocks"] = block_sweep(backend, mel, prompt, (1, 16), steps, repeats)
+        default = backend.greedy_block
+        for block in (1, 8):  # real decodes with eot stops: steps past an eot are wasted
+            backend.greedy_block = block
+            d = ours_decode(backend, tok, mel, greedy, repeats, one_by_one=True)
+            d.pop("token_ids")
+            r[f"greedy_b1_block{block}"] = d
+        backend.greedy_block = default
+    else:
+        default_min = getattr(backend, "select_min_rows", None)
+        for label, min_rows in (("device_select", 1), ("host_select", 10**9)):  # both sides of the crossover
+            backend.select_min_rows = min_rows
+            r[f"step_loop_{label}"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 2, 4, 8, 16)]
+        backend.select_min_rows = default_min
+    r["graphs_captured_keys"] = len(backend._steps) if backend._steps is not None else 0
     try:
         if PROFILE:
             r["profile_b1"] = ours_profile(backend, mel[:1], 1, prompt)
@@ -443,6 +490,12 @@ def main() -> None:
             prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
             rep.section("transformers", transformers_suite, ckpt, mel, prompt, batch_sizes, args.steps, args.repeats,
                         args.work, False)
+        if "onnxruntime" in attentions and "kernels" not in skip and ckpt is not None:
+            from whisper_export.tokenizer import WhisperTokenizer
+
+            prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
+            rep.section("attention_kernels_onnxruntime", attention_kernels, args.work / "tiny-b16-onnxruntime", mel,
+                        prompt, args.steps, args.repeats)
     else:
         ckpt = rep.section("random_checkpoint", random_large_v3, args.tokenizer)
 
@@ -472,6 +525,8 @@ def main() -> None:
             r = {"load_s": load_s, "mode": backend.graph_mode, "graph_error": backend.graph_error}
             r["encoder_b1"] = ours_encoder_ms(backend, mel[:1], args.repeats * 3)
             r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, args.steps, args.repeats) for b in batch_sizes]
+            if graph and backend.selects:
+                r["step_loop_blocks"] = block_sweep(backend, mel, prompt, (1, 16), args.steps, args.repeats)
             if graph and PROFILE:
                 try:
                     r["profile_b1"] = ours_profile(backend, mel[:1], 1, prompt, 20)
@@ -494,6 +549,9 @@ def main() -> None:
             shell = Checkpoint(ModelDims(**LARGE_V3), {}, "large-v3-random", "random", "random", args.tokenizer)
             rep.section("transformers", transformers_suite, shell, mel, prompt, [1, 16], min(args.steps, 64),
                         args.repeats, args.work, True)
+        if "onnxruntime" in attentions and "kernels" not in skip:
+            rep.section("attention_kernels_onnxruntime", attention_kernels, args.work / "lv3-b16-onnxruntime", mel,
+                        prompt, args.steps, args.repeats)
     rep.data["total_seconds"] = time.perf_counter() - rep.t0
     rep.save()
     print(json.dumps({k: v for k, v in rep.data.items() if k in ("errors", "section_seconds")}, indent=1, default=str))

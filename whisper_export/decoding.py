@@ -81,15 +81,16 @@ class Inference:
         self.length = total
         return logits
 
-    def best(self, tokens: np.ndarray, logit_bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One new token per row: the greedy choice under logit_bias and its log-probability (R,) each,
-        chosen by the backend (Backend.decode_best) instead of returning the logits."""
-        assert self.cache is not None and tokens.shape[1] == self.length + 1, "best() continues a decode by one token"
+    def greedy(self, tokens: np.ndarray, logit_bias: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """`steps` greedy tokens per row after tokens (R, T), each step fed the previous choice
+        (Backend.decode_greedy): (chosen (R, steps), their log-probabilities (R, steps))."""
+        assert self.cache is not None and tokens.shape[1] == self.length + 1, "greedy() continues a decode by one token"
+        assert self.cache_index is None, "greedy steps never reorder the cache"
         new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
-        offsets, cache_index = self._next_step(tokens.shape[0])
-        best, logprobs, self.cache = self.backend.decode_best(new, offsets, cache_index, logit_bias, self.cache, self.cross)
-        self.length += 1
-        return best, logprobs
+        offsets, _ = self._next_step(tokens.shape[0])
+        chosen, logprobs, self.cache = self.backend.decode_greedy(new, offsets, logit_bias, self.cache, self.cross, steps)
+        self.length += steps
+        return chosen, logprobs
 
     def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, cache_index) of the next step: every row continues at length, from the row a pending
@@ -266,10 +267,18 @@ class DecodingTask:
         no_speech_probs = np.full(n_rows, np.nan)
         decoder.reset()
         later_bias = self._later_bias(decoder)
-        for i in range(self.sample_len):
+        i = 0
+        while i < self.sample_len:
             if i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
-                best, logprobs = inference.best(tokens, later_bias)
-                tokens, completed = decoder.update_chosen(tokens, best, logprobs, sum_logprobs)
+                # a block of greedy steps, each fed the previous choice on the backend's side; what follows
+                # the end of the decode is dropped
+                steps = min(self.backend.greedy_block, self.sample_len - i, capacity - tokens.shape[-1])
+                chosen, logprobs = inference.greedy(tokens, later_bias, steps)
+                for j in range(steps):
+                    tokens, completed = decoder.update_chosen(tokens, chosen[:, j], logprobs[:, j], sum_logprobs)
+                    if completed:
+                        break
+                i += steps
             else:
                 if i == 0:  # the prompt step also yields the logits after <|startoftranscript|>
                     logits = inference.logits(tokens, positions=(sot_index, -1))
@@ -280,6 +289,7 @@ class DecodingTask:
                 for logit_filter in self.logit_filters:
                     logit_filter.apply(logits, tokens)
                 tokens, completed = decoder.update(tokens, logits, sum_logprobs)
+                i += 1
             # a full cache cannot take another token
             if completed or tokens.shape[-1] >= capacity:
                 break

@@ -85,46 +85,155 @@ def test_cpu_encoder_per_window_equals_one_batch(tiny_bundle, english_clips):
         assert all(np.array_equal(a, b) for a, b in zip(split, whole))
 
 
-@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
-def test_cuda_code_path_on_the_cpu_provider(variant, tiny_bundle, tiny_bundle_ort, english_clips, monkeypatch):
-    """The CUDA path's pooled buffers, fixed bindings, ping-pong caches (in-place ones for attention=
-    "onnxruntime") and steering updates, run on the CPU provider (no graphs): the tokens of the plain CPU path,
-    and the buffer sets come back to their pools."""
+class _CaptureRefused:
+    """A session whose runs with a CUDA graph id raise, as onnxruntime does when a capture fails at run time."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run_with_iobinding(self, binding, options=None):
+        try:
+            graph_id = options.get_run_config_entry("gpu_graph_id") if options is not None else "-1"
+        except RuntimeError:  # not set
+            graph_id = "-1"
+        if graph_id != "-1":
+            raise RuntimeError("simulated: capture refused")
+        return self._session.run_with_iobinding(binding, options)
+
+
+@pytest.fixture
+def simulated_cuda(monkeypatch):
+    """OnnxRuntimeBackend(device="cuda") runs its CUDA code path on the CPU provider, OrtValues in host memory.
+    graphs: "refused" (the capturing session does not open, as onnxruntime refuses it on a CPU), "kept" (it
+    opens; the CPU provider ignores graph ids, so every graph path runs as plain runs) or "fail" (it opens, and
+    every run with a graph id raises)."""
     import onnxruntime as ort
 
     from whisper_export.backends import onnxruntime as ob
-    from whisper_export.decoding import decode
-    from whisper_export.options import DecodingOptions
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ob.OnnxRuntimeBackend, "_ort_device", "cpu")
     original = ob.OnnxRuntimeBackend._session
+    graphs = {"mode": "refused"}
 
     def session(self, *args, **kwargs):
-        if kwargs.get("graph"):
+        graph = kwargs.pop("graph", False)
+        if graph and graphs["mode"] == "refused":
             raise ob.BackendError("no CUDA graphs on the CPU provider")
         device, self.device = self.device, "cpu"
         try:
-            return original(self, *args, **kwargs)
+            opened = original(self, *args, **kwargs)
         finally:
             self.device = device
+        return _CaptureRefused(opened) if graph and graphs["mode"] == "fail" else opened
 
     monkeypatch.setattr(ob.OnnxRuntimeBackend, "_session", session)
+
+    def make(*args, graphs_mode: str = "refused", **kwargs):
+        graphs["mode"] = graphs_mode
+        return ob.OnnxRuntimeBackend(*args, **kwargs)
+
+    return make
+
+
+@pytest.mark.parametrize("graphs", ["refused", "kept", "fail"])
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_bundle_ort, english_clips, simulated_cuda):
+    """The CUDA path's pooled buffers, fixed bindings (with graphs: two plain runs, then the capturing one; a
+    capture refused at run time: plain IO binding from then on), ping-pong caches (in-place ones for attention=
+    "onnxruntime", whose greedy steps run in blocks through the device ring) and steering updates, run on the
+    CPU provider: the tokens of the plain CPU path, and the buffer sets come back to their pools."""
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
     bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
     tokenizer = bundle.tokenizer()
     mel = log_mel_batch(english_clips[:3])
-    with ob.OnnxRuntimeBackend(bundle) as cpu, ob.OnnxRuntimeBackend(bundle, device="cuda") as sim:
-        assert sim.graph_mode == "off" and "no CUDA graphs" in sim.graph_error
+    with simulated_cuda(bundle, device="cuda", graphs_mode=graphs) as sim:
+        assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
         assert sim.in_place == (variant == "onnxruntime")
         assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
-        for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
-                        DecodingOptions(beam_size=3, without_timestamps=True)):
-            for m in (mel, mel[1:2], mel):
-                assert [r.tokens for r in decode(sim, tokenizer, m, options)] == \
-                       [r.tokens for r in decode(cpu, tokenizer, m, options)]
+        assert sim.greedy_block == (4 if variant == "onnxruntime" else 1)
+        with simulated_cuda(bundle) as cpu:
+            assert cpu.greedy_block == 1 and cpu.device == "cpu"
+            for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
+                            DecodingOptions(beam_size=3, without_timestamps=True)):
+                for m in (mel, mel[1:2], mel):
+                    assert [r.tokens for r in decode(sim, tokenizer, m, options)] == \
+                           [r.tokens for r in decode(cpu, tokenizer, m, options)]
+        if graphs == "fail":
+            assert sim.graph_mode == "off" and "simulated: capture refused" in sim.graph_error
+        else:
+            assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
+            assert len(sim._steps) > 3  # bindings made once and reused
+        # greedy blocks went through the ring of each row count used
+        assert sim.buffers.rings() == ([(1, 4), (3, 4)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
-        assert all(len(free) == 2 for free in sim._cache_pool._free.values())
-        assert all(len(free) == 1 for free in sim._cross_pool._free.values())
+        assert all(len(free) == 2 for free in sim.buffers.cache._free.values())
+        assert all(len(free) == 1 for free in sim.buffers.cross._free.values())
+
+
+def test_greedy_blocks_on_the_device_ring_equal_single_steps(tiny_bundle_ort, english_clips, simulated_cuda):
+    """decode_greedy through the ring (each step's choice written into the next step's token slot on the
+    "device", blocks of 4 queued without waiting, 10 steps = blocks of 4, 4, 2) chooses what 10 single steps
+    with host feedback choose, with the same log-probabilities."""
+    mel = log_mel_batch(english_clips[:3])
+    prompt = np.array([[50257, 50362]] * 3)
+    bias = np.zeros(51864, np.float32)
+    bias[[50256 + 1, 50360]] = -np.inf  # something to filter, as the decoding loop's suppress list does
+
+    def start(backend):
+        cross = backend.encode(mel)
+        cache = backend.new_cache(3, backend.dims.n_text_ctx)
+        logits, cache = backend.decode(prompt, np.zeros(3, np.int64), np.arange(3), np.array([1]), cache, cross)
+        return logits[:, -1].argmax(-1)[:, None].astype(np.int64), cache, cross
+
+    with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
+            simulated_cuda(tiny_bundle_ort, device="cuda") as ref:
+        ref.greedy_block = 1
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
+        token, cache, cross = start(ref)
+        want_chosen, want_logprobs = [], []
+        for i in range(10):
+            best, logprob, cache = ref.decode_best(token, np.full(3, 2 + i), np.arange(3), bias, cache, cross)
+            want_chosen.append(best)
+            want_logprobs.append(logprob)
+            token = best[:, None].astype(np.int64)
+        assert np.array_equal(chosen, np.stack(want_chosen, 1)) and np.array_equal(logprobs, np.stack(want_logprobs, 1))
+        assert sim.buffers.rings() == [(3, 4)]
+        # fed back: each row moves on (a stuck feed repeats one token), and the bias holds
+        assert all(len(set(row)) > 5 for row in chosen) and not np.isin(chosen, [50257, 50360]).any()
+        with pytest.raises(ValueError, match=r"expected offset \+ n_new <= cache capacity 448"):
+            sim.decode_greedy(token, np.full(3, 440), bias, cache, cross, 9)
+        with pytest.raises(ValueError, match=r"expected \(rows, 1\)"):
+            sim.decode_greedy(np.zeros((3, 2), np.int64), np.full(3, 2), bias, cache, cross, 2)
+
+
+@pytest.mark.parametrize("block", [2, 3, 7])
+def test_decoding_in_greedy_blocks_keeps_tokens(block, tiny_bundle, english_clips):
+    """The decoding loop asks for blocks of greedy steps: what follows a row's eot or the sample length is
+    dropped, so every block size gives the tokens and log-probabilities of one step at a time."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips)
+    with OnnxRuntimeBackend(tiny_bundle) as backend:
+        for options in (DecodingOptions(without_timestamps=True), DecodingOptions(without_timestamps=True, sample_len=6)):
+            backend.greedy_block = 1
+            want = decode(backend, backend.bundle.tokenizer(), mel, options)
+            backend.greedy_block = block
+            got = decode(backend, backend.bundle.tokenizer(), mel, options)
+            assert [(r.tokens, r.sum_logprob) for r in got] == [(r.tokens, r.sum_logprob) for r in want]
+            if options.sample_len:
+                assert max(len(r.tokens) for r in got) == options.sample_len
+            else:
+                assert min(len(r.tokens) for r in got) > 5
 
 
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])

@@ -88,6 +88,36 @@ class Backend(abc.ABC):
         best = biased.argmax(axis=-1)
         return best, chosen_logprobs(biased, best), cache
 
+    # how many greedy steps one decode_greedy call should run: 1 unless a backend can feed its choices back on
+    # the device, where one call of several steps spares the host round trip of each (decoding loops ask for
+    # at most this many; steps past an eot are wasted, so it is small)
+    greedy_block = 1
+
+    def decode_greedy(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        logit_bias: np.ndarray,
+        cache: SelfCache,
+        cross: CrossKV,
+        steps: int,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """`steps` greedy one-token steps, each fed the previous one's choice: step 0 takes tokens (rows, 1) at
+        offsets, step j the token step j - 1 chose at offsets + j. Returns the chosen tokens (rows, steps)
+        int64, their log-probabilities (rows, steps) float32 (as decode_best) and the updated cache.
+
+        The caller drops what follows a row's eot. This default is decode_best `steps` times; a GPU backend
+        queues the steps on the device and copies the choices to the host once."""
+        self.check_greedy(tokens, steps)
+        identity = np.arange(tokens.shape[0], dtype=np.int64)
+        chosen, logprobs = [], []
+        for j in range(steps):
+            best, logprob, cache = self.decode_best(tokens, offsets + j, identity, logit_bias, cache, cross)
+            chosen.append(best)
+            logprobs.append(logprob)
+            tokens = best.astype(np.int64)[:, None]
+        return np.stack(chosen, axis=1).astype(np.int64), np.stack(logprobs, axis=1).astype(np.float32), cache
+
     def close(self) -> None:
         """Release sessions and device memory; the backend is unusable afterwards."""
 
@@ -124,6 +154,14 @@ class Backend(abc.ABC):
         if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
             raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
                              f"expected a ({self.dims.n_vocab},) float32 array")
+
+    @staticmethod
+    def check_greedy(tokens: np.ndarray, steps: int) -> None:
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps: received {steps!r}, expected an int >= 1")
+        if getattr(tokens, "ndim", 0) != 2 or tokens.shape[1] != 1:
+            raise ValueError(f"in_tokens: received shape {getattr(tokens, 'shape', None)}, expected (rows, 1): greedy "
+                             "steps take one token per row")
 
     def check_mel(self, mel: np.ndarray) -> None:
         expected = f"(n_audio, {self.dims.n_mels}, {N_FRAMES}) float32"

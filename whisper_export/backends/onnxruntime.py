@@ -14,8 +14,11 @@ and CUDA graphs can replay the decoder step:
   step writes n_new positions per row rather than copying the whole cache.
 - steering inputs (tokens, offsets, logit positions) are fixed device tensors updated in place
   (OrtValue.update_inplace), only when they changed; logits are a fixed device tensor copied to the host.
+- greedy steps of a decoder that chooses in its own graph (attention="onnxruntime") run in blocks of
+  greedy_block steps queued on the device, each step reading the previous one's choice from a device ring
+  (ort_greedy.py): one host round trip per block instead of per token.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
-  set, direction) and replayed (run config gpu_graph_id); prompt steps run without a graph (gpu_graph_id -1).
+  set, direction or ring slot) and replayed (run config gpu_graph_id); prompt steps run without a graph (gpu_graph_id -1).
   With graphs the cache capacity is n_text_ctx for every decode, so one graph serves every window. If the
   decoder graph cannot run under capture (onnxruntime refuses nodes outside the CUDA EP), a second session
   specialised to one-token steps is tried, then plain IO binding: see `graph_mode`.
@@ -33,11 +36,11 @@ import onnxruntime as ort
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
 from whisper_export.backends.cpu_info import physical_cores
-from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_aux import AuxGraphs
+from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
-from whisper_export.backends.ort_buffers import Pool as _Pool
-from whisper_export.backends.ort_buffers import Steering as _Steering
+from whisper_export.backends.ort_buffers import DeviceBuffers
+from whisper_export.backends.ort_runs import CapturedRuns
 from whisper_export.bundle import Bundle, BundleError
 
 DEVICES = ("cpu", "cuda")
@@ -60,10 +63,17 @@ class OnnxRuntimeBackend(Backend):
         *,
         cuda_graph: bool | None = None,
         device_id: int = 0,
+        greedy_block: int = 4,
+        provider_options: dict[str, str] | None = None,
     ):
-        """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring."""
+        """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring.
+        greedy_block (CUDA, a decoder that chooses greedily): greedy steps queued on the device per host round
+        trip (ort_greedy.py); 1 waits for every step. provider_options (CUDA): more CUDA execution provider
+        options, e.g. {"sdpa_kernel": "1"} to choose onnxruntime's attention kernels."""
         if device not in DEVICES:
             raise ValueError(f"device: received {device!r}, expected one of {', '.join(DEVICES)}")
+        if not isinstance(greedy_block, int) or greedy_block < 1:
+            raise ValueError(f"greedy_block: received {greedy_block!r}, expected an int >= 1")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: received {threads!r}, expected a positive int or None (physical cores)")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(os.fspath(bundle))
@@ -74,6 +84,7 @@ class OnnxRuntimeBackend(Backend):
         self.dtype = graph_io.PRECISIONS[self.precision]
         self.device = device
         self.device_id = device_id
+        self.provider_options = dict(provider_options or {})
         self.threads = threads or physical_cores()
         n_layer = self.dims.n_text_layer
         self._cross_out = graph_io.cross_outputs(n_layer)
@@ -87,6 +98,8 @@ class OnnxRuntimeBackend(Backend):
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
+        # greedy blocks on the device need the choice inside the decoder's graph; elsewhere one step per call
+        self.greedy_block = greedy_block if device == "cuda" and self.selects else 1
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -114,22 +127,23 @@ class OnnxRuntimeBackend(Backend):
             self._open_graph_decoder()
         if self.decoder is None:
             self.decoder = self._session(self.bundle.decoder_path, self._dec_in, self._dec_out)
-        self._cross_pool = _Pool(self._make_cross)
-        self._cache_pool = _Pool(self._make_cache)
-        self._steering: dict[int, _Steering] = {}
-        self._bindings: dict[tuple, tuple[Any, Any]] = {}  # graph key -> (IOBinding, RunOptions)
+        self.buffers = DeviceBuffers(self.dims, self.dtype, self._ort_device, device_id,
+                                     (lambda rows: self._aux_graphs().choice_buffers(rows)) if self.selects else None)
         self._graph_ids = itertools.count(1)
-        self._skip_graph = ort.RunOptions()  # a run outside any graph in a capturing session
-        self._skip_graph.add_run_config_entry("gpu_graph_id", "-1")
+        # one-token steps: one binding per buffer combination, captured with graphs
+        self._steps = CapturedRuns(self.step_decoder or self.decoder, self._graph_ids, self.graph_mode != "off",
+                                   self._graphs_failed)
         # the prompt runs in the capturing session ("shared") outside any graph, else in a plain session
-        self._prompt_options = self._skip_graph if self.graph_mode == "shared" else ort.RunOptions()
+        self._prompt_options = ort.RunOptions()
+        if self.graph_mode == "shared":
+            self._prompt_options.add_run_config_entry("gpu_graph_id", "-1")
 
     # -- sessions ------------------------------------------------------------------------------------
 
     def _providers(self, graph: bool = False) -> list:
         if self.device == "cpu":
             return ["CPUExecutionProvider"]
-        options = {"device_id": str(self.device_id)}
+        options = {"device_id": str(self.device_id), **self.provider_options}
         if self.precision == "fp32":
             options["use_tf32"] = "0"  # fp32 bundles give the CPU's tokens; TF32 GEMMs would round to 10 bits
         if graph:
@@ -186,54 +200,15 @@ class OnnxRuntimeBackend(Backend):
             errors.append(str(e))
         self.graph_error = "; ".join(errors)
 
-    def _graphs_failed(self, error: Exception) -> None:
-        """A capture that failed leaves its session unusable: go on with plain IO binding."""
+    def _graphs_failed(self, error: Exception) -> ort.InferenceSession:
+        """A capture that failed leaves its session unusable: go on with plain IO binding (the session the
+        one-token steps run in from now on)."""
         self.graph_error = f"capture failed: {error}"
         self.graph_mode = "off"
         self.step_decoder = None
-        self._bindings.clear()
         self.decoder = self._session(self.bundle.decoder_path, self._dec_in, self._dec_out)
         self._prompt_options = ort.RunOptions()
-
-    # -- device buffers --------------------------------------------------------------------------------
-
-    def _device_zeros(self, shape: tuple[int, ...], dtype) -> Any:
-        value = ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self._ort_device, self.device_id)
-        value.update_inplace(np.zeros(shape, dtype))  # fresh device memory may hold NaN bit patterns
-        return value
-
-    def _make_cross(self, key: tuple) -> list[Any]:
-        (n_audio,) = key
-        d = self.dims
-        shape = (n_audio, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
-        return [
-            ort.OrtValue.ortvalue_from_shape_and_type(shape, self.dtype, self._ort_device, self.device_id)
-            for _ in self._cross_in
-        ]
-
-    def _make_cache(self, key: tuple) -> list[Any]:
-        rows, capacity = key
-        d = self.dims
-        shape = (rows, d.n_text_head, capacity, d.text_head_dim)
-        # zeroed once: afterwards a reused set holds finite keys/values of an earlier decode, which the mask
-        # hides (their softmax weight is exactly 0), so they never need clearing again
-        return [self._device_zeros(shape, self.dtype) for _ in self._self_in]
-
-    def _steering_for(self, rows: int) -> _Steering:
-        steering = self._steering.get(rows)
-        if steering is None:
-            shapes = {
-                graph_io.TOKENS: (rows, 1),
-                graph_io.OFFSETS: (rows,),
-                graph_io.LOGIT_POSITIONS: (1,),
-            }
-            values = {name: self._device_zeros(shape, np.int64) for name, shape in shapes.items()}
-            logits = ort.OrtValue.ortvalue_from_shape_and_type(
-                (rows, 1, self.dims.n_vocab), np.float32, self._ort_device, self.device_id
-            )
-            choice = self._aux_graphs().choice_buffers(rows) if self.selects else None
-            steering = self._steering[rows] = _Steering(values, logits, choice)
-        return steering
+        return self.decoder
 
     # -- Backend ---------------------------------------------------------------------------------------
 
@@ -241,7 +216,7 @@ class OnnxRuntimeBackend(Backend):
         self.check_mel(mel)
         if self.device == "cpu":
             return _Cross(self._encode_cpu(mel), mel.shape[0])
-        lease = self._cross_pool.take((mel.shape[0],))
+        lease = self.buffers.cross.take((mel.shape[0],))
         binding = self.encoder.io_binding()
         binding.bind_cpu_input(graph_io.MEL, np.ascontiguousarray(mel))
         for name, value in zip(self._cross_in, lease.buffers.values):
@@ -277,8 +252,8 @@ class OnnxRuntimeBackend(Backend):
             return _Cache([np.zeros(shape, self.dtype) for _ in self._self_in], rows, capacity)
         if self.graph_mode != "off":
             capacity = d.n_text_ctx  # one shape for every decode: one captured graph serves them all
-        a = self._cache_pool.take((rows, capacity))
-        b = self._cache_pool.take((rows, capacity))
+        a = self.buffers.cache.take((rows, capacity))
+        b = self.buffers.cache.take((rows, capacity))
         return _Cache(a.buffers.values, rows, capacity, b.buffers.values, (a, b), 0)
 
     def _check_prompt(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
@@ -324,7 +299,7 @@ class OnnxRuntimeBackend(Backend):
             paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path}
             self._aux = AuxGraphs(
                 lambda which, inputs, outputs, graph: self._session(paths[which], inputs, outputs, graph=graph),
-                self._device_zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,
+                self.buffers.zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,
                 self.dims.n_vocab)
         return self._aux
 
@@ -351,12 +326,47 @@ class OnnxRuntimeBackend(Backend):
             return outputs[-2][:, 0], outputs[-1][:, 0], cache
         cache = self._reorder(cache, cache_index)
         self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias)
-        steering = self._steering_for(cache.rows)
+        steering = self.buffers.steering(cache.rows)
         if steering.choice is not None:
-            best, logprobs = (value.numpy()[:, 0] for value in steering.choice)
+            best, logprobs = (value.numpy()[:, 0].copy() for value in steering.choice)  # a view in host memory
         else:
             best, logprobs = self._aux_graphs().select(steering.logits, cache.rows, logit_bias)
         return best, logprobs, self._after_step(cache)
+
+    def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int):
+        """CUDA, a decoder that chooses greedily: blocks of up to greedy_block steps queued on the device, each
+        step's choice fed to the next through a device ring (ort_greedy.py); one round trip per block."""
+        if self.device == "cpu" or not self.selects:
+            return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps)
+        self.check_greedy(tokens, steps)
+        self.check_handles(cache, cross, _Cache, _Cross)
+        rows = cache.rows
+        # the last step's offsets bound every step's
+        self.check_step(tokens, offsets + (steps - 1), np.arange(rows, dtype=np.int64), np.zeros(1, np.int64),
+                        rows, cache.capacity, cross.n_audio)
+        self.check_logit_bias(logit_bias)
+        ring = self.buffers.ring(rows, self.greedy_block)
+        steering = self.buffers.steering(rows)
+        bias = self._aux_graphs().device_bias(logit_bias)
+
+        def bind(binding, j: int) -> None:
+            ring.bind_step(binding, j)
+            binding.bind_ortvalue_input(graph_io.LOGIT_POSITIONS, steering.values[graph_io.LOGIT_POSITIONS])
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
+            binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
+
+        chosen, logprobs = [], []
+        while steps > 0:
+            n = min(ring.block, steps)
+            ring.load(tokens, offsets)
+            for j in range(n):
+                self._run_step(lambda binding, j=j: bind(binding, j), cache, cross, "greedy", ring.block, j,
+                               wait=j == n - 1)
+            block_chosen, block_logprobs = ring.read(n)
+            chosen.append(block_chosen)
+            logprobs.append(block_logprobs)
+            tokens, offsets, steps = block_chosen[:, -1:], offsets + n, steps - n
+        return np.concatenate(chosen, axis=1), np.concatenate(logprobs, axis=1), cache
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
@@ -387,61 +397,45 @@ class OnnxRuntimeBackend(Backend):
 
     def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True,
               logit_bias: np.ndarray | None = None) -> np.ndarray | None:
-        """One token per row on fixed buffers: the binding is made once per buffer combination and, with
-        graphs, captured on its third run and replayed from then on. logit_bias: a selecting decoder's."""
-        rows = cache.rows
-        steering = self._steering_for(rows)
+        """One token per row on fixed buffers (the steering set of the row count). logit_bias: a selecting
+        decoder's."""
+        steering = self.buffers.steering(cache.rows)
         # a selecting decoder's bias buffer is bound once; its value changes in place (None: left as it is)
         bias = self._aux_graphs().device_bias(logit_bias) if self.selects else None
         # tokens and offsets change every step; logit positions never (the one-token step asks for position 0,
         # which the zeroed buffer holds)
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
         steering.values[graph_io.OFFSETS].update_inplace(np.ascontiguousarray(offsets, dtype=np.int64))
-        cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
-        key = (cross_id, *cache.sets_key())
-        entry = self._bindings.get(key)
-        session = self.step_decoder if self.graph_mode != "off" and self.step_decoder is not None else self.decoder
-        if entry is None:
-            binding = session.io_binding()
+
+        def bind(binding) -> None:
             for name, value in steering.values.items():
                 binding.bind_ortvalue_input(name, value)
-            self._bind_tensors(binding, cache, cross)
             binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
             if steering.choice is not None:
                 binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
                 binding.bind_ortvalue_output(graph_io.BEST_TOKEN, steering.choice[0])
                 binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, steering.choice[1])
-            options = ort.RunOptions()
-            if self.graph_mode != "off":
-                options.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
-            entry = self._bindings[key] = (binding, options)
-            warm = self.graph_mode != "off"
-        else:
-            warm = False
-        binding, options = entry
-        try:
-            if warm:
-                # two plain runs of exactly these shapes and buffers first (the step is idempotent: it reads
-                # one cache set and writes the other, or rewrites the same position in place), so that lazy
-                # allocations and kernel set-up never happen
-                # under capture, whether onnxruntime counts warm-up runs per graph or per session
-                for _ in range(2):
-                    session.run_with_iobinding(binding, self._skip_graph)
-            session.run_with_iobinding(binding, options)
-        except Exception as e:  # noqa: BLE001 - a capture refused at run time: drop graphs, redo this step
-            if self.graph_mode == "off":
-                raise
-            self._graphs_failed(e)
-            return self._step(tokens, offsets, cache, cross, fetch, logit_bias)
+
+        self._run_step(bind, cache, cross)
         return steering.logits.numpy() if fetch else None
+
+    def _run_step(self, bind, cache: _Cache, cross: _Cross, *key: Any, wait: bool = True) -> None:
+        """A one-token step bound by bind(binding) and to the cache and cross K/V: one binding (and graph) per
+        buffer combination, key naming what bind chose. The step is idempotent, as a capture's two plain runs
+        first need: it reads one cache set and writes the other, or rewrites the same position in place."""
+
+        def bind_all(binding) -> None:
+            bind(binding)
+            self._bind_tensors(binding, cache, cross)
+
+        cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
+        self._steps.run((cross_id, *cache.sets_key(), *key), bind_all, wait)
 
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         if self.device == "cuda":
-            self._bindings.clear()
-            self._steering.clear()
-            self._cross_pool.clear()
-            self._cache_pool.clear()
+            self._steps = None  # type: ignore[assignment]
+            self.buffers.clear()
         self.encoder = self.decoder = self.step_decoder = self._aux = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

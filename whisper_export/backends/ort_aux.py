@@ -17,53 +17,17 @@ import numpy as np
 
 from whisper_export import graph_io
 from whisper_export.backends.ort_buffers import DeviceBias
+from whisper_export.backends.ort_runs import CapturedRuns
 
 
-class CapturedRuns:
-    """One session of a small graph: run(key, bind) binds once per key, then replays (captured if graphs)."""
-
-    def __init__(self, open_session: Callable[[bool], Any], graph_ids: itertools.count, graphs: bool):
-        self._open, self._graph_ids, self.graphs = open_session, graph_ids, graphs
-        self._bindings: dict[tuple, tuple[Any, Any]] = {}  # key -> (IOBinding, RunOptions)
-        self.session = self._start()
-        import onnxruntime as ort
-
-        self._skip_graph = ort.RunOptions()  # a run outside any graph
-        self._skip_graph.add_run_config_entry("gpu_graph_id", "-1")
-
-    def _start(self) -> Any:
-        if self.graphs:
-            try:
-                return self._open(True)
-            except Exception:  # noqa: BLE001 - a session that cannot capture: plain runs
-                self.graphs = False
-        return self._open(False)
-
-    def run(self, key: tuple, bind: Callable[[Any], None]) -> None:
-        import onnxruntime as ort
-
-        entry = self._bindings.get(key)
-        first = entry is None
-        if entry is None:
-            binding = self.session.io_binding()
-            bind(binding)
-            options = ort.RunOptions()
-            if self.graphs:
-                options.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
-            entry = self._bindings[key] = (binding, options)
-        binding, options = entry
+def _captured(open_session: Callable[[bool], Any], graph_ids: itertools.count, graphs: bool) -> CapturedRuns:
+    """Runs of a small graph's session: a capturing one where onnxruntime opens it so, else a plain one."""
+    if graphs:
         try:
-            if first and self.graphs:  # plain runs first, so that nothing is allocated under capture
-                for _ in range(2):
-                    self.session.run_with_iobinding(binding, self._skip_graph)
-            self.session.run_with_iobinding(binding, options)
-        except Exception:
-            if not self.graphs:
-                raise
-            self.graphs = False  # a capture refused at run time: plain runs from now on
-            self._bindings.clear()
-            self.session = self._start()
-            self.run(key, bind)
+            return CapturedRuns(open_session(True), graph_ids, True, lambda _error: open_session(False))
+        except Exception:  # noqa: BLE001 - a session that cannot capture: plain runs
+            pass
+    return CapturedRuns(open_session(False), graph_ids, False, lambda _error: open_session(False))
 
 
 class AuxGraphs:
@@ -85,8 +49,8 @@ class AuxGraphs:
         if self._reorder is None:
             inputs = graph_io.reorder_inputs(self._n_layer)
             outputs = graph_io.self_outputs(self._n_layer)
-            self._reorder = CapturedRuns(lambda graph: self._open("reorder", inputs, outputs, graph),
-                                         self._graph_ids, self._graphs)
+            self._reorder = _captured(lambda graph: self._open("reorder", inputs, outputs, graph),
+                                      self._graph_ids, self._graphs)
         rows = len(index)
         if rows not in self._index:
             self._index[rows] = self._zeros((rows,), np.int64)
@@ -118,8 +82,8 @@ class AuxGraphs:
         """(best token (R,) int64, its log-probability (R,) float32) from device logits (rows, 1, n_vocab)."""
         if self._select is None:
             inputs, outputs = [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS], [graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB]
-            self._select = CapturedRuns(lambda graph: self._open("select", inputs, outputs, graph),
-                                        self._graph_ids, self._graphs)
+            self._select = _captured(lambda graph: self._open("select", inputs, outputs, graph),
+                                     self._graph_ids, self._graphs)
         device_bias = self.device_bias(bias)
         best, logprob = self.choice_buffers(rows)
 
@@ -130,4 +94,4 @@ class AuxGraphs:
             binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, logprob)
 
         self._select.run(("select", rows, id(logits)), bind)
-        return best.numpy()[:, 0], logprob.numpy()[:, 0]
+        return best.numpy()[:, 0].copy(), logprob.numpy()[:, 0].copy()  # views when the buffers are in host memory

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from whisper_export import graph_io
+from whisper_export.backends.ort_greedy import GreedyRing
+from whisper_export.dims import ModelDims
 
 
 class Pool:
@@ -98,3 +105,68 @@ class DeviceBias:
             self._host = np.array(bias, dtype=np.float32)
         return self.value
 
+
+
+class DeviceBuffers:
+    """The CUDA path's device memory, every address fixed for the backend's lifetime (IO bindings and CUDA graphs
+    hold them): cross K/V sets pooled per batch size, self-attention cache sets pooled per (rows, capacity), the
+    steering set of each row count, the greedy rings of each (rows, block)."""
+
+    def __init__(self, dims: ModelDims, dtype: Any, device: str, device_id: int,
+                 choice: Callable[[int], tuple[Any, Any]] | None):
+        self.dims, self.dtype, self.device, self.device_id = dims, dtype, device, device_id
+        self._choice = choice  # rows -> a selecting decoder's (best token, log-probability) outputs
+        self.cross = Pool(self._make_cross)
+        self.cache = Pool(self._make_cache)
+        self._steering: dict[int, Steering] = {}
+        self._rings: dict[tuple[int, int], GreedyRing] = {}
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, self.device, self.device_id)
+
+    def zeros(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        value = self.empty(shape, dtype)
+        value.update_inplace(np.zeros(shape, dtype))  # fresh device memory may hold NaN bit patterns
+        return value
+
+    def _make_cross(self, key: tuple) -> list[Any]:
+        (n_audio,) = key
+        d = self.dims
+        shape = (n_audio, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
+        return [self.empty(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
+
+    def _make_cache(self, key: tuple) -> list[Any]:
+        rows, capacity = key
+        d = self.dims
+        shape = (rows, d.n_text_head, capacity, d.text_head_dim)
+        # zeroed once: afterwards a reused set holds finite keys/values of an earlier decode, which the mask
+        # hides (their softmax weight is exactly 0), so they never need clearing again
+        return [self.zeros(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
+
+    def steering(self, rows: int) -> Steering:
+        steering = self._steering.get(rows)
+        if steering is None:
+            shapes = {graph_io.TOKENS: (rows, 1), graph_io.OFFSETS: (rows,), graph_io.LOGIT_POSITIONS: (1,)}
+            values = {name: self.zeros(shape, np.int64) for name, shape in shapes.items()}
+            logits = self.empty((rows, 1, self.dims.n_vocab), np.float32)
+            choice = self._choice(rows) if self._choice is not None else None
+            steering = self._steering[rows] = Steering(values, logits, choice)
+        return steering
+
+    def ring(self, rows: int, block: int) -> GreedyRing:
+        ring = self._rings.get((rows, block))
+        if ring is None:
+            ring = self._rings[rows, block] = GreedyRing(self.zeros, self.device, self.device_id, rows, block)
+        return ring
+
+    def rings(self) -> list[tuple[int, int]]:
+        """(rows, block) of every ring made."""
+        return sorted(self._rings)
+
+    def clear(self) -> None:
+        self.cross.clear()
+        self.cache.clear()
+        self._steering.clear()
+        self._rings.clear()
