@@ -7,8 +7,7 @@ IO binding + CUDA graphs) against transformers fp16 on the same GPU, in one run.
     python benchmarks/gpu_bench.py large-v3 --tokenizer /tmp/v3_tokenizer.json --work /tmp/lv3 --out $OUT/gpu_large.json
 
 tiny: the carried tiny.en CTranslate2 checkpoint (the packaged model.bin, config.json, tokenizer.json), exported
-on the machine to fp16 bundles with each of --attentions (matmul, onnx, onnxruntime, onnxruntime_nk), and given
-to transformers.
+on the machine to fp16 bundles with each of --attentions (matmul, onnx, onnxruntime), and given to transformers.
 large-v3: random weights with large-v3 dims, exported on the machine (timing only; tokens are meaningless).
 Each bundle's decoder is also loaded once with the CUDA EP's optimized graph written out, and its op types
 counted ("optimized_ops"), which shows what onnxruntime fused.
@@ -109,19 +108,11 @@ def optimized_ops(bundle_dir: Path, work: Path) -> dict:
             "optimized": dict(collections.Counter(n.op_type for n in model.graph.node))}
 
 
-def export_variant(ckpt, target: Path, variant: str) -> Path:
-    """An fp16 bundle of one --attentions entry: an ExportOptions attention, or "onnxruntime_nk" (attention=
-    "onnxruntime" with the decoder's projections as FusedMatMul on (out, in) weights, graphs_ort.WEIGHTS_NK)."""
-    from whisper_export import graphs_ort
+def export_variant(ckpt, target: Path, attention: str) -> Path:
     from whisper_export.export import ExportOptions, export_bundle
 
     if not (target / "manifest.json").exists():
-        default, graphs_ort.WEIGHTS_NK = graphs_ort.WEIGHTS_NK, variant.endswith("_nk")
-        try:
-            export_bundle(ckpt, target, ExportOptions(precision="fp16", attention=variant.removesuffix("_nk")),
-                          progress=lambda _: None)
-        finally:
-            graphs_ort.WEIGHTS_NK = default
+        export_bundle(ckpt, target, ExportOptions(precision="fp16", attention=attention), progress=lambda _: None)
     return target
 
 
@@ -252,7 +243,7 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
             batched = [r.tokens for r in decode(gpu, tok, mel, o)]
             alone = [decode(gpu, tok, mel[i : i + 1], o)[0].tokens for i in range(len(mel))]
             out[f"{label}:{k}:same_as_this_cpu"] = batched == cpu_tokens[k] and alone == cpu_tokens[k]
-            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-{attention.removesuffix('_nk')}-{k}")
+            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-{attention}-{k}")
             out[f"{label}:{k}:same_as_dev_cpu_fp32"] = batched == expected.get(f"fp32-onnx-{k}")
             if not out[f"{label}:{k}:same_as_this_cpu"]:
                 out[f"{label}:{k}:gpu_tokens"] = batched

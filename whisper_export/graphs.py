@@ -140,9 +140,11 @@ def cache_reorder_graph(
     return g.model(opset, metadata)
 
 
-# the log-sum-exp is summed in this many blocks of the (padded) vocabulary, then over the blocks: onnxruntime's CPU
-# ReduceSum over 51864 values in one run rounds ~5e-5 away, blocked sums keep ~2e-7
-SUM_BLOCKS = 64
+# the vocabulary is searched in blocks of this many values (padded with -inf), then the blocks' winners: at most 256
+# values per TopK row is what onnxruntime's CUDA TopK sorts in one thread block (BitonicTopK, ~3.5 us on the H200);
+# longer rows go to RadixTopK (64 blocks of 811: 35 us for one row, 109 us for 16; one row of 51864: 16.7 us on the
+# H100), and ReduceMax/ReduceMin over (16, 1, 51864) are cuDNN reductions of 3.4 ms each (GPU runs 11-13)
+SELECT_WIDTH = 256
 
 
 def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tuple[str, ...]:
@@ -150,31 +152,27 @@ def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tupl
     argmax, the first index on ties, and (x[c] - max) - log(sum(exp(x - max))) with x[c] - max = 0, as
     sampling.chosen_logprobs computes it.
 
-    The argmax as reductions, which onnxruntime runs on CUDA as many-block kernels: max, then the lowest index
-    holding it (ReduceMin over the indices where x == max, as float32, exact below 2^24). TopK(k=1) ran as one
-    thread block per row (16.7 us for one row on the H100, GPU run 11), and as RadixTopK over 64 blocks of the
-    vocabulary 35 us for one row and 109 us for 16 (H200, GPU run 12); ArgMax as a cuDNN reduction took 3.4 ms
-    for 16 rows (run 7).
+    TopK(k=1) in two stages: the best of each block of SELECT_WIDTH values, then the best block; both stages keep
+    the lowest index on ties, so the result is the lowest index overall.
     """
-    width = -(-n_vocab // SUM_BLOCKS)
-    last = g.const([-1])
+    blocks_n = -(-n_vocab // SELECT_WIDTH)
+    one, last = g.const([1]), g.const([-1])
     x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
-    top = g.op("ReduceMax", [x, last], keepdims=1)  # (R, P, 1)
-    positions = g.const(np.arange(n_vocab, dtype=np.float32), np.float32)
-    at_top = g.op("Where", [g.op("Equal", [x, top]), positions, g.const(np.inf, np.float32)])
-    best = g.op("Cast", [g.op("ReduceMin", [at_top, last], keepdims=1)], to=TensorProto.INT64)  # (R, P, 1)
+    padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks_n * SELECT_WIDTH - n_vocab]), g.const(-np.inf, np.float32)])
+    blocks = g.op("Reshape", [padded, g.const([0, 0, blocks_n, SELECT_WIDTH])])  # (R, P, B, W)
+    block_top, block_best = g.op("TopK", [blocks, one], n_out=2, axis=-1)  # (R, P, B, 1) each
+    top, which = g.op("TopK", [block_top, one], n_out=2, axis=2)  # (R, P, 1, 1) each
+    within = g.op("GatherElements", [block_best, which], axis=2)  # (R, P, 1, 1)
+    best = g.op("Add", [g.op("Mul", [which, g.const(SELECT_WIDTH)]), within])  # (R, P, 1, 1)
     # log(sum(exp(x - max))) = log(1 + the others' sum), summed per block and then over the blocks: a long
-    # running float32 sum rounds the many tiny terms away against the large ones; apart from the best's 1 and in
-    # short sums they keep their weight
-    padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, width * SUM_BLOCKS - n_vocab]), g.const(-np.inf, np.float32)])
-    blocks = g.op("Reshape", [padded, g.const([0, 0, SUM_BLOCKS, width])])  # (R, P, B, W)
-    scaled = g.op("Exp", [g.op("Sub", [blocks, g.op("Unsqueeze", [top, last])])])  # the padding's exp(-inf) = 0
-    is_best = g.op("Equal", [g.const(np.arange(SUM_BLOCKS * width).reshape(SUM_BLOCKS, width)),
-                             g.op("Unsqueeze", [best, last])])
+    # running float32 sum (onnxruntime's CPU ReduceSum) rounds the many tiny terms away against the large ones
+    # (~5e-5 lost); apart from the best's 1 and in short sums they keep their weight
+    scaled = g.op("Exp", [g.op("Sub", [blocks, top])])  # (R, P, B, W), the padding exp(-inf) = 0
+    is_best = g.op("Equal", [g.const(np.arange(blocks_n * SELECT_WIDTH).reshape(blocks_n, SELECT_WIDTH)), best])
     others = g.op("Where", [is_best, g.const(0.0, np.float32), scaled])
-    others = g.op("ReduceSum", [g.op("ReduceSum", [others, last], keepdims=0), last], keepdims=0)  # (R, P)
-    logprob = g.op("Neg", [g.op("Log", [g.op("Add", [others, g.const(1.0, np.float32)])])])
-    return g.op("Squeeze", [best, last]), logprob
+    others = g.op("ReduceSum", [g.op("ReduceSum", [others, last], keepdims=1), g.const([2])], keepdims=1)
+    logprob = g.op("Neg", [g.op("Log", [g.op("Add", [others, g.const(1.0, np.float32)])])])  # (R, P, 1, 1)
+    return tuple(g.op("Squeeze", [t, g.const([2, 3])]) for t in (best, logprob))
 
 
 def greedy_select_graph(

@@ -29,10 +29,6 @@ from whisper_export.graphs import DecoderIO, greedy_choice
 from whisper_export.onnx_builder import GraphBuilder, Layers
 
 
-# the decoder's projections as FusedMatMul(transB=1) on (out, in) weights (see decoder_graph_ort)
-WEIGHTS_NK = False
-
-
 class _Residual:
     """The residual stream with a pending projection: each LayerNorm first adds (projection + bias) to it."""
 
@@ -59,7 +55,7 @@ def decoder_graph_ort(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, opset: int, metadata: dict
 ) -> onnx.ModelProto:
     g = GraphBuilder("whisper_decoder", dtype)
-    nn = Layers(g, state, "onnxruntime", dims.n_text_state, weights_nk=WEIGHTS_NK)
+    nn = Layers(g, state, "onnxruntime", dims.n_text_state)
     n_head, hd = dims.n_text_head, dims.text_head_dim
     io_ = DecoderIO(g, dims)
 

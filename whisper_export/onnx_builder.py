@@ -84,21 +84,10 @@ class GraphBuilder:
 class Layers:
     """Whisper's building blocks over a GraphBuilder, mirroring reference_model/model.py."""
 
-    def __init__(self, g: GraphBuilder, state: dict[str, np.ndarray], attention: str, width: int,
-                 weights_nk: bool = False):
-        """weights_nk: projection weights stored as (out, in), Whisper's own layout, and multiplied by
-        onnxruntime's FusedMatMul(transB=1) instead of MatMul against (in, out) (onnxruntime graphs only)."""
+    def __init__(self, g: GraphBuilder, state: dict[str, np.ndarray], attention: str, width: int):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention: received {attention!r}, expected one of {', '.join(ATTENTIONS)}")
-        if weights_nk and attention != "onnxruntime":
-            raise ValueError("weights_nk: FusedMatMul is an onnxruntime operator, expected attention='onnxruntime'")
-        self.g, self.state, self.attention, self.width, self.weights_nk = g, state, attention, width, weights_nk
-
-    def _matmul(self, x: str, hint: str, w_nk: np.ndarray) -> str:
-        """x @ w_nk.T, w_nk (out, in)."""
-        if self.weights_nk:
-            return self.g.ort_op("FusedMatMul", [x, self.g.weight(hint, w_nk)], transB=1)
-        return self.g.op("MatMul", [x, self.g.weight(f"{hint}_t", w_nk.T)])
+        self.g, self.state, self.attention, self.width = g, state, attention, width
 
     def linear(self, x: str, prefix: str, scale: float = 1.0) -> str:
         """x @ W.T + b; a power-of-two ``scale`` is folded into W and b, which is exact in binary floating point."""
@@ -112,8 +101,8 @@ class Layers:
         """
         g, state = self.g, self.state
         scales = [q_scale] + [1.0] * (len(prefixes) - 1)
-        w = np.concatenate([state[f"{p}.weight"] * s for p, s in zip(prefixes, scales)], axis=0)  # (out, in)
-        y = self._matmul(x, f"{'+'.join(prefixes)}.weight", w)
+        w = np.concatenate([state[f"{p}.weight"].T * s for p, s in zip(prefixes, scales)], axis=1)
+        y = g.op("MatMul", [x, g.weight(f"{'+'.join(prefixes)}.weight_t", w)])
         if any(f"{p}.bias" in state for p in prefixes):
             b = np.concatenate([state.get(f"{p}.bias", np.zeros(state[f"{p}.weight"].shape[0], np.float32)) * s
                                 for p, s in zip(prefixes, scales)])
@@ -122,7 +111,7 @@ class Layers:
 
     def projection(self, x: str, prefix: str) -> tuple[str, str]:
         """(x @ W.T, b): the bias left for a consumer that adds it in its own kernel (SkipLayerNormalization)."""
-        y = self._matmul(x, f"{prefix}.weight", self.state[f"{prefix}.weight"])
+        y = self.g.op("MatMul", [x, self.g.weight(f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)])
         return y, self.g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])
 
     def layer_norm(self, x: str, prefix: str) -> str:
