@@ -156,7 +156,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
         assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
         assert sim.in_place == (variant == "onnxruntime")
         assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
-        assert sim.greedy_block == (4 if variant == "onnxruntime" else 1)
+        assert sim.greedy_block == (8 if variant == "onnxruntime" else 1)
         with simulated_cuda(bundle) as cpu:
             assert cpu.greedy_block == 1 and cpu.device == "cpu"
             for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
@@ -170,7 +170,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
             assert len(sim._steps) > 3  # bindings made once and reused
         # greedy blocks went through the ring of each row count used
-        assert sim.buffers.rings() == ([(1, 4), (3, 4)] if variant == "onnxruntime" else [])
+        assert sim.buffers.rings() == ([(1, 8), (3, 8)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
         assert all(len(free) == 2 for free in sim.buffers.cache._free.values())
         assert all(len(free) == 1 for free in sim.buffers.cross._free.values())
@@ -193,7 +193,7 @@ def test_greedy_blocks_on_the_device_ring_equal_single_steps(tiny_bundle_ort, en
 
     with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
             simulated_cuda(tiny_bundle_ort, device="cuda") as ref:
-        ref.greedy_block = 1
+        sim.greedy_block, ref.greedy_block = 4, 1
         token, cache, cross = start(sim)
         chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
         assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
