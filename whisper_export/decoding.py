@@ -88,7 +88,8 @@ class Inference:
         assert self.cache_index is None, "greedy steps never reorder the cache"
         new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
         offsets, _ = self._next_step(tokens.shape[0])
-        chosen, logprobs, self.cache = self.backend.decode_greedy(new, offsets, logit_bias, self.cache, self.cross, steps)
+        chosen, logprobs, self.cache = self.backend.decode_greedy(new, offsets, logit_bias, self.cache, self.cross,
+                                                                  steps)
         self.length += steps
         return chosen, logprobs
 

@@ -18,8 +18,8 @@ and CUDA graphs can replay the decoder step:
   greedy_block steps queued on the device, each step reading the previous one's choice from a device ring
   (ort_greedy.py): one host round trip per block instead of per token.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
-  set, direction or ring slot) and replayed (run config gpu_graph_id); prompt steps run without a graph (gpu_graph_id -1).
-  With graphs the cache capacity is n_text_ctx for every decode, so one graph serves every window. If the
+  set, direction or ring slot) and replayed (run config gpu_graph_id); prompt steps run without a graph
+  (gpu_graph_id -1). With graphs the cache capacity is n_text_ctx for every decode, so one graph serves every window. If the
   decoder graph cannot run under capture (onnxruntime refuses nodes outside the CUDA EP), a second session
   specialised to one-token steps is tried, then plain IO binding: see `graph_mode`.
 """

@@ -42,16 +42,16 @@ class GreedyRing:
     def bind_step(self, binding: Any, j: int) -> None:
         """Step j's token, offsets and choice as views into the ring."""
         rows, row64 = self.rows, self.rows * 8
-        steer = self.steer.data_ptr()
+        steer, logprobs = self.steer.data_ptr(), self.logprobs.data_ptr()
         for bind, name, dtype, shape, address in (
             (binding.bind_input, graph_io.TOKENS, np.int64, [rows, 1], steer + j * row64),
             (binding.bind_input, graph_io.OFFSETS, np.int64, [rows], steer + (self.block + 1 + j) * row64),
             (binding.bind_output, graph_io.BEST_TOKEN, np.int64, [rows, 1], steer + (j + 1) * row64),
-            (binding.bind_output, graph_io.BEST_LOGPROB, np.float32, [rows, 1], self.logprobs.data_ptr() + j * rows * 4),
+            (binding.bind_output, graph_io.BEST_LOGPROB, np.float32, [rows, 1], logprobs + j * rows * 4),
         ):
             bind(name, self._device, self._device_id, dtype, shape, address)
 
     def read(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """(chosen (rows, steps) int64, log-probabilities (rows, steps) float32) of a finished block."""
-        steer, logprobs = self.steer.numpy(), self.logprobs.numpy()  # host memory: views of the buffers
+        steer, logprobs = self.steer.numpy(), self.logprobs.numpy()  # views, when the ring is in host memory
         return steer[1 : steps + 1].T.copy(), logprobs[:steps].T.copy()
