@@ -487,16 +487,14 @@ def main() -> None:
             rep.section(f"ours_graph{suffix}", ours_suite, bundle, mel, True, batch_sizes, args.steps, args.repeats)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_suite, bundle, mel, False, [1, 16], args.steps, args.repeats)
-        if ckpt is not None and "transformers" not in skip:
+        if ckpt is not None:
             from whisper_export.tokenizer import WhisperTokenizer
 
             prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
+        if ckpt is not None and "transformers" not in skip:
             rep.section("transformers", transformers_suite, ckpt, mel, prompt, batch_sizes, args.steps, args.repeats,
                         args.work, False)
         if "onnxruntime" in attentions and "kernels" not in skip and ckpt is not None:
-            from whisper_export.tokenizer import WhisperTokenizer
-
-            prompt = prompt_for(WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab))
             rep.section("attention_kernels_onnxruntime", attention_kernels, args.work / "tiny-b16-onnxruntime", mel,
                         prompt, args.steps, args.repeats)
     else:

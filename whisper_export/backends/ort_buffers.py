@@ -106,7 +106,6 @@ class DeviceBias:
         return self.value
 
 
-
 class DeviceBuffers:
     """The CUDA path's device memory, every address fixed for the backend's lifetime (IO bindings and CUDA graphs
     hold them): cross K/V sets pooled per batch size, self-attention cache sets pooled per (rows, capacity), the
