@@ -30,7 +30,8 @@ from whisper_export.onnx_builder import GraphBuilder, Layers
 
 
 class _Residual:
-    """The residual stream with a pending projection: each LayerNorm first adds (projection + bias) to it."""
+    """The residual stream with a pending projection: each LayerNorm first adds (projection + bias) to it (bias
+    "": none)."""
 
     def __init__(self, g: GraphBuilder, nn: Layers, x: str):
         self.g, self.nn, self.x = g, nn, x
@@ -45,8 +46,8 @@ class _Residual:
         skip, bias = self.pending
         gamma = self.g.weight(f"{prefix}.weight", self.nn.state[f"{prefix}.weight"])
         beta = self.g.weight(f"{prefix}.bias", self.nn.state[f"{prefix}.bias"])
-        out, _, _, self.x = self.g.ort_op(
-            "SkipLayerNormalization", [self.x, skip, gamma, beta, bias], n_out=4, epsilon=1e-5)
+        inputs = [self.x, skip, gamma, beta, bias] if bias else [self.x, skip, gamma, beta]
+        out, _, _, self.x = self.g.ort_op("SkipLayerNormalization", inputs, n_out=4, epsilon=1e-5)
         self.pending = None
         return out
 
@@ -67,8 +68,9 @@ def decoder_graph_ort(
     one_token = g.op("Equal", [io_.n_new, g.const(1)])
     total = g.op("Cast", [g.op("Where", [one_token, io_.capacity, io_.n_new])], to=TensorProto.INT32)
 
-    x, emb = io_.embed(g, state)
-    stream = _Residual(g, nn, x)
+    tok, pos, emb = io_.embeddings(g, state)
+    stream = _Residual(g, nn, tok)
+    stream.add((pos, ""))  # the first SkipLayerNormalization adds the positional embedding (no bias)
     self_out = io.self_outputs(dims.n_text_layer)
     scale = nn.remaining_scale(hd)
     for i in range(dims.n_text_layer):

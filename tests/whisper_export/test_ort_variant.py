@@ -31,8 +31,9 @@ def test_decoder_runs_on_fused_kernels(tiny_bundle_ort, tiny_checkpoint):
     dec, enc = _ops(bundle.decoder_path), _ops(bundle.encoder_path)
     L = dims.n_text_layer
     assert dec["GroupQueryAttention"] == L and dec["MultiHeadAttention"] == L and dec["BiasGelu"] == L
-    # every LayerNorm but the first takes the residual and the previous projection's bias with it
-    assert dec["SkipLayerNormalization"] == 3 * L and dec["LayerNormalization"] == 1
+    # every LayerNorm takes the residual and the previous projection's bias with it; the first adds the
+    # positional embedding to the token embedding
+    assert dec["SkipLayerNormalization"] == 3 * L + 1 and "LayerNormalization" not in dec
     assert not {"ScatterElements", "Softmax", "Attention", "Transpose", "Gelu"} & set(dec)
     assert enc["MultiHeadAttention"] == dims.n_audio_layer and "Softmax" not in enc
 
