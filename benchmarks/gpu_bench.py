@@ -292,6 +292,13 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     return out
 
 
+class NeverSeen(set):
+    """A prompt-shape set that never holds the shape asked for: every prompt runs as is (no graph)."""
+
+    def __contains__(self, item) -> bool:
+        return False
+
+
 def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repeats: int) -> dict:
     from whisper_export.options import DecodingOptions
 
@@ -335,6 +342,13 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
             backend.select_min_rows = min_rows
             r[f"step_loop_{label}"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 2, 4, 8, 16)]
         backend.select_min_rows = default_min
+    # the same real decodes with every prompt run as is (no graph), as before prompts were captured
+    captured_prompts, backend._prompt_shapes = backend._prompt_shapes, NeverSeen()
+    d = ours_decode(backend, tok, mel, greedy, repeats, one_by_one=True)
+    d.pop("token_ids")
+    r["greedy_b1_plain_prompts"] = d
+    backend._prompt_shapes = captured_prompts
+    r["prompts_captured"] = sorted({key[-3:] for key in backend._steps._bindings if "prompt" in key})
     r["graphs_captured_keys"] = len(backend._steps) if backend._steps is not None else 0
     try:
         if PROFILE:

@@ -143,7 +143,8 @@ def simulated_cuda(monkeypatch):
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
 def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_bundle_ort, english_clips, simulated_cuda):
     """The CUDA path's pooled buffers, fixed bindings (with graphs: two plain runs, then the capturing one; a
-    capture refused at run time: plain IO binding from then on), ping-pong caches (in-place ones for attention=
+    capture refused at run time: plain IO binding from then on; prompts from their shape's second time on),
+    ping-pong caches (in-place ones for attention=
     "onnxruntime", whose greedy steps run in blocks through the device ring) and steering updates, run on the
     CPU provider: the tokens of the plain CPU path, and the buffer sets come back to their pools."""
     from whisper_export.decoding import decode
@@ -169,6 +170,10 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
         else:
             assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
             assert len(sim._steps) > 3  # bindings made once and reused
+            # a prompt shape (rows, n_new, n_logits) seen before ran on fixed buffers (captured on a GPU); the
+            # one-row prompts came once each (without, then with timestamps), so they ran as they were
+            prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
+            assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
         # greedy blocks went through the ring of each row count used
         assert sim.buffers.rings() == ([(1, 8), (3, 8)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)

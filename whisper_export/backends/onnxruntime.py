@@ -18,10 +18,11 @@ and CUDA graphs can replay the decoder step:
   greedy_block steps queued on the device, each step reading the previous one's choice from a device ring
   (ort_greedy.py): one host round trip per block instead of per token.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
-  set, direction or ring slot) and replayed (run config gpu_graph_id); prompt steps run without a graph
-  (gpu_graph_id -1). With graphs the cache capacity is n_text_ctx for every decode, so one graph serves every window. If the
-  decoder graph cannot run under capture (onnxruntime refuses nodes outside the CUDA EP), a second session
-  specialised to one-token steps is tried, then plain IO binding: see `graph_mode`.
+  set, direction or ring slot) and replayed (run config gpu_graph_id); a prompt runs without a graph
+  (gpu_graph_id -1) the first time its shape (rows, n_new, n_logits) comes, and is captured like a step from
+  the second time on. With graphs the cache capacity is n_text_ctx for every decode, so one graph serves every
+  window. If the decoder graph cannot run under capture (onnxruntime refuses nodes outside the CUDA EP), a
+  second session specialised to one-token steps is tried, then plain IO binding: see `graph_mode`.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class OnnxRuntimeBackend(Backend):
         # one-token steps: one binding per buffer combination, captured with graphs
         self._steps = CapturedRuns(self.step_decoder or self.decoder, self._graph_ids, self.graph_mode != "off",
                                    self._graphs_failed)
+        self._prompt_shapes: set[tuple[int, int, int]] = set()  # (rows, n_new, n_logits) of the prompts run
         # the prompt runs in the capturing session ("shared") outside any graph, else in a plain session
         self._prompt_options = ort.RunOptions()
         if self.graph_mode == "shared":
@@ -372,6 +374,22 @@ class OnnxRuntimeBackend(Backend):
         return np.concatenate(chosen, axis=1), np.concatenate(logprobs, axis=1), cache
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
+        """Any other step. The first of its shape (rows, n_new, n_logits) runs as is (no graph); a shape seen
+        before runs on fixed buffers like a one-token step, captured with graphs (the same prompt starts every
+        window, while a previous window's text as a prompt seldom repeats its length: not worth a capture)."""
+        shape = (tokens.shape[0], tokens.shape[1], len(logit_positions))
+        if self.graph_mode == "step-session" or shape not in self._prompt_shapes:  # that session takes 1 token
+            self._prompt_shapes.add(shape)
+            return self._plain_prompt(tokens, offsets, logit_positions, cache, cross)
+        steering = self.buffers.steering(*shape)
+        for name, value in ((graph_io.TOKENS, tokens), (graph_io.OFFSETS, offsets),
+                            (graph_io.LOGIT_POSITIONS, logit_positions)):
+            steering.values[name].update_inplace(np.ascontiguousarray(value, dtype=np.int64))
+        bias = self._aux_graphs().device_bias(None) if self.selects else None  # its choice is not read
+        self._run_step(lambda binding: self._bind_steering(binding, steering, bias), cache, cross, "prompt", *shape)
+        return steering.logits.numpy()
+
+    def _plain_prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any step, run as is (no graph): steering copied from the host, logits bound to host memory."""
         binding = self.decoder.io_binding()
         for name, value in (
@@ -410,21 +428,22 @@ class OnnxRuntimeBackend(Backend):
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
         steering.values[graph_io.OFFSETS].update_inplace(np.ascontiguousarray(offsets, dtype=np.int64))
 
-        def bind(binding) -> None:
-            for name, value in steering.values.items():
-                binding.bind_ortvalue_input(name, value)
-            binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
-            if steering.choice is not None:
-                binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
-                binding.bind_ortvalue_output(graph_io.BEST_TOKEN, steering.choice[0])
-                binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, steering.choice[1])
-
-        self._run_step(bind, cache, cross)
+        self._run_step(lambda binding: self._bind_steering(binding, steering, bias), cache, cross)
         return steering.logits.numpy() if fetch else None
 
+    @staticmethod
+    def _bind_steering(binding, steering, bias) -> None:
+        for name, value in steering.values.items():
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
+        if steering.choice is not None:
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
+            binding.bind_ortvalue_output(graph_io.BEST_TOKEN, steering.choice[0])
+            binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, steering.choice[1])
+
     def _run_step(self, bind, cache: _Cache, cross: _Cross, *key: Any, wait: bool = True) -> None:
-        """A one-token step bound by bind(binding) and to the cache and cross K/V: one binding (and graph) per
-        buffer combination, key naming what bind chose. The step is idempotent, as a capture's two plain runs
+        """A step on fixed buffers bound by bind(binding) and to the cache and cross K/V: one binding (and graph)
+        per buffer combination, key naming what bind chose. The step is idempotent, as a capture's two plain runs
         first need: it reads one cache set and writes the other, or rewrites the same position in place."""
 
         def bind_all(binding) -> None:

@@ -83,10 +83,10 @@ class CacheHandle:
 
 @dataclass
 class Steering:
-    """Fixed device inputs of the one-token step for one row count, updated in place every step."""
+    """Fixed device inputs of a step shape (rows, n_new, n_logits), updated in place at every step."""
 
     values: dict[str, Any]  # graph_io name -> OrtValue
-    logits: Any  # OrtValue (rows, 1, n_vocab) float32 on the device
+    logits: Any  # OrtValue (rows, n_logits, n_vocab) float32 on the device
     choice: tuple[Any, Any] | None = None  # a decoder that selects: its (best token, log-probability) outputs
 
 
@@ -144,14 +144,19 @@ class DeviceBuffers:
         # hides (their softmax weight is exactly 0), so they never need clearing again
         return [self.zeros(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
 
-    def steering(self, rows: int) -> Steering:
-        steering = self._steering.get(rows)
+    def steering(self, rows: int, n_new: int = 1, n_logits: int = 1) -> Steering:
+        """The steering set of a step shape: (rows, 1, 1) a one-token step's, others a prompt's."""
+        key = (rows, n_new, n_logits)
+        steering = self._steering.get(key)
         if steering is None:
-            shapes = {graph_io.TOKENS: (rows, 1), graph_io.OFFSETS: (rows,), graph_io.LOGIT_POSITIONS: (1,)}
+            shapes = {graph_io.TOKENS: (rows, n_new), graph_io.OFFSETS: (rows,), graph_io.LOGIT_POSITIONS: (n_logits,)}
             values = {name: self.zeros(shape, np.int64) for name, shape in shapes.items()}
-            logits = self.empty((rows, 1, self.dims.n_vocab), np.float32)
-            choice = self._choice(rows) if self._choice is not None else None
-            steering = self._steering[rows] = Steering(values, logits, choice)
+            logits = self.empty((rows, n_logits, self.dims.n_vocab), np.float32)
+            choice = None
+            if self._choice is not None:  # a prompt's choice is never read, but its outputs need fixed buffers too
+                choice = self._choice(rows) if key[1:] == (1, 1) else (
+                    self.zeros((rows, n_logits), np.int64), self.zeros((rows, n_logits), np.float32))
+            steering = self._steering[key] = Steering(values, logits, choice)
         return steering
 
     def ring(self, rows: int, block: int) -> GreedyRing:
