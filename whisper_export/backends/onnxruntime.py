@@ -69,9 +69,9 @@ class OnnxRuntimeBackend(Backend):
     ):
         """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring.
         greedy_block (CUDA, a decoder that chooses greedily): greedy steps queued on the device per host round
-        trip (ort_greedy.py); 1 waits for every step. 8: tiny.en on the H200 decodes the 5 clips at 0.55 ms/token
-        against 0.58 with 4 and 0.63 with 1; 16 steps per block are faster still without eot stops (0.306 against
-        0.315 ms/step) but waste more after an eot (NOTES.md, GPU run 14).
+        trip (ort_greedy.py); 1 waits for every step. 8: tiny.en on the H200 decodes the 5 clips at 0.40-0.43
+        ms/token against 0.45 with 1; 16 steps per block are faster still without eot stops (0.287 against 0.300
+        ms/step) but waste more after an eot, which costs more for decodes under ~150 tokens (NOTES.md, run 15).
         provider_options (CUDA): more CUDA execution provider options, e.g. {"sdpa_kernel": "1"} to choose
         onnxruntime's attention kernels (its default, cuDNN's, measured fastest for Whisper: GPU run 12)."""
         if device not in DEVICES:
