@@ -180,24 +180,25 @@ def gpu_backend(bundle_dir, cuda_graph: bool, **options):
     return backend, time.perf_counter() - t
 
 
-GREEDY_BLOCKS = (1, 4, 8, 16)
+GREEDY_QUEUES = (0, 1, 2, 4, 8)
 
 
-def block_sweep(backend, mel, prompt, batch_sizes, steps: int, repeats: int) -> list[dict]:
-    """The step loop at each greedy block size (a decoder that chooses greedily in its graph; ort_greedy.py)."""
-    default = backend.greedy_block
+def queue_sweep(backend, mel, prompt, batch_sizes, steps: int, repeats: int) -> list[dict]:
+    """The step loop at each greedy queue depth (a decoder that chooses greedily in its graph; ort_greedy.py;
+    0: decode_best step by step)."""
+    default = backend.greedy_queue
     rows = []
-    for block in GREEDY_BLOCKS:
-        backend.greedy_block = block
+    for queue in GREEDY_QUEUES:
+        backend.greedy_queue = queue
         rows += [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
-    backend.greedy_block = default
+    backend.greedy_queue = default
     return rows
 
 
 def attention_kernels(bundle_dir: Path, mel, prompt, steps: int, repeats: int) -> dict:
     """The decoder step under each choice of onnxruntime's attention kernels (CUDA EP option sdpa_kernel, a bit
     mask: 1 flash, 2 memory-efficient, 4 TensorRT fused, 8 cuDNN flash, 16 unfused; 0 = onnxruntime's default),
-    batch 1 and 16, in blocks of 16 greedy steps; and whether the greedy tokens of the first clip stay the same."""
+    batch 1 and 16, streamed greedy steps; and whether the greedy tokens of the first clip stay the same."""
     from whisper_export.decoding import decode
     from whisper_export.options import DecodingOptions
 
@@ -205,7 +206,7 @@ def attention_kernels(bundle_dir: Path, mel, prompt, steps: int, repeats: int) -
     reference = None
     for sdpa in ("0", "1", "2", "3", "8", "16"):
         try:
-            backend, _ = gpu_backend(bundle_dir, True, provider_options={"sdpa_kernel": sdpa}, greedy_block=16)
+            backend, _ = gpu_backend(bundle_dir, True, provider_options={"sdpa_kernel": sdpa}, greedy_queue=2)
             loop = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in (1, 16)]
             tokens = decode(backend, backend.bundle.tokenizer(), mel[:1], DecodingOptions(without_timestamps=True))[0].tokens
             reference = reference if reference is not None else tokens
@@ -327,15 +328,16 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
         d.pop("token_ids")
         r[key] = d
     r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, steps, repeats) for b in batch_sizes]
-    if backend.selects:  # the decoder chooses in its graph: greedy blocks on the device (ort_greedy.py)
-        r["step_loop_blocks"] = block_sweep(backend, mel, prompt, (1, 16), steps, repeats)
-        default = backend.greedy_block
-        for block in (1, 8):  # real decodes with eot stops: steps past an eot are wasted
-            backend.greedy_block = block
+    if backend.selects:  # the decoder chooses in its graph: greedy steps streamed on the device (ort_greedy.py)
+        r["step_loop_queues"] = queue_sweep(backend, mel, prompt, (1, 16), steps, repeats)
+        default = backend.greedy_queue
+        for queue in (0, 2, 4, 8):  # real decodes with eot stops: steps queued past an eot are wasted
+            backend.greedy_queue = queue
             d = ours_decode(backend, tok, mel, greedy, repeats, one_by_one=True)
             d.pop("token_ids")
-            r[f"greedy_b1_block{block}"] = d
-        backend.greedy_block = default
+            r[f"greedy_b1_queue{queue}"] = d
+        backend.greedy_queue = default
+        r["greedy_error"] = backend.greedy_error
     else:
         default_min = getattr(backend, "select_min_rows", None)
         for label, min_rows in (("device_select", 1), ("host_select", 10**9)):  # both sides of the crossover
@@ -537,7 +539,7 @@ def main() -> None:
             r["encoder_b1"] = ours_encoder_ms(backend, mel[:1], args.repeats * 3)
             r["step_loop"] = [ours_step_loop(backend, mel[:1], b, prompt, args.steps, args.repeats) for b in batch_sizes]
             if graph and backend.selects:
-                r["step_loop_blocks"] = block_sweep(backend, mel, prompt, (1, 16), args.steps, args.repeats)
+                r["step_loop_queues"] = queue_sweep(backend, mel, prompt, (1, 16), args.steps, args.repeats)
             if graph and PROFILE:
                 try:
                     r["profile_b1"] = ours_profile(backend, mel[:1], 1, prompt, 20)

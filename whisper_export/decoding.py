@@ -81,16 +81,17 @@ class Inference:
         self.length = total
         return logits
 
-    def greedy(self, tokens: np.ndarray, logit_bias: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """`steps` greedy tokens per row after tokens (R, T), each step fed the previous choice
-        (Backend.decode_greedy): (chosen (R, steps), their log-probabilities (R, steps))."""
+    def greedy(self, tokens: np.ndarray, logit_bias: np.ndarray, steps: int,
+               stop_token: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `steps` greedy tokens per row after tokens (R, T), each step fed the previous choice, fewer once
+        every row has chosen stop_token (Backend.decode_greedy): (chosen (R, k), their log-probabilities (R, k))."""
         assert self.cache is not None and tokens.shape[1] == self.length + 1, "greedy() continues a decode by one token"
         assert self.cache_index is None, "greedy steps never reorder the cache"
         new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
         offsets, _ = self._next_step(tokens.shape[0])
         chosen, logprobs, self.cache = self.backend.decode_greedy(new, offsets, logit_bias, self.cache, self.cross,
-                                                                  steps)
-        self.length += steps
+                                                                  steps, stop_token)
+        self.length += chosen.shape[1]
         return chosen, logprobs
 
     def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -271,15 +272,15 @@ class DecodingTask:
         i = 0
         while i < self.sample_len:
             if i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
-                # a block of greedy steps, each fed the previous choice on the backend's side; what follows
-                # the end of the decode is dropped
-                steps = min(self.backend.greedy_block, self.sample_len - i, capacity - tokens.shape[-1])
-                chosen, logprobs = inference.greedy(tokens, later_bias, steps)
-                for j in range(steps):
+                # the rest of the decode in one call, each step fed the previous choice on the backend's side
+                # until every row has chosen eot; what follows a row's eot is dropped
+                steps = min(self.sample_len - i, capacity - tokens.shape[-1])
+                chosen, logprobs = inference.greedy(tokens, later_bias, steps, stop_token=self.eot)
+                for j in range(chosen.shape[1]):
                     tokens, completed = decoder.update_chosen(tokens, chosen[:, j], logprobs[:, j], sum_logprobs)
                     if completed:
                         break
-                i += steps
+                i += chosen.shape[1]
             else:
                 if i == 0:  # the prompt step also yields the logits after <|startoftranscript|>
                     logits = inference.logits(tokens, positions=(sot_index, -1))

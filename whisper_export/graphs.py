@@ -156,7 +156,7 @@ SELECT_WIDTH = 256
 def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tuple[str, ...]:
     """(best token (R, P) int64, its log-probability (R, P) float32) of float32 logits (R, P, V) + bias (V,):
     argmax, the first index on ties, and -log(sum(exp(x - max))), which is sampling.chosen_logprobs' value to
-    float32 rounding. 12 kernels after the logits' Cast (each costs a GPU step ~1.7 us at batch 1).
+    float32 rounding. 13 kernels after the logits' Cast (each costs a GPU step ~1.7 us at batch 1).
 
     TopK(k=1) in two stages: the best of each block of SELECT_WIDTH values, then the best block; both stages keep
     the lowest index on ties, so the result is the lowest index overall.
@@ -168,15 +168,18 @@ def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tupl
     blocks = g.op("Reshape", [padded, g.const([0, 0, blocks_n, SELECT_WIDTH])])  # (R, P, B, W)
     block_top, block_best = g.op("TopK", [blocks, one], n_out=2, axis=-1)  # (R, P, B, 1) each
     top, which = g.op("TopK", [block_top, one], n_out=2, axis=2)  # (R, P, 1, 1) each
-    starts = g.const((np.arange(blocks_n, dtype=np.int64) * SELECT_WIDTH)[:, None])  # (B, 1)
-    best = g.op("GatherElements", [g.op("Add", [block_best, starts]), which], axis=2)  # (R, P, 1, 1)
+    within = g.op("GatherElements", [block_best, which], axis=2)  # (R, P, 1, 1)
+    # the outputs come out of kernels in their final shape (R, P), Squeeze only on the way in (it is a view
+    # there, a copy at the end): a backend may bind them to host-mapped memory (backends/ort_greedy.py)
+    which, within = (g.op("Squeeze", [t, g.const([2, 3])]) for t in (which, within))  # (R, P) each
+    best = g.op("Add", [g.op("Mul", [which, g.const(SELECT_WIDTH)]), within])  # (R, P)
     # summed per block, then over the blocks: one long running float32 sum (onnxruntime's CPU ReduceSum) would
     # round the many tiny terms away against the best's exp(0) = 1 (~5e-5 lost); a block loses at most its
     # 255 others' rounding against it (< 2e-5, far less in practice)
     scaled = g.op("Exp", [g.op("Sub", [blocks, top])])  # (R, P, B, W), the padding exp(-inf) = 0
-    total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, last], keepdims=1), g.const([2])], keepdims=1)
-    logprob = g.op("Neg", [g.op("Log", [total])])  # (R, P, 1, 1)
-    return tuple(g.op("Squeeze", [t, g.const([2, 3])]) for t in (best, logprob))
+    total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, last], keepdims=1), g.const([2, 3])], keepdims=0)
+    logprob = g.op("Neg", [g.op("Log", [total])])  # (R, P)
+    return best, logprob
 
 
 def greedy_select_graph(

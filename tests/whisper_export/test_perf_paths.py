@@ -145,7 +145,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
     """The CUDA path's pooled buffers, fixed bindings (with graphs: two plain runs, then the capturing one; a
     capture refused at run time: plain IO binding from then on; prompts from their shape's second time on),
     ping-pong caches (in-place ones for attention=
-    "onnxruntime", whose greedy steps run in blocks through the device ring) and steering updates, run on the
+    "onnxruntime", whose greedy steps stream through the host-mapped ring) and steering updates, run on the
     CPU provider: the tokens of the plain CPU path, and the buffer sets come back to their pools."""
     from whisper_export.decoding import decode
     from whisper_export.options import DecodingOptions
@@ -157,9 +157,9 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
         assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
         assert sim.in_place == (variant == "onnxruntime")
         assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
-        assert sim.greedy_block == (8 if variant == "onnxruntime" else 1)
+        assert sim.greedy_queue == (2 if variant == "onnxruntime" else 0)
         with simulated_cuda(bundle) as cpu:
-            assert cpu.greedy_block == 1 and cpu.device == "cpu"
+            assert cpu.greedy_queue == 0 and cpu.device == "cpu"
             for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
                             DecodingOptions(beam_size=3, without_timestamps=True)):
                 for m in (mel, mel[1:2], mel):
@@ -174,21 +174,23 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             # one-row prompts came once each (without, then with timestamps), so they ran as they were
             prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
-        # greedy blocks went through the ring of each row count used
-        assert sim.buffers.rings() == ([(1, 8), (3, 8)] if variant == "onnxruntime" else [])
+        # greedy steps streamed through the ring of each row count used
+        assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
         assert all(len(free) == 2 for free in sim.buffers.cache._free.values())
         assert all(len(free) == 1 for free in sim.buffers.cross._free.values())
 
 
-def test_greedy_blocks_on_the_device_ring_equal_single_steps(tiny_bundle_ort, english_clips, simulated_cuda):
-    """decode_greedy through the ring (each step's choice written into the next step's token slot on the
-    "device", blocks of 4 queued without waiting, 10 steps = blocks of 4, 4, 2) chooses what 10 single steps
-    with host feedback choose, with the same log-probabilities."""
+def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips, simulated_cuda):
+    """decode_greedy streamed through the host-mapped ring (each step's choice written into the next step's token
+    slot, 3 steps queued, 10 steps = the ring's 5 slots twice) chooses what 10 single steps with host feedback
+    choose, with the same log-probabilities; with a stop token it ends once every row has chosen it, at most
+    the queue's 3 steps later."""
     mel = log_mel_batch(english_clips[:3])
     prompt = np.array([[50257, 50362]] * 3)
     bias = np.zeros(51864, np.float32)
     bias[[50256 + 1, 50360]] = -np.inf  # something to filter, as the decoding loop's suppress list does
+    eot = 50256
 
     def start(backend):
         cross = backend.encode(mel)
@@ -198,47 +200,78 @@ def test_greedy_blocks_on_the_device_ring_equal_single_steps(tiny_bundle_ort, en
 
     with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
             simulated_cuda(tiny_bundle_ort, device="cuda") as ref:
-        sim.greedy_block, ref.greedy_block = 4, 1
-        token, cache, cross = start(sim)
-        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
-        assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
+        sim.greedy_queue, ref.greedy_queue = 3, 0
         token, cache, cross = start(ref)
         want_chosen, want_logprobs = [], []
-        for i in range(10):
+        for i in range(40):
             best, logprob, cache = ref.decode_best(token, np.full(3, 2 + i), np.arange(3), bias, cache, cross)
             want_chosen.append(best)
             want_logprobs.append(logprob)
             token = best[:, None].astype(np.int64)
-        assert np.array_equal(chosen, np.stack(want_chosen, 1)) and np.array_equal(logprobs, np.stack(want_logprobs, 1))
-        assert sim.buffers.rings() == [(3, 4)]
+        want_chosen, want_logprobs = np.stack(want_chosen, 1), np.stack(want_logprobs, 1)
+
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
+        assert np.array_equal(chosen, want_chosen[:, :10]) and np.array_equal(logprobs, want_logprobs[:, :10])
+        assert sim.buffers.streams() == [(3, 3)]
         # fed back: each row moves on (a stuck feed repeats one token), and the bias holds
         assert all(len(set(row)) > 5 for row in chosen) and not np.isin(chosen, [50257, 50360]).any()
+
+        last_stop = max(list(row).index(eot) for row in want_chosen)  # every clip ends within 40 steps
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 40, stop_token=eot)
+        assert last_stop + 1 <= chosen.shape[1] <= last_stop + 1 + 3
+        assert np.array_equal(chosen, want_chosen[:, : chosen.shape[1]])
+
         with pytest.raises(ValueError, match=r"expected offset \+ n_new <= cache capacity 448"):
             sim.decode_greedy(token, np.full(3, 440), bias, cache, cross, 9)
         with pytest.raises(ValueError, match=r"expected \(rows, 1\)"):
             sim.decode_greedy(np.zeros((3, 2), np.int64), np.full(3, 2), bias, cache, cross, 2)
 
 
-@pytest.mark.parametrize("block", [2, 3, 7])
-def test_decoding_in_greedy_blocks_keeps_tokens(block, tiny_bundle, english_clips):
-    """The decoding loop asks for blocks of greedy steps: what follows a row's eot or the sample length is
-    dropped, so every block size gives the tokens and log-probabilities of one step at a time."""
+def test_default_greedy_steps_stop_with_the_last_row(tiny_bundle, english_clips):
+    """Backend.decode_greedy (decode_best step by step) stops at the step where the last row chooses the stop
+    token, and runs all the steps without one."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    with OnnxRuntimeBackend(tiny_bundle) as backend:
+        cross = backend.encode(log_mel_batch(english_clips[:2]))
+        bias = np.zeros(backend.dims.n_vocab, np.float32)
+        runs = []
+        for stop in (None, 50256):
+            cache = backend.new_cache(2, 64)
+            logits, cache = backend.decode(np.array([[50257, 50362]] * 2), np.zeros(2, np.int64), np.arange(2),
+                                           np.array([1]), cache, cross)
+            token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+            runs.append(backend.decode_greedy(token, np.full(2, 2), bias, cache, cross, 40, stop_token=stop)[0])
+    full, stopped = runs
+    assert full.shape == (2, 40)
+    last_stop = max(list(row).index(50256) for row in full)
+    assert np.array_equal(stopped, full[:, : last_stop + 1])
+
+
+@pytest.mark.parametrize("queue", [1, 2, 5])
+def test_streamed_decoding_keeps_tokens(queue, tiny_bundle_ort, english_clips, simulated_cuda):
+    """The decoding loop asks for the rest of a decode in one streamed call: what follows a row's eot or the
+    sample length is dropped, so every queue depth gives the tokens and log-probabilities of one step at a
+    time (queue 0)."""
     from whisper_export.decoding import decode
     from whisper_export.options import DecodingOptions
 
     mel = log_mel_batch(english_clips)
-    with OnnxRuntimeBackend(tiny_bundle) as backend:
+    with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as backend:
         for options in (DecodingOptions(without_timestamps=True), DecodingOptions(without_timestamps=True, sample_len=6)):
-            backend.greedy_block = 1
+            backend.greedy_queue = 0
             want = decode(backend, backend.bundle.tokenizer(), mel, options)
-            backend.greedy_block = block
+            backend.greedy_queue = queue
             got = decode(backend, backend.bundle.tokenizer(), mel, options)
             assert [(r.tokens, r.sum_logprob) for r in got] == [(r.tokens, r.sum_logprob) for r in want]
             if options.sample_len:
                 assert max(len(r.tokens) for r in got) == options.sample_len
             else:
                 assert min(len(r.tokens) for r in got) > 5
+        assert (len(mel), queue) in backend.buffers.streams()
 
 
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])

@@ -88,11 +88,6 @@ class Backend(abc.ABC):
         best = biased.argmax(axis=-1)
         return best, chosen_logprobs(biased, best), cache
 
-    # how many greedy steps one decode_greedy call should run: 1 unless a backend can feed its choices back on
-    # the device, where one call of several steps spares the host round trip of each (decoding loops ask for
-    # at most this many; steps past an eot are wasted, so it is small)
-    greedy_block = 1
-
     def decode_greedy(
         self,
         tokens: np.ndarray,
@@ -101,21 +96,29 @@ class Backend(abc.ABC):
         cache: SelfCache,
         cross: CrossKV,
         steps: int,
+        stop_token: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """`steps` greedy one-token steps, each fed the previous one's choice: step 0 takes tokens (rows, 1) at
-        offsets, step j the token step j - 1 chose at offsets + j. Returns the chosen tokens (rows, steps)
-        int64, their log-probabilities (rows, steps) float32 (as decode_best) and the updated cache.
+        """Up to `steps` greedy one-token steps, each fed the previous one's choice: step 0 takes tokens (rows, 1)
+        at offsets, step j the token step j - 1 chose at offsets + j. Returns the chosen tokens (rows, k) int64,
+        their log-probabilities (rows, k) float32 (as decode_best) and the updated cache, which holds all k.
 
-        The caller drops what follows a row's eot. This default is decode_best `steps` times; a GPU backend
-        queues the steps on the device and copies the choices to the host once."""
+        k = steps unless every row has chosen stop_token; then k is at least the step where the last row chose
+        it (a backend that queues steps ahead finishes those too). The caller drops what follows a row's stop
+        token. This default is decode_best step by step, stopping at once; a GPU backend streams the steps on
+        the device and reads their choices without synchronising (ort_greedy.py)."""
         self.check_greedy(tokens, steps)
         identity = np.arange(tokens.shape[0], dtype=np.int64)
+        stopped = np.zeros(tokens.shape[0], dtype=bool)
         chosen, logprobs = [], []
         for j in range(steps):
             best, logprob, cache = self.decode_best(tokens, offsets + j, identity, logit_bias, cache, cross)
             chosen.append(best)
             logprobs.append(logprob)
             tokens = best.astype(np.int64)[:, None]
+            if stop_token is not None:
+                stopped |= best == stop_token
+                if stopped.all():
+                    break
         return np.stack(chosen, axis=1).astype(np.int64), np.stack(logprobs, axis=1).astype(np.float32), cache
 
     def close(self) -> None:

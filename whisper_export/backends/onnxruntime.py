@@ -14,9 +14,10 @@ and CUDA graphs can replay the decoder step:
   step writes n_new positions per row rather than copying the whole cache.
 - steering inputs (tokens, offsets, logit positions) are fixed device tensors updated in place
   (OrtValue.update_inplace), only when they changed; logits are a fixed device tensor copied to the host.
-- greedy steps of a decoder that chooses in its own graph (attention="onnxruntime") run in blocks of
-  greedy_block steps queued on the device, each step reading the previous one's choice from a device ring
-  (ort_greedy.py): one host round trip per block instead of per token.
+- greedy steps of a decoder that chooses in its own graph (attention="onnxruntime") stream through a ring in
+  host-mapped memory, greedy_queue of them queued on the device, each reading the previous one's choice there
+  (ort_greedy.py): the host reads each choice as it lands, without synchronising, and the GPU runs the steps
+  back to back.
 - CUDA graphs (ORT CUDA EP enable_cuda_graph): a one-token step is captured once per (rows, cross set, cache
   set, direction or ring slot) and replayed (run config gpu_graph_id); a prompt runs without a graph
   (gpu_graph_id -1) the first time its shape (rows, n_new, n_logits) comes, and is captured like a step from
@@ -37,6 +38,7 @@ import onnxruntime as ort
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
 from whisper_export.backends.cpu_info import physical_cores
+from whisper_export.backends.host_mapped import HostMappedError
 from whisper_export.backends.ort_aux import AuxGraphs
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
@@ -64,20 +66,21 @@ class OnnxRuntimeBackend(Backend):
         *,
         cuda_graph: bool | None = None,
         device_id: int = 0,
-        greedy_block: int = 8,
+        greedy_queue: int = 2,
         provider_options: dict[str, str] | None = None,
     ):
         """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring.
-        greedy_block (CUDA, a decoder that chooses greedily): greedy steps queued on the device per host round
-        trip (ort_greedy.py); 1 waits for every step. 8: tiny.en on the H200 decodes the 5 clips at 0.40-0.43
-        ms/token against 0.45 with 1; 16 steps per block are faster still without eot stops (0.287 against 0.300
-        ms/step) but waste more after an eot, which costs more for decodes under ~150 tokens (NOTES.md, run 15).
+        greedy_queue (CUDA, a decoder that chooses greedily): greedy steps kept queued on the device while the
+        host waits for the oldest (ort_greedy.py); at most this many run after the last row's eot. 0 waits for
+        every step (decode_best per step). 2: tiny.en on the H200 runs 0.280 ms/step (4 and 8: the same; 1:
+        0.293; 0: 0.363) and decodes the 5 clips at 0.403 ms/token (4: 0.418, 8: 0.505, the steps run after
+        an eot; 0: 0.488) (NOTES.md, GPU run 16).
         provider_options (CUDA): more CUDA execution provider options, e.g. {"sdpa_kernel": "1"} to choose
         onnxruntime's attention kernels (its default, cuDNN's, measured fastest for Whisper: GPU run 12)."""
         if device not in DEVICES:
             raise ValueError(f"device: received {device!r}, expected one of {', '.join(DEVICES)}")
-        if not isinstance(greedy_block, int) or greedy_block < 1:
-            raise ValueError(f"greedy_block: received {greedy_block!r}, expected an int >= 1")
+        if not isinstance(greedy_queue, int) or greedy_queue < 0:
+            raise ValueError(f"greedy_queue: received {greedy_queue!r}, expected an int >= 0")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: received {threads!r}, expected a positive int or None (physical cores)")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.open(os.fspath(bundle))
@@ -102,8 +105,9 @@ class OnnxRuntimeBackend(Backend):
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
-        # greedy blocks on the device need the choice inside the decoder's graph; elsewhere one step per call
-        self.greedy_block = greedy_block if device == "cuda" and self.selects else 1
+        # streamed greedy steps need the choice inside the decoder's graph; elsewhere one step at a time
+        self.greedy_queue = greedy_queue if device == "cuda" and self.selects else 0
+        self.greedy_error: str | None = None  # why streaming was given up (no host-mapped memory)
 
         if device == "cuda" and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
@@ -338,11 +342,13 @@ class OnnxRuntimeBackend(Backend):
             best, logprobs = self._aux_graphs().select(steering.logits, cache.rows, logit_bias)
         return best, logprobs, self._after_step(cache)
 
-    def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int):
-        """CUDA, a decoder that chooses greedily: blocks of up to greedy_block steps queued on the device, each
-        step's choice fed to the next through a device ring (ort_greedy.py); one round trip per block."""
-        if self.device == "cpu" or not self.selects:
-            return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps)
+    def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int,
+                      stop_token: int | None = None):
+        """CUDA, a decoder that chooses greedily: the steps streamed through a host-mapped ring, greedy_queue of
+        them queued on the device at a time, each reading the previous one's choice there (ort_greedy.py); the
+        host reads each choice as it lands and stops queueing once every row has chosen stop_token."""
+        if self.device == "cpu" or not self.selects or self.greedy_queue < 1:
+            return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps, stop_token)
         self.check_greedy(tokens, steps)
         self.check_handles(cache, cross, _Cache, _Cross)
         rows = cache.rows
@@ -350,28 +356,37 @@ class OnnxRuntimeBackend(Backend):
         self.check_step(tokens, offsets + (steps - 1), np.arange(rows, dtype=np.int64), np.zeros(1, np.int64),
                         rows, cache.capacity, cross.n_audio)
         self.check_logit_bias(logit_bias)
-        ring = self.buffers.ring(rows, self.greedy_block)
+        try:
+            stream = self.buffers.stream(rows, self.greedy_queue)
+        except HostMappedError as e:  # no pinned memory: one step per call from now on
+            self.greedy_queue, self.greedy_error = 0, str(e)
+            return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps, stop_token)
         steering = self.buffers.steering(rows)
         bias = self._aux_graphs().device_bias(logit_bias)
 
-        def bind(binding, j: int) -> None:
-            ring.bind_step(binding, j)
+        def bind(binding, s: int) -> None:
+            stream.bind_step(binding, s)
             binding.bind_ortvalue_input(graph_io.LOGIT_POSITIONS, steering.values[graph_io.LOGIT_POSITIONS])
             binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
             binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
 
-        chosen, logprobs = [], []
-        while steps > 0:
-            n = min(ring.block, steps)
-            ring.load(tokens, offsets)
-            for j in range(n):
-                self._run_step(lambda binding, j=j: bind(binding, j), cache, cross, "greedy", ring.block, j,
-                               wait=j == n - 1)
-            block_chosen, block_logprobs = ring.read(n)
-            chosen.append(block_chosen)
-            logprobs.append(block_logprobs)
-            tokens, offsets, steps = block_chosen[:, -1:], offsets + n, steps - n
-        return np.concatenate(chosen, axis=1), np.concatenate(logprobs, axis=1), cache
+        chosen = np.empty((rows, steps), np.int64)
+        logprobs = np.empty((rows, steps), np.float32)
+        stopped = np.zeros(rows, dtype=bool)
+        stream.start(tokens)
+        queued = done = 0
+        while done < queued or queued < steps and not stopped.all():
+            while queued < steps and queued - done < stream.queue and not stopped.all():
+                s = stream.arm(queued, offsets)
+                self._run_step(lambda binding, s=s: bind(binding, s), cache, cross, "greedy", stream.queue, s,
+                               wait=False)
+                queued += 1
+            chosen[:, done], logprobs[:, done] = stream.wait(done)
+            if stop_token is not None:
+                stopped |= chosen[:, done] == stop_token
+            done += 1
+        # every queued step has finished (the ring is free for the next call); those after the stop come too
+        return chosen[:, :done], logprobs[:, :done], cache
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any other step. The first of its shape (rows, n_new, n_logits) runs as is (no graph); a shape seen

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from whisper_export import graph_io
-from whisper_export.backends.ort_greedy import GreedyRing
+from whisper_export.backends.host_mapped import HostMapped, HostMemory
+from whisper_export.backends.ort_greedy import GreedyStream
 from whisper_export.dims import ModelDims
 
 
@@ -109,7 +110,7 @@ class DeviceBias:
 class DeviceBuffers:
     """The CUDA path's device memory, every address fixed for the backend's lifetime (IO bindings and CUDA graphs
     hold them): cross K/V sets pooled per batch size, self-attention cache sets pooled per (rows, capacity), the
-    steering set of each row count, the greedy rings of each (rows, block)."""
+    steering set of each step shape, the greedy rings of each (rows, queue) (host-mapped, not device, memory)."""
 
     def __init__(self, dims: ModelDims, dtype: Any, device: str, device_id: int,
                  choice: Callable[[int], tuple[Any, Any]] | None):
@@ -117,8 +118,8 @@ class DeviceBuffers:
         self._choice = choice  # rows -> a selecting decoder's (best token, log-probability) outputs
         self.cross = Pool(self._make_cross)
         self.cache = Pool(self._make_cache)
-        self._steering: dict[int, Steering] = {}
-        self._rings: dict[tuple[int, int], GreedyRing] = {}
+        self._steering: dict[tuple[int, int, int], Steering] = {}
+        self._streams: dict[tuple[int, int], GreedyStream] = {}
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         import onnxruntime as ort
@@ -159,18 +160,21 @@ class DeviceBuffers:
             steering = self._steering[key] = Steering(values, logits, choice)
         return steering
 
-    def ring(self, rows: int, block: int) -> GreedyRing:
-        ring = self._rings.get((rows, block))
-        if ring is None:
-            ring = self._rings[rows, block] = GreedyRing(self.zeros, self.device, self.device_id, rows, block)
-        return ring
+    def stream(self, rows: int, queue: int) -> GreedyStream:
+        """The greedy ring of (rows, queue), in host-mapped memory (ordinary host memory for the CPU provider);
+        HostMappedError where the CUDA runtime cannot allocate it."""
+        stream = self._streams.get((rows, queue))
+        if stream is None:
+            memory = HostMemory if self.device == "cpu" else HostMapped
+            stream = self._streams[rows, queue] = GreedyStream(memory, self.device, self.device_id, rows, queue)
+        return stream
 
-    def rings(self) -> list[tuple[int, int]]:
-        """(rows, block) of every ring made."""
-        return sorted(self._rings)
+    def streams(self) -> list[tuple[int, int]]:
+        """(rows, queue) of every greedy ring made."""
+        return sorted(self._streams)
 
     def clear(self) -> None:
         self.cross.clear()
         self.cache.clear()
         self._steering.clear()
-        self._rings.clear()
+        self._streams.clear()

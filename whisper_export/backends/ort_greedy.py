@@ -1,15 +1,18 @@
-"""Greedy steps queued on the device (onnxruntime backend, a decoder that chooses greedily in its own graph).
+"""Greedy steps streamed through host-mapped memory (onnxruntime backend, a decoder that chooses greedily in its
+own graph).
 
-A greedy step needs from the host only its token and offsets, and the token is the previous step's choice. So a
-block of steps runs without the host in between: step j reads its token from slot j of a device ring and writes
-its choice into slot j + 1, where step j + 1 reads it; the offsets of every step are written before the block.
-The host copies one small array to the device before a block and two back after it, and queues the block's runs
-without waiting for each (ort_runs.NO_SYNC; the last run of a block waits), so the GPU runs the steps back to
-back while the host queues the next one.
+A greedy step needs from the host only its token and offsets, and the token is the previous step's choice. So
+the steps read their tokens from, and write their choices into, a ring of slots in host-mapped memory
+(host_mapped.py): step i reads token slot i and writes its choice into slot i + 1, where step i + 1 reads it on
+the GPU. The host keeps `queue` steps queued on onnxruntime's stream (runs that return without synchronising,
+ort_runs.NO_SYNC) and learns that the oldest has finished when its choice replaces the sentinel the host wrote
+there; it reads the choice, checks for the stop token and queues one more step. So the GPU runs steps back to
+back and the host never waits on the stream; after the stop token, at most `queue` steps run in vain.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,41 +20,61 @@ import numpy as np
 
 from whisper_export import graph_io
 
+_SPIN_LIMIT_S = 60.0  # a step that has not finished after this long is not coming (a GPU fault)
 
-class GreedyRing:
-    """The device buffers of one row count's blocks of up to `block` steps.
 
-    steer (2 * block + 1, rows) int64: rows 0..block are token slots (step j reads slot j, writes slot j + 1),
-    rows block + 1.. the offsets of steps 0..block - 1. logprobs (block, rows) float32: step j writes row j.
-    Their addresses never change, so each step's binding can be captured in a CUDA graph.
+class GreedyStream:
+    """The host-mapped ring of one row count's streamed steps, `queue` of them in flight at most.
+
+    slots = queue + 2, step i uses s = i % slots: it reads tokens[s] and offsets[s] and writes tokens[(s + 1) %
+    slots] and logprobs[s]. Two slots more than steps in flight: when the host arms step i, the step that last
+    read or wrote any of its slots has finished. Addresses never change, so each slot's binding can be captured.
     """
 
-    def __init__(self, zeros: Callable[[tuple, Any], Any], device: str, device_id: int, rows: int, block: int):
-        self.rows, self.block = rows, block
+    def __init__(self, memory: Callable[[int], Any], device: str, device_id: int, rows: int, queue: int):
+        self.rows, self.queue, self.slots = rows, queue, queue + 2
         self._device, self._device_id = device, device_id
-        self.steer = zeros((2 * block + 1, rows), np.int64)
-        self.logprobs = zeros((block, rows), np.float32)
-        self._host = np.zeros((2 * block + 1, rows), np.int64)
+        n = self.slots * rows
+        self._memory = memory(2 * 8 * n + 4 * n)  # kept: the views below live in it
+        self.tokens = self._memory.view(np.int64, (self.slots, rows), 0)
+        self.offsets = self._memory.view(np.int64, (self.slots, rows), 8 * n)
+        self.logprobs = self._memory.view(np.float32, (self.slots, rows), 16 * n)
 
-    def load(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
-        """tokens (rows, 1): step 0's; offsets (rows,): step 0's (step j's are offsets + j). One copy."""
-        self._host[0] = tokens[:, 0]
-        self._host[self.block + 1 :] = offsets[None, :] + np.arange(self.block, dtype=np.int64)[:, None]
-        self.steer.update_inplace(self._host)
-
-    def bind_step(self, binding: Any, j: int) -> None:
-        """Step j's token, offsets and choice as views into the ring."""
+    def bind_step(self, binding: Any, s: int) -> None:
+        """Slot s's step: its token and offsets in, its choice out, all in the ring."""
         rows, row64 = self.rows, self.rows * 8
-        steer, logprobs = self.steer.data_ptr(), self.logprobs.data_ptr()
+        base = self._memory.address
         for bind, name, dtype, shape, address in (
-            (binding.bind_input, graph_io.TOKENS, np.int64, [rows, 1], steer + j * row64),
-            (binding.bind_input, graph_io.OFFSETS, np.int64, [rows], steer + (self.block + 1 + j) * row64),
-            (binding.bind_output, graph_io.BEST_TOKEN, np.int64, [rows, 1], steer + (j + 1) * row64),
-            (binding.bind_output, graph_io.BEST_LOGPROB, np.float32, [rows, 1], logprobs + j * rows * 4),
+            (binding.bind_input, graph_io.TOKENS, np.int64, [rows, 1], base + s * row64),
+            (binding.bind_input, graph_io.OFFSETS, np.int64, [rows], base + (self.slots + s) * row64),
+            (binding.bind_output, graph_io.BEST_TOKEN, np.int64, [rows, 1], base + (s + 1) % self.slots * row64),
+            (binding.bind_output, graph_io.BEST_LOGPROB, np.float32, [rows, 1], base + 16 * self.slots * rows + s * rows * 4),
         ):
             bind(name, self._device, self._device_id, dtype, shape, address)
 
-    def read(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """(chosen (rows, steps) int64, log-probabilities (rows, steps) float32) of a finished block."""
-        steer, logprobs = self.steer.numpy(), self.logprobs.numpy()  # views, when the ring is in host memory
-        return steer[1 : steps + 1].T.copy(), logprobs[:steps].T.copy()
+    def start(self, tokens: np.ndarray) -> None:
+        """tokens (rows, 1): step 0's."""
+        self.tokens[0] = tokens[:, 0]
+
+    def arm(self, i: int, offsets: np.ndarray) -> int:
+        """Before queueing step i (its offsets are offsets + i): its offsets, and sentinels where its choice goes.
+        Returns its slot."""
+        s = i % self.slots
+        self.offsets[s] = offsets + i
+        self.tokens[(s + 1) % self.slots] = -1
+        self.logprobs[s] = np.nan
+        return s
+
+    def wait(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step i's (chosen (rows,) int64, log-probabilities (rows,) float32), once both have replaced their
+        sentinels (a spin: the step takes a fraction of a millisecond)."""
+        s = i % self.slots
+        chosen, logprobs = self.tokens[(s + 1) % self.slots], self.logprobs[s]
+        deadline = None
+        # an int64 is written whole in practice; a half-written one (sentinel -1 = all ones) would show >= 2**31
+        while not (((chosen >= 0) & (chosen < 1 << 31)).all() and not np.isnan(logprobs).any()):
+            if deadline is None:
+                deadline = time.monotonic() + _SPIN_LIMIT_S
+            elif time.monotonic() > deadline:
+                raise RuntimeError(f"greedy step {i}: no choice after {_SPIN_LIMIT_S:.0f} s (the GPU stopped)")
+        return chosen.copy(), logprobs.copy()

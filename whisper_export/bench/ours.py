@@ -29,8 +29,9 @@ class CountingBackend:
         return self.inner.decode_best(*args)
 
     def decode_greedy(self, *args):
-        self.steps += args[-1]
-        return self.inner.decode_greedy(*args)
+        chosen, logprobs, cache = self.inner.decode_greedy(*args)
+        self.steps += chosen.shape[1]  # the steps run (those queued after an eot too), not the steps asked for
+        return chosen, logprobs, cache
 
 
 def ours_encoder_ms(backend, mel1, repeats: int) -> dict[str, float]:
@@ -76,9 +77,9 @@ def ours_decode(backend, tokenizer, mel, options, repeats: int, one_by_one: bool
 
 def ours_step_loop(backend, mel_row, rows: int, prompt: list[int], n_steps: int, repeats: int) -> dict[str, float]:
     """ms per decoder step for `rows` audios decoding n_steps tokens each (argmax feedback, no eot stop):
-    the backend's raw step cost through Backend.decode_greedy in blocks of backend.greedy_block steps, the path
-    greedy decoding without timestamps takes (a GPU backend picks the token on the device and, with a decoder
-    that chooses in its own graph, feeds it to the next step there; the CPU one picks in numpy)."""
+    the backend's raw step cost through one Backend.decode_greedy call, the path greedy decoding without
+    timestamps takes (a GPU backend picks the token on the device and, with a decoder that chooses in its own
+    graph, feeds it to the next step there; the CPU one picks in numpy)."""
     import numpy as np
 
     mel = np.ascontiguousarray(np.repeat(mel_row, rows, axis=0))
@@ -93,20 +94,16 @@ def ours_step_loop(backend, mel_row, rows: int, prompt: list[int], n_steps: int,
         logits, cache = backend.decode(start, np.zeros(rows, np.int64), index, np.asarray([len(prompt) - 1]), cache, cross)
         token = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
         t = _now()
-        done = 0
-        while done < n_steps:
-            steps = min(backend.greedy_block, n_steps - done)
-            offsets = np.full(rows, len(prompt) + done, dtype=np.int64)
-            chosen, _, cache = backend.decode_greedy(token, offsets, no_bias, cache, cross, steps)
-            token = chosen[:, -1:]
-            done += steps
+        chosen, _, cache = backend.decode_greedy(token, np.full(rows, len(prompt), dtype=np.int64), no_bias, cache,
+                                                 cross, n_steps)
+        assert chosen.shape == (rows, n_steps)
         return _now() - t
 
     run()  # warm-up: allocations, CUDA graph capture
     samples = [run() for _ in range(repeats)]
     ms = [s / n_steps * 1e3 for s in samples]
     median = statistics.median(ms)
-    return {"rows": rows, "greedy_block": backend.greedy_block, "ms_per_step": median, "ms_per_step_min": min(ms),
+    return {"rows": rows, "greedy_queue": getattr(backend, "greedy_queue", 0), "ms_per_step": median, "ms_per_step_min": min(ms),
             "ms_per_token": median / rows, "tokens_per_s": rows / median * 1e3}
 
 
