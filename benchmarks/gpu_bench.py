@@ -262,17 +262,18 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
 
 
 def beam_breakdown(bundle_dir: Path, mel) -> dict:
-    """Where a beam-5 decode's time goes: the cache reorder runs, the decoder steps, the rest (host sampling)."""
+    """Where a beam-5 decode's time goes: the prompts, the beam steps (decode_top: cache reorder, decoder step
+    and the candidates' selection, the first two also timed alone), the rest (host bookkeeping)."""
     from whisper_export.decoding import decode
     from whisper_export.options import DecodingOptions
 
     backend, _ = gpu_backend(bundle_dir, True)
     tok = backend.bundle.tokenizer()
-    spent: dict[str, list[float]] = {"_reorder": [], "_step": [], "_prompt": []}
+    spent: dict[str, list[float]] = {"_reorder": [], "_step": [], "_prompt": [], "decode_top": []}
     for name in spent:
-        def timed(*args, _f=getattr(backend, name), _n=name):
+        def timed(*args, _f=getattr(backend, name), _n=name, **kwargs):
             t = time.perf_counter()
-            out = _f(*args)
+            out = _f(*args, **kwargs)
             spent[_n].append(time.perf_counter() - t)
             return out
         setattr(backend, name, timed)  # instance attribute: times this backend's own calls only
@@ -286,9 +287,10 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     total = time.perf_counter() - t
     out = {name.strip("_"): {"calls": len(v), "ms_each": 1e3 * sum(v) / max(len(v), 1), "s": sum(v)} for name, v in spent.items()}
     out["total_s"] = total
-    out["rest_s"] = total - sum(sum(v) for v in spent.values())
+    out["rest_s"] = total - sum(spent["_prompt"]) - sum(spent["decode_top"])  # decode_top holds the others
     aux = backend._aux
     out["reorder_graphs"] = aux._reorder.graphs if aux is not None and aux._reorder is not None else None
+    out["top_graphs"] = aux._top.graphs if aux is not None and aux._top is not None else None
     backend.close()
     return out
 
@@ -361,7 +363,7 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
     r["mode_after"] = backend.graph_mode
     r["graph_error_after"] = backend.graph_error
     aux = backend._aux
-    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select")}
+    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select", "top")}
     backend.close()
     return r
 

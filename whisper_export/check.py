@@ -164,7 +164,7 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
     if selects:  # the decoder's own choice on its last step's logits
         rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
-    return rows + check_select(bundle, out[0], rng)
+    return rows + check_select(bundle, out[0], rng) + check_top(bundle, out[0], rng)
 
 
 def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
@@ -196,6 +196,24 @@ def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -
     bias = _suppression(rng, logits.shape[-1])
     best, logprob = select.run([io.BEST_TOKEN, io.BEST_LOGPROB], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
     return _select_rows("select", logits, bias, best, logprob)
+
+
+def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """top_select.onnx (when the bundle has it) on decoder logits (R, P, V) with a random suppression bias: its
+    candidates must be sampling.top_candidates' exactly (order and ties too), their log-probabilities to fp32
+    rounding."""
+    if bundle.top_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.sampling import top_candidates
+
+    top = ort.InferenceSession(str(bundle.top_path), providers=["CPUExecutionProvider"])
+    bias = _suppression(rng, logits.shape[-1])
+    tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
+    want, want_logprobs = top_candidates((logits + bias).reshape(-1, logits.shape[-1]), io.TOP_K)
+    return [compare("top", io.TOP_TOKENS, tokens.ravel(), want.ravel(), Tolerance(0.0, 0.0, 0.0)),
+            compare("top", io.TOP_LOGPROBS, logprobs.ravel(), want_logprobs.ravel(), TOLERANCES["fp32"])]
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

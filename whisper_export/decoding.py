@@ -94,6 +94,17 @@ class Inference:
         self.length += chosen.shape[1]
         return chosen, logprobs
 
+    def top(self, tokens: np.ndarray, logit_bias: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's k best next tokens after tokens (R, T), best first, and their log-probabilities under
+        the logits + logit_bias (Backend.decode_top): ((R, k) int64, (R, k) float32)."""
+        assert self.cache is not None and tokens.shape[1] == self.length + 1, "top() continues a decode by one token"
+        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
+        offsets, cache_index = self._next_step(tokens.shape[0])
+        top, logprobs, self.cache = self.backend.decode_top(new, offsets, cache_index, logit_bias, k, self.cache,
+                                                            self.cross)
+        self.length += 1
+        return top, logprobs
+
     def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, cache_index) of the next step: every row continues at length, from the row a pending
         rearrange_kv_cache named (or its own); the pending reorder is used up."""
@@ -186,9 +197,10 @@ class DecodingTask:
         return GreedyDecoder(o.temperature, special.eot, self._rng)
 
     def _later_bias(self, decoder: TokenDecoder) -> np.ndarray | None:
-        """The logit filters of every step after the first as one additive bias, when greedy decoding needs
-        only the argmax of the filtered logits (temperature 0, every filter independent of the tokens)."""
-        if not isinstance(decoder, GreedyDecoder) or decoder.temperature != 0:
+        """The logit filters of every step after the first as one additive bias, when the decoder needs only
+        the best of the filtered logits (greedy at temperature 0: the argmax; beam search: each row's candidates)
+        and every filter is independent of the tokens."""
+        if not (isinstance(decoder, GreedyDecoder) and decoder.temperature == 0 or isinstance(decoder, BeamSearchDecoder)):
             return None
         bias = np.zeros(self.backend.dims.n_vocab, np.float32)
         for logit_filter in self.logit_filters:
@@ -271,7 +283,12 @@ class DecodingTask:
         later_bias = self._later_bias(decoder)
         i = 0
         while i < self.sample_len:
-            if i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
+            if i > 0 and later_bias is not None and isinstance(decoder, BeamSearchDecoder):
+                # the backend picks each row's candidates: no logits to the host
+                top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
+                tokens, completed = decoder.update_top(tokens, top, top_logprobs, sum_logprobs)
+                i += 1
+            elif i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
                 # the rest of the decode in one call, each step fed the previous choice on the backend's side
                 # until every row has chosen eot; what follows a row's eot is dropped
                 steps = min(self.sample_len - i, capacity - tokens.shape[-1])

@@ -51,6 +51,7 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 REORDER_FILE = "cache_reorder.onnx"
 SELECT_FILE = "greedy_select.onnx"
+TOP_FILE = "top_select.onnx"  # since session 4; a bundle without it gets its beam candidates from host logits
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
@@ -63,6 +64,9 @@ SELECT_LOGITS = "in_logits"
 LOGIT_BIAS = "in_logit_bias"
 BEST_TOKEN = "out_best_token"
 BEST_LOGPROB = "out_best_logprob"
+TOP_TOKENS = "out_top_tokens"
+TOP_LOGPROBS = "out_top_logprobs"
+TOP_K = 16  # top_select.onnx's candidates per row, best first: a beam search of up to TOP_K - 1 beams
 
 PRECISIONS = {"fp32": np.float32, "fp16": np.float16}
 

@@ -40,6 +40,20 @@ def chosen_logprobs(logits: np.ndarray, chosen: np.ndarray, scratch: np.ndarray 
     return out if chosen.ndim == 2 else out[:, 0]
 
 
+def top_candidates(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row of logits (R, V), best first and the lowest id first on ties (what the bundle's
+    top_select.onnx returns), and their log_softmax values: (ids (R, k) int64, log-probabilities (R, k))."""
+    x = logits.astype(np.float32, copy=False)
+    kth = np.partition(x, -k, axis=-1)[:, -k]  # (R,): the k-th largest value
+    ids = np.empty((x.shape[0], k), np.int64)
+    for r, row in enumerate(x):
+        # every value above the k-th, then the lowest ids among those equal to it
+        candidates = np.flatnonzero(row >= kth[r])
+        order = np.lexsort((candidates, -row[candidates]))[:k]
+        ids[r] = candidates[order]
+    return ids, chosen_logprobs(x, ids)
+
+
 # -- logit filters ------------------------------------------------------------------------------------
 
 
@@ -203,18 +217,25 @@ class BeamSearchDecoder(TokenDecoder):
         self.finished_sequences = None
 
     def update(self, tokens, logits, sum_logprobs):
+        # the k best of each row of logits are its k best log-probabilities (log_softmax shifts a row by one
+        # constant); only their log-probabilities are computed
+        top, top_logprobs = top_candidates(logits, self.candidates)
+        return self.update_top(tokens, top, top_logprobs, sum_logprobs)
+
+    @property
+    def candidates(self) -> int:
+        """Candidates per beam and step: one more than needed, as at most one of them is eot."""
+        return self.beam_size + 1
+
+    def update_top(self, tokens, top, top_logprobs, sum_logprobs):
+        """update() once each row's `candidates` best tokens (R, k) and their log-probabilities (R, k) are
+        known (Backend.decode_top), best first."""
         rows = tokens.shape[0]
         if rows % self.beam_size:
             raise ValueError(f"beam search: received {rows} rows, expected a multiple of beam_size {self.beam_size}")
         n_audio = rows // self.beam_size
         if self.finished_sequences is None:
             self.finished_sequences = [{} for _ in range(n_audio)]
-        k = self.beam_size + 1  # one more than needed: at most one of them is eot
-        # the k best of each row of logits are its k best log-probabilities (log_softmax shifts a row by one
-        # constant); only their log-probabilities are computed
-        top = np.argpartition(logits, -k, axis=-1)[:, -k:]  # (R, k), unordered
-        top_logprobs = chosen_logprobs(logits, top)  # (R, k)
-
         next_tokens: list[tuple[int, ...]] = []
         source_indices: list[int] = []
         new_sums: list[float] = []

@@ -174,6 +174,8 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             # one-row prompts came once each (without, then with timestamps), so they ran as they were
             prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
+        # beam steps without timestamps took their candidates from top_select.onnx on the "device"
+        assert sim._aux is not None and sim._aux._top is not None
         # greedy steps streamed through the ring of each row count used
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
@@ -313,3 +315,52 @@ def test_greedy_choice_by_the_backend_equals_filtering_the_logits(variant, tiny_
     for options in (DecodingOptions(), DecodingOptions(temperature=0.5, without_timestamps=True)):
         task = DecodingTask(backend, tokenizer, options)
         assert task._later_bias(task._wire(None, 4)) is None
+
+
+def test_top_candidates_are_the_sorted_best_with_ties_by_id():
+    """sampling.top_candidates (the host's beam candidates, and the contract of top_select.onnx): the k best
+    of each row, best first, equal values by id, whatever argpartition does with ties at the k-th value;
+    log-probabilities bit for bit those of log_softmax."""
+    from whisper_export.sampling import top_candidates
+
+    rng = np.random.default_rng()
+    x = rng.standard_normal((6, 5000)).astype(np.float32)
+    x[0, [7, 70, 700, 4000]] = 9.0  # four-way tie at the top
+    x[1, rng.choice(5000, 12, replace=False)] = 5.0  # a tie straddling the k-th place
+    x[2, rng.choice(5000, 100, replace=False)] = -np.inf
+    for k in (1, 6, 16):
+        ids, logprobs = top_candidates(x, k)
+        want = np.lexsort((np.broadcast_to(np.arange(5000), x.shape), -x), axis=-1)[:, :k]
+        assert np.array_equal(ids, want) and ids.dtype == np.int64
+        assert np.array_equal(logprobs, np.take_along_axis(log_softmax(x), want, axis=-1))
+    assert top_candidates(x, 4)[0][0].tolist() == [7, 70, 700, 4000]
+
+
+def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clips, simulated_cuda):
+    """decode_top through top_select.onnx on the "device" (logits left in the steering buffer) returns the
+    candidates the host picks from the logits, in the same order, log-probabilities to float32 rounding; a
+    k above TOP_K falls back to the host."""
+    from whisper_export import graph_io
+
+    mel = log_mel_batch(english_clips[:2])
+    bias = np.zeros(51864, np.float32)
+    bias[[50257, 50360]] = -np.inf
+    rows = 4
+
+    def step(backend, k):
+        cross = backend.encode(mel)
+        cache = backend.new_cache(rows, 64)
+        prompt = np.array([[50257, 50362]] * rows)
+        logits, cache = backend.decode(prompt, np.zeros(rows, np.int64), np.arange(rows), np.array([1]), cache, cross)
+        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        # rows 0-1 continue audio 0, rows 2-3 audio 1, with a beam reorder before the step
+        return backend.decode_top(token, np.full(rows, 2), np.array([1, 0, 3, 2]), bias, k, cache, cross)[:2]
+
+    with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept") as sim, simulated_cuda(tiny_bundle) as cpu:
+        for k in (6, graph_io.TOP_K):
+            (top, logprobs), (want, want_logprobs) = step(sim, k), step(cpu, k)
+            assert top.shape == (rows, k) and np.array_equal(top, want)
+            np.testing.assert_allclose(logprobs, want_logprobs, rtol=0, atol=2e-5)
+        assert len(sim._aux._top) == 1  # one captured binding, reused
+        top, _ = step(sim, graph_io.TOP_K + 1)
+        assert top.shape == (rows, graph_io.TOP_K + 1) and len(sim._aux._top) == 1

@@ -88,6 +88,27 @@ class Backend(abc.ABC):
         best = biased.argmax(axis=-1)
         return best, chosen_logprobs(biased, best), cache
 
+    def decode_top(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_bias: np.ndarray,
+        k: int,
+        cache: SelfCache,
+        cross: CrossKV,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """A one-token step that returns, per row, the k best tokens of logits + logit_bias (R, k) int64, best
+        first and the lowest id first on ties, their log-probabilities under log_softmax(logits + logit_bias)
+        (R, k) float32, and the updated cache: a beam search's candidates (BeamSearchDecoder.update_top). This
+        default selects in numpy (sampling.top_candidates); a GPU backend selects on the device."""
+        from whisper_export.sampling import top_candidates
+
+        self.check_logit_bias(logit_bias)
+        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
+        top, logprobs = top_candidates(logits[:, 0] + logit_bias, k)
+        return top, logprobs, cache
+
     def decode_greedy(
         self,
         tokens: np.ndarray,

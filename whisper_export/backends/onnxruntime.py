@@ -305,7 +305,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
-            paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path}
+            paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path, "top": self.bundle.top_path}
             self._aux = AuxGraphs(
                 lambda which, inputs, outputs, graph: self._session(paths[which], inputs, outputs, graph=graph),
                 self.buffers.zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,
@@ -341,6 +341,21 @@ class OnnxRuntimeBackend(Backend):
         else:
             best, logprobs = self._aux_graphs().select(steering.logits, cache.rows, logit_bias)
         return best, logprobs, self._after_step(cache)
+
+    def decode_top(self, tokens, offsets, cache_index, logit_bias, k: int, cache: _Cache, cross: _Cross):
+        """CUDA, a bundle with top_select.onnx and k <= TOP_K: the step leaves its logits on the device and
+        top_select.onnx picks each row's candidates there (R x TOP_K x 12 bytes reach the host instead of
+        R x n_vocab x 4); else the host picks them from the logits."""
+        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
+        if self.device == "cpu" or self.bundle.top_path is None or not one_token or not 1 <= k <= graph_io.TOP_K:
+            return super().decode_top(tokens, offsets, cache_index, logit_bias, k, cache, cross)
+        self.check_handles(cache, cross, _Cache, _Cross)
+        self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
+        self.check_logit_bias(logit_bias)
+        cache = self._reorder(cache, cache_index)
+        self._step(tokens, offsets, cache, cross, fetch=False)
+        top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
+        return top[:, :k], logprobs[:, :k], self._after_step(cache)
 
     def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int,
                       stop_token: int | None = None):

@@ -1,6 +1,7 @@
-"""The bundle's two small graphs on CUDA, next to the decoder: cache_reorder.onnx (a beam search's cache
-reorder, device to device) and greedy_select.onnx (the greedy token and its log-probability from the logits the
-decoder left on the device, so 12 bytes per row reach the host instead of 4 x n_vocab).
+"""The bundle's small graphs on CUDA, next to the decoder: cache_reorder.onnx (a beam search's cache reorder,
+device to device), greedy_select.onnx (the greedy token and its log-probability from the logits the decoder left
+on the device, so 12 bytes per row reach the host instead of 4 x n_vocab) and top_select.onnx (a beam search's
+candidates from those logits: 12 x TOP_K bytes per row).
 
 Both run on fixed device buffers: one IO binding per buffer combination, made once, whose small inputs (the
 reorder index, the logit bias) are updated in place; with CUDA graphs wanted, each binding is captured once
@@ -31,7 +32,7 @@ def _captured(open_session: Callable[[bool], Any], graph_ids: itertools.count, g
 
 
 class AuxGraphs:
-    """cache_reorder.onnx and greedy_select.onnx of one backend, each opened on first use."""
+    """cache_reorder.onnx, greedy_select.onnx and top_select.onnx of one backend, each opened on first use."""
 
     def __init__(self, open_session: Callable[..., Any], device_zeros: Callable[[tuple, Any], Any],
                  graph_ids: itertools.count, graphs: bool, n_layer: int, n_vocab: int):
@@ -40,6 +41,8 @@ class AuxGraphs:
         self._n_layer, self._n_vocab = n_layer, n_vocab
         self._reorder: CapturedRuns | None = None
         self._select: CapturedRuns | None = None
+        self._top: CapturedRuns | None = None
+        self._tops: dict[int, tuple[Any, Any]] = {}  # rows -> (candidates, their log-probabilities) on the device
         self._index: dict[int, Any] = {}  # rows -> the reorder index on the device
         self._best: dict[int, tuple[Any, Any]] = {}  # rows -> (best token, its log-probability) on the device
         self._bias: DeviceBias | None = None
@@ -95,3 +98,24 @@ class AuxGraphs:
 
         self._select.run(("select", rows, id(logits)), bind)
         return best.numpy()[:, 0].copy(), logprob.numpy()[:, 0].copy()  # views when the buffers are in host memory
+
+    def top(self, logits: Any, rows: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(candidates (R, TOP_K) int64, their log-probabilities (R, TOP_K) float32), best first, from device
+        logits (rows, 1, n_vocab) + bias."""
+        if self._top is None:
+            inputs, outputs = [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS], [graph_io.TOP_TOKENS, graph_io.TOP_LOGPROBS]
+            self._top = _captured(lambda graph: self._open("top", inputs, outputs, graph), self._graph_ids, self._graphs)
+        device_bias = self.device_bias(bias)
+        if rows not in self._tops:
+            shape = (rows, 1, graph_io.TOP_K)
+            self._tops[rows] = (self._zeros(shape, np.int64), self._zeros(shape, np.float32))
+        tokens, logprobs = self._tops[rows]
+
+        def bind(binding: Any) -> None:
+            binding.bind_ortvalue_input(graph_io.SELECT_LOGITS, logits)
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, device_bias)
+            binding.bind_ortvalue_output(graph_io.TOP_TOKENS, tokens)
+            binding.bind_ortvalue_output(graph_io.TOP_LOGPROBS, logprobs)
+
+        self._top.run(("top", rows, id(logits)), bind)
+        return tokens.numpy()[:, 0].copy(), logprobs.numpy()[:, 0].copy()  # views when the buffers are in host memory

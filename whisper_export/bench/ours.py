@@ -28,6 +28,10 @@ class CountingBackend:
         self.steps += 1
         return self.inner.decode_best(*args)
 
+    def decode_top(self, *args):
+        self.steps += 1
+        return self.inner.decode_top(*args)
+
     def decode_greedy(self, *args):
         chosen, logprobs, cache = self.inner.decode_greedy(*args)
         self.steps += chosen.shape[1]  # the steps run (those queued after an eot too), not the steps asked for
