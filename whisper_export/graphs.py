@@ -195,45 +195,39 @@ def greedy_select_graph(
     return g.model(opset, metadata)
 
 
-def _top_stage(g: GraphBuilder, values: str, index: str | None, n: int, k: int) -> tuple[str, str, int]:
-    """The k best of each row of values (R, P, n) (index (R, P, n): their token ids; None: their positions), as
-    (values, ids, length) of (R, P, blocks * k): each row cut into blocks of SELECT_WIDTH (padded with -inf)
-    and each block's k best kept, best first."""
-    blocks = -(-n // SELECT_WIDTH)
-    pad = g.const([0, 0, 0, 0, 0, blocks * SELECT_WIDTH - n])
-    shape, flat = g.const([0, 0, blocks, SELECT_WIDTH]), g.const([0, 0, -1])
-    values = g.op("Reshape", [g.op("Pad", [values, pad, g.const(-np.inf, np.float32)]), shape])  # (R, P, B, W)
-    top, where = g.op("TopK", [values, g.const([k])], n_out=2, axis=-1)  # (R, P, B, k) each
-    if index is None:  # positions in the row: the block's start + the position in the block
-        ids = g.op("Add", [where, g.const((np.arange(blocks, dtype=np.int64) * SELECT_WIDTH)[:, None])])
-    else:
-        ids = g.op("GatherElements", [g.op("Reshape", [g.op("Pad", [index, pad, g.const(0)]), shape]), where], axis=-1)
-    return g.op("Reshape", [top, flat]), g.op("Reshape", [ids, flat]), blocks * k
-
-
 def top_select_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
     """The TOP_K best tokens of device-resident logits + a logit bias, best first (the lowest id first on
     ties), and their log-probabilities under log_softmax(logits + bias), as sampling.chosen_logprobs computes
-    them to float32 rounding: a beam search's candidates without the logits on the host. TopK over rows of <=
-    SELECT_WIDTH values only (see SELECT_WIDTH): 51864 values -> 203 blocks x 16 -> 13 x 16 -> 16. No weights."""
-    k = io.TOP_K
+    them to float32 rounding: a beam search's candidates without the logits on the host. No weights.
+
+    TopK over rows of SELECT_WIDTH values only (see SELECT_WIDTH), in three stages: the vocabulary padded to 208
+    blocks of 256 (a multiple of 256 / TOP_K blocks, so that the 208 x 16 winners fill 13 rows of 256 exactly:
+    only the float values are ever padded, as onnxruntime's CUDA Pad takes no int64), then 13 x 16, then 16.
+    Every stage keeps the lowest position on ties and the winners stay in position order, so ties go by id."""
+    k, w, n_vocab = io.TOP_K, SELECT_WIDTH, dims.n_vocab
+    blocks = -(-(-(-n_vocab // w)) // (w // k)) * (w // k)  # ceil(V / w), rounded up to a multiple of w / k
+    rows2 = blocks * k // w
+    if rows2 * k > w:
+        raise ValueError(f"n_vocab: received {n_vocab}, expected at most {w * w * w // (k * k)} for top_select.onnx")
     g = GraphBuilder("whisper_top_select", np.float32)
-    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
-    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [dims.n_vocab])
+    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab])
+    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab])
     x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
-    values, ids, n = _top_stage(g, x, None, dims.n_vocab, k)
-    while n > SELECT_WIDTH:
-        values, ids, n = _top_stage(g, values, ids, n, k)
-    top, where = g.op("TopK", [values, g.const([k])], n_out=2, axis=-1)  # (R, P, k), best first
-    tokens = g.op("GatherElements", [ids, where], axis=-1)  # (R, P, k)
+    padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks * w - n_vocab]), g.const(-np.inf, np.float32)])
+    values = g.op("Reshape", [padded, g.const([0, 0, blocks, w])])  # (R, P, B, W)
+    top, where = g.op("TopK", [values, g.const([k])], n_out=2, axis=-1)  # (R, P, B, k) each
+    ids = g.op("Add", [where, g.const((np.arange(blocks, dtype=np.int64) * w)[:, None])])  # (R, P, B, k)
+    second = g.const([0, 0, rows2, w])
+    top, where = g.op("TopK", [g.op("Reshape", [top, second]), g.const([k])], n_out=2, axis=-1)  # (R, P, 13, k)
+    ids = g.op("GatherElements", [g.op("Reshape", [ids, second]), where], axis=-1)  # (R, P, 13, k)
+    flat = g.const([0, 0, -1])
+    top, where = g.op("TopK", [g.op("Reshape", [top, flat]), g.const([k])], n_out=2, axis=-1)  # (R, P, k)
+    tokens = g.op("GatherElements", [g.op("Reshape", [ids, flat]), where], axis=-1)  # (R, P, k), best first
     # (x[c] - max) - log(sum(exp(x - max))), summed per block and then over the blocks (see greedy_choice)
     best = g.op("Slice", [top, g.const([0]), g.const([1]), g.const([-1])])  # (R, P, 1): the max
-    blocks_n = -(-dims.n_vocab // SELECT_WIDTH)
-    padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks_n * SELECT_WIDTH - dims.n_vocab]), g.const(-np.inf, np.float32)])
-    blocks = g.op("Reshape", [padded, g.const([0, 0, blocks_n, SELECT_WIDTH])])  # (R, P, B, W)
-    scaled = g.op("Exp", [g.op("Sub", [blocks, g.op("Unsqueeze", [best, g.const([3])])])])  # (R, P, B, W)
+    scaled = g.op("Exp", [g.op("Sub", [values, g.op("Unsqueeze", [best, g.const([3])])])])  # (R, P, B, W)
     total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, g.const([-1])], keepdims=1), g.const([2, 3])], keepdims=0)
     log_total = g.op("Unsqueeze", [g.op("Log", [total]), g.const([2])])  # (R, P, 1)
     logprobs = g.op("Sub", [g.op("Sub", [top, best]), log_total])  # (R, P, k)

@@ -364,3 +364,17 @@ def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clip
         assert len(sim._aux._top) == 1  # one captured binding, reused
         top, _ = step(sim, graph_io.TOP_K + 1)
         assert top.shape == (rows, graph_io.TOP_K + 1) and len(sim._aux._top) == 1
+
+
+def test_select_graphs_pad_only_floats(tiny_bundle, tiny_bundle_ort):
+    """onnxruntime's CUDA Pad takes float types only: an int64 Pad would run on the CPU, with copies around it
+    and no CUDA graph (top_select.onnx's first version did, at ~0.5 ms per beam step on the H200)."""
+    import onnx
+
+    for bundle_dir in (tiny_bundle, tiny_bundle_ort):
+        bundle = Bundle.open(bundle_dir)
+        for path in (bundle.select_path, bundle.top_path, bundle.decoder_path):
+            model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+            types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
+            pads = [n for n in model.graph.node if n.op_type == "Pad"]
+            assert all(types[n.input[0]] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) for n in pads), path.name
