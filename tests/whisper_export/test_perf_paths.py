@@ -378,3 +378,43 @@ def test_select_graphs_pad_only_floats(tiny_bundle, tiny_bundle_ort):
             types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
             pads = [n for n in model.graph.node if n.op_type == "Pad"]
             assert all(types[n.input[0]] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) for n in pads), path.name
+
+
+def test_host_mapped_memory_or_a_clear_error():
+    """HostMapped: page-locked memory from the CUDA runtime, viewed as numpy arrays; on a machine without a CUDA
+    runtime library a HostMappedError that names the libraries it tried, and with one but no GPU driver (a pip
+    package may bring libcudart to a CPU machine) one that names the CUDA error."""
+    from whisper_export.backends.host_mapped import _CUDART_NAMES, HostMapped, HostMappedError, HostMemory
+
+    try:
+        memory = HostMapped(64)
+    except HostMappedError as e:
+        no_library = all(name in str(e) for name in _CUDART_NAMES[:2])
+        assert no_library or str(e).startswith("cudaHostAlloc(64): received CUDA error "), e
+        memory = HostMemory(64)
+    a, b = memory.view(np.int64, (2, 2), 0), memory.view(np.float32, (4,), 32)
+    a[:] = [[1, 2], [3, 4]]
+    b[:] = 0.5
+    assert memory.view(np.int64, (4,), 0).tolist() == [1, 2, 3, 4] and memory.view(np.float32, (8,), 32)[:4].tolist() == [0.5] * 4
+
+
+def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bundle_ort, english_clips,
+                                                                         simulated_cuda, monkeypatch):
+    """Where the CUDA runtime gives no host-mapped memory, greedy decoding goes on one decode_best per step
+    (greedy_queue 0), with the same tokens, and greedy_error says why."""
+    from whisper_export.backends.host_mapped import HostMappedError
+    from whisper_export.backends.ort_buffers import DeviceBuffers
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips[:2])
+    options = DecodingOptions(without_timestamps=True)
+    with simulated_cuda(tiny_bundle_ort, device="cuda") as backend:
+        want = [r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)]
+
+        def refuse(self, rows, queue):
+            raise HostMappedError("simulated: no CUDA runtime library")
+
+        monkeypatch.setattr(DeviceBuffers, "stream", refuse)
+        assert [r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)] == want
+        assert backend.greedy_queue == 0 and "simulated: no CUDA runtime" in backend.greedy_error

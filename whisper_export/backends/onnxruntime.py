@@ -44,6 +44,7 @@ from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
 from whisper_export.backends.ort_buffers import DeviceBuffers
 from whisper_export.backends.ort_runs import CapturedRuns
+from whisper_export.backends.ort_sessions import open_session
 from whisper_export.bundle import Bundle, BundleError
 
 DEVICES = ("cpu", "cuda")
@@ -149,45 +150,11 @@ class OnnxRuntimeBackend(Backend):
 
     # -- sessions ------------------------------------------------------------------------------------
 
-    def _providers(self, graph: bool = False) -> list:
-        if self.device == "cpu":
-            return ["CPUExecutionProvider"]
-        options = {"device_id": str(self.device_id), **self.provider_options}
-        if self.precision == "fp32":
-            options["use_tf32"] = "0"  # fp32 bundles give the CPU's tokens; TF32 GEMMs would round to 10 bits
-        if graph:
-            options["enable_cuda_graph"] = "1"
-        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-
     def _session(self, path, inputs: list[str], outputs: list[str], graph: bool = False,
                  fixed: dict[str, int] | None = None) -> ort.InferenceSession:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1  # sequential execution: one op at a time, all threads inside it
-        for name, value in (fixed or {}).items():
-            opts.add_free_dimension_override_by_name(name, value)
-        try:
-            session = ort.InferenceSession(str(path), sess_options=opts, providers=self._providers(graph))
-        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
-            if graph:
-                raise BackendError(f"{path.name}: onnxruntime cannot capture it in a CUDA graph ({e})") from e
-            raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from e
-        if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
-            # onnxruntime falls back to CPU silently when CUDA libraries fail to load
-            raise BackendError(
-                f"{path.name}: received providers {session.get_providers()}, expected CUDAExecutionProvider "
-                "(check the CUDA/cuDNN libraries onnxruntime-gpu needs)"
-            )
-        got_in = [i.name for i in session.get_inputs()]
-        got_out = [o.name for o in session.get_outputs()]
-        if sorted(got_in) != sorted(inputs) or sorted(got_out) != sorted(outputs):
-            raise BundleError(
-                f"{path.name}: received inputs {got_in} and outputs {got_out}, expected inputs {inputs} and "
-                f"outputs {outputs} (graph I/O version {graph_io.GRAPH_IO_VERSION}; re-export the bundle)"
-            )
-        return session
+        return open_session(path, inputs, outputs, device=self.device, device_id=self.device_id,
+                            precision=self.precision, threads=self.threads, provider_options=self.provider_options,
+                            graph=graph, fixed=fixed)
 
     def _open_graph_decoder(self) -> None:
         """One session that runs prompts without a graph and captures steps; else a second session with the
@@ -385,23 +352,11 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
             binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
 
-        chosen = np.empty((rows, steps), np.int64)
-        logprobs = np.empty((rows, steps), np.float32)
-        stopped = np.zeros(rows, dtype=bool)
-        stream.start(tokens)
-        queued = done = 0
-        while done < queued or queued < steps and not stopped.all():
-            while queued < steps and queued - done < stream.queue and not stopped.all():
-                s = stream.arm(queued, offsets)
-                self._run_step(lambda binding, s=s: bind(binding, s), cache, cross, "greedy", stream.queue, s,
-                               wait=False)
-                queued += 1
-            chosen[:, done], logprobs[:, done] = stream.wait(done)
-            if stop_token is not None:
-                stopped |= chosen[:, done] == stop_token
-            done += 1
-        # every queued step has finished (the ring is free for the next call); those after the stop come too
-        return chosen[:, :done], logprobs[:, :done], cache
+        def queue_step(s: int) -> None:
+            self._run_step(lambda binding: bind(binding, s), cache, cross, "greedy", stream.queue, s, wait=False)
+
+        chosen, logprobs = stream.run(queue_step, tokens, offsets, steps, stop_token)
+        return chosen, logprobs, cache
 
     def _prompt(self, tokens, offsets, logit_positions, cache: _Cache, cross: _Cross) -> np.ndarray:
         """Any other step. The first of its shape (rows, n_new, n_logits) runs as is (no graph); a shape seen

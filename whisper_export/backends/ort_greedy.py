@@ -78,3 +78,23 @@ class GreedyStream:
             elif time.monotonic() > deadline:
                 raise RuntimeError(f"greedy step {i}: no choice after {_SPIN_LIMIT_S:.0f} s (the GPU stopped)")
         return chosen.copy(), logprobs.copy()
+
+    def run(self, queue_step: Callable[[int], None], tokens: np.ndarray, offsets: np.ndarray, steps: int,
+            stop_token: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `steps` steps from tokens (rows, 1) at offsets, queue_step(slot) queueing one on the device
+        without waiting; stops queueing once every row has chosen stop_token and returns when every queued step
+        has finished (so the ring is free again): (chosen (rows, k) int64, log-probabilities (rows, k) float32)."""
+        chosen = np.empty((self.rows, steps), np.int64)
+        logprobs = np.empty((self.rows, steps), np.float32)
+        stopped = np.zeros(self.rows, dtype=bool)
+        self.start(tokens)
+        queued = done = 0
+        while done < queued or queued < steps and not stopped.all():
+            while queued < steps and queued - done < self.queue and not stopped.all():
+                queue_step(self.arm(queued, offsets))
+                queued += 1
+            chosen[:, done], logprobs[:, done] = self.wait(done)
+            if stop_token is not None:
+                stopped |= chosen[:, done] == stop_token
+            done += 1
+        return chosen[:, :done], logprobs[:, :done]

@@ -1,0 +1,58 @@
+"""Opening an onnxruntime session for a bundle graph: providers and options, and the checks that turn
+onnxruntime's silent fallbacks and loader errors into errors that name what was received and expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from whisper_export import graph_io
+from whisper_export.backends.base import BackendError
+from whisper_export.bundle import BundleError
+
+
+def providers(device: str, device_id: int, precision: str, provider_options: dict[str, str], graph: bool) -> list:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    options = {"device_id": str(device_id), **provider_options}
+    if precision == "fp32":
+        options["use_tf32"] = "0"  # fp32 bundles give the CPU's tokens; TF32 GEMMs would round to 10 bits
+    if graph:
+        options["enable_cuda_graph"] = "1"
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def open_session(path: Path, inputs: list[str], outputs: list[str], *, device: str, device_id: int, precision: str,
+                 threads: int, provider_options: dict[str, str], graph: bool = False,
+                 fixed: dict[str, int] | None = None) -> ort.InferenceSession:
+    """graph: with CUDA graph capture (BackendError where onnxruntime refuses it); fixed: free dimensions
+    overridden (a session specialised to one step shape)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1  # sequential execution: one op at a time, all threads inside it
+    for name, value in (fixed or {}).items():
+        opts.add_free_dimension_override_by_name(name, value)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts,
+                                       providers=providers(device, device_id, precision, provider_options, graph))
+    except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+        if graph:
+            raise BackendError(f"{path.name}: onnxruntime cannot capture it in a CUDA graph ({e})") from e
+        raise BundleError(f"{path}: onnxruntime cannot load it ({e})") from e
+    if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        # onnxruntime falls back to CPU silently when CUDA libraries fail to load
+        raise BackendError(
+            f"{path.name}: received providers {session.get_providers()}, expected CUDAExecutionProvider "
+            "(check the CUDA/cuDNN libraries onnxruntime-gpu needs)"
+        )
+    got_in = [i.name for i in session.get_inputs()]
+    got_out = [o.name for o in session.get_outputs()]
+    if sorted(got_in) != sorted(inputs) or sorted(got_out) != sorted(outputs):
+        raise BundleError(
+            f"{path.name}: received inputs {got_in} and outputs {got_out}, expected inputs {inputs} and "
+            f"outputs {outputs} (graph I/O version {graph_io.GRAPH_IO_VERSION}; re-export the bundle)"
+        )
+    return session
