@@ -325,7 +325,10 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
     r["encoder_b16_ms"] = summary([s * 1e3 for s in samples])
     greedy = DecodingOptions(without_timestamps=True)
     beam5 = DecodingOptions(without_timestamps=True, beam_size=5)
-    for key, m, o, one in (("greedy_b1", mel, greedy, True), ("beam5_b1", mel, beam5, True), ("greedy_b16", mel16, greedy, False)):
+    # greedy with timestamps: the rules depend on the tokens, so every step's logits go to the host
+    decodes = (("greedy_b1", mel, greedy, True), ("beam5_b1", mel, beam5, True), ("greedy_b16", mel16, greedy, False),
+               ("greedy_timestamps_b1", mel, DecodingOptions(), True))
+    for key, m, o, one in decodes:
         d = ours_decode(backend, tok, m, o, repeats, one_by_one=one)
         d.pop("token_ids")
         r[key] = d
