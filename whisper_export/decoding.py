@@ -283,21 +283,11 @@ class DecodingTask:
         later_bias = self._later_bias(decoder)
         i = 0
         while i < self.sample_len:
-            if i > 0 and later_bias is not None and isinstance(decoder, BeamSearchDecoder):
-                # the backend picks each row's candidates: no logits to the host
-                top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
-                tokens, completed = decoder.update_top(tokens, top, top_logprobs, sum_logprobs)
-                i += 1
-            elif i > 0 and later_bias is not None:  # the backend picks the tokens: no logits to the host
-                # the rest of the decode in one call, each step fed the previous choice on the backend's side
-                # until every row has chosen eot; what follows a row's eot is dropped
-                steps = min(self.sample_len - i, capacity - tokens.shape[-1])
-                chosen, logprobs = inference.greedy(tokens, later_bias, steps, stop_token=self.eot)
-                for j in range(chosen.shape[1]):
-                    tokens, completed = decoder.update_chosen(tokens, chosen[:, j], logprobs[:, j], sum_logprobs)
-                    if completed:
-                        break
-                i += chosen.shape[1]
+            if i > 0 and later_bias is not None:  # the backend picks: no logits to the host
+                budget = min(self.sample_len - i, capacity - tokens.shape[-1])
+                tokens, completed, steps = self._picked_steps(inference, decoder, tokens, later_bias, sum_logprobs,
+                                                              budget)
+                i += steps
             else:
                 if i == 0:  # the prompt step also yields the logits after <|startoftranscript|>
                     logits = inference.logits(tokens, positions=(sot_index, -1))
@@ -313,6 +303,24 @@ class DecodingTask:
             if completed or tokens.shape[-1] >= capacity:
                 break
         return tokens, sum_logprobs, no_speech_probs
+
+    def _picked_steps(self, inference: Inference, decoder: TokenDecoder, tokens: np.ndarray, later_bias: np.ndarray,
+                      sum_logprobs: np.ndarray, budget: int) -> tuple[np.ndarray, bool, int]:
+        """Steps whose tokens the backend picks from the logits + later_bias: a beam step from each row's
+        candidates (Backend.decode_top), or greedy steps up to `budget`, each fed the previous choice on the
+        backend's side until every row has chosen eot (what follows a row's eot is dropped). Returns (tokens,
+        completed, steps run)."""
+        if isinstance(decoder, BeamSearchDecoder):
+            top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
+            return (*decoder.update_top(tokens, top, top_logprobs, sum_logprobs), 1)
+        assert isinstance(decoder, GreedyDecoder)
+        chosen, logprobs = inference.greedy(tokens, later_bias, budget, stop_token=self.eot)
+        completed = False
+        for j in range(chosen.shape[1]):
+            tokens, completed = decoder.update_chosen(tokens, chosen[:, j], logprobs[:, j], sum_logprobs)
+            if completed:
+                break
+        return tokens, completed, chosen.shape[1]
 
 
 def decode(

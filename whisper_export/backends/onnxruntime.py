@@ -73,9 +73,9 @@ class OnnxRuntimeBackend(Backend):
         """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring.
         greedy_queue (CUDA, a decoder that chooses greedily): greedy steps kept queued on the device while the
         host waits for the oldest (ort_greedy.py); at most this many run after the last row's eot. 0 waits for
-        every step (decode_best per step). 2: tiny.en on the H200 runs 0.280 ms/step (4 and 8: the same; 1:
-        0.293; 0: 0.363) and decodes the 5 clips at 0.403 ms/token (4: 0.418, 8: 0.505, the steps run after
-        an eot; 0: 0.488) (NOTES.md, GPU run 16).
+        every step (decode_best per step). 2: tiny.en on the H200 runs 0.275 ms/step (4 and 8: the same; 1:
+        0.288; 0: 0.413) and decodes the 5 clips at 0.371 ms/token (4: 0.410, 8: 0.486, the steps run after
+        an eot; 0: 0.440) (NOTES.md, GPU run 19).
         provider_options (CUDA): more CUDA execution provider options, e.g. {"sdpa_kernel": "1"} to choose
         onnxruntime's attention kernels (its default, cuDNN's, measured fastest for Whisper: GPU run 12)."""
         if device not in DEVICES:
@@ -104,7 +104,7 @@ class OnnxRuntimeBackend(Backend):
         self.in_place = self.selects = self.bundle.config.get("attention") == "onnxruntime"
         self._dec_out = graph_io.decoder_outputs(n_layer, self.selects)
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
-        self._aux: AuxGraphs | None = None  # CUDA: cache_reorder.onnx and greedy_select.onnx (ort_aux.py)
+        self._aux: AuxGraphs | None = None  # CUDA: the bundle's small graphs (ort_aux.py)
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
         # streamed greedy steps need the choice inside the decoder's graph; elsewhere one step at a time
         self.greedy_queue = greedy_queue if device == "cuda" and self.selects else 0
