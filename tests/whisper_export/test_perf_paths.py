@@ -226,6 +226,28 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
         assert last_stop + 1 <= chosen.shape[1] <= last_stop + 1 + 3
         assert np.array_equal(chosen, want_chosen[:, : chosen.shape[1]])
 
+        # a run interrupted with steps queued: the next run first waits for them, then streams as before
+        stream, run_step, calls = sim.buffers.stream(3, 3), sim._run_step, []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 5:  # steps 0-3 queued, 0 and 1 seen to finish
+                raise KeyboardInterrupt
+            run_step(*args, **kwargs)
+
+        token, cache, cross = start(sim)
+        sim._run_step = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        del sim._run_step
+        assert list(stream._unfinished) == [2, 3]  # queued, never waited for
+        waited, wait = [], stream.wait
+        stream.wait = lambda i: waited.append(i) or wait(i)
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        assert waited[:2] == [2, 3] and np.array_equal(chosen, want_chosen[:, :10])
+        del stream.wait
+
         with pytest.raises(ValueError, match=r"expected offset \+ n_new <= cache capacity 448"):
             sim.decode_greedy(token, np.full(3, 440), bias, cache, cross, 9)
         with pytest.raises(ValueError, match=r"expected \(rows, 1\)"):

@@ -39,6 +39,7 @@ class GreedyStream:
         self.tokens = self._memory.view(np.int64, (self.slots, rows), 0)
         self.offsets = self._memory.view(np.int64, (self.slots, rows), 8 * n)
         self.logprobs = self._memory.view(np.float32, (self.slots, rows), 16 * n)
+        self._unfinished = range(0)  # steps a run that raised left queued
 
     def bind_step(self, binding: Any, s: int) -> None:
         """Slot s's step: its token and offsets in, its choice out, all in the ring."""
@@ -84,17 +85,29 @@ class GreedyStream:
         """Up to `steps` steps from tokens (rows, 1) at offsets, queue_step(slot) queueing one on the device
         without waiting; stops queueing once every row has chosen stop_token and returns when every queued step
         has finished (so the ring is free again): (chosen (rows, k) int64, log-probabilities (rows, k) float32)."""
+        self._drain()
         chosen = np.empty((self.rows, steps), np.int64)
         logprobs = np.empty((self.rows, steps), np.float32)
         stopped = np.zeros(self.rows, dtype=bool)
         self.start(tokens)
         queued = done = 0
-        while done < queued or queued < steps and not stopped.all():
-            while queued < steps and queued - done < self.queue and not stopped.all():
-                queue_step(self.arm(queued, offsets))
-                queued += 1
-            chosen[:, done], logprobs[:, done] = self.wait(done)
-            if stop_token is not None:
-                stopped |= chosen[:, done] == stop_token
-            done += 1
+        try:
+            while done < queued or queued < steps and not stopped.all():
+                while queued < steps and queued - done < self.queue and not stopped.all():
+                    queue_step(self.arm(queued, offsets))
+                    queued += 1
+                chosen[:, done], logprobs[:, done] = self.wait(done)
+                if stop_token is not None:
+                    stopped |= chosen[:, done] == stop_token
+                done += 1
+        except BaseException:
+            self._unfinished = range(done, queued)  # still running on the device: the next run waits for them
+            raise
         return chosen[:, :done], logprobs[:, :done]
+
+    def _drain(self) -> None:
+        """After a run that raised (an interrupt, a failed step), wait for the steps it left queued: they still
+        write into the ring."""
+        unfinished, self._unfinished = self._unfinished, range(0)
+        for i in unfinished:
+            self.wait(i)
