@@ -440,3 +440,30 @@ def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bu
         monkeypatch.setattr(DeviceBuffers, "stream", refuse)
         assert [r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)] == want
         assert backend.greedy_queue == 0 and "simulated: no CUDA runtime" in backend.greedy_error
+
+
+def test_bundle_without_top_select_takes_beam_candidates_from_host_logits(tiny_bundle, english_clips, tmp_path,
+                                                                         simulated_cuda):
+    """A bundle exported before top_select.onnx existed opens (the file is optional) and beam search on the CUDA
+    path picks its candidates from host logits instead, with the same tokens."""
+    import json
+
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    old = tmp_path / "old-bundle"
+    shutil.copytree(tiny_bundle, old)
+    (old / "top_select.onnx").unlink()
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["files"]["top_select.onnx"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert Bundle.open(old).top_path is None and Bundle.open(tiny_bundle).top_path is not None
+
+    mel = log_mel_batch(english_clips[:2])
+    options = DecodingOptions(beam_size=3, without_timestamps=True)
+    results = []
+    for directory in (old, tiny_bundle):
+        with simulated_cuda(directory, device="cuda") as backend:
+            results.append([r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
+            assert (backend._aux is not None and backend._aux._top is not None) == (directory == tiny_bundle)
+    assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
