@@ -164,7 +164,7 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
     if selects:  # the decoder's own choice on its last step's logits
         rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
-    return rows + check_select(bundle, out[0], rng) + check_top(bundle, out[0], rng)
+    return rows + check_select(bundle, out[0], rng) + check_top(bundle, out[0], rng) + check_limited(bundle, out[0], rng)
 
 
 def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
@@ -214,6 +214,34 @@ def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> l
     want, want_logprobs = top_candidates((logits + bias).reshape(-1, logits.shape[-1]), io.TOP_K)
     return [compare("top", io.TOP_TOKENS, tokens.ravel(), want.ravel(), Tolerance(0.0, 0.0, 0.0)),
             compare("top", io.TOP_LOGPROBS, logprobs.ravel(), want_logprobs.ravel(), TOLERANCES["fp32"])]
+
+
+def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """timestamp_select.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
+    and random timestamp limits: its token must be the host rules' (ApplyTimestampRules.apply_limits +
+    prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding."""
+    if bundle.limited_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.sampling import ApplyTimestampRules, chosen_logprobs
+
+    special = bundle.tokenizer().special
+    rules = ApplyTimestampRules(special, 0, None)
+    rows, n_vocab, ts_begin = logits.shape[0], logits.shape[-1], special.timestamp_begin
+    limits = np.stack([rng.choice([0, special.eot], rows),
+                       rng.choice([ts_begin, ts_begin + 100, rules.ALL_TIMESTAMPS], rows)], axis=1).astype(np.int64)
+    bias = _suppression(rng, n_vocab)
+    limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
+    first = np.ascontiguousarray(logits[:, :1])
+    best, logprob = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB],
+                                {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_LIMITS: limits})
+    biased = first[:, 0] + bias
+    rules.apply_limits(biased, limits)
+    rules.prefer_timestamps(biased)
+    want = biased.argmax(-1)
+    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
+            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

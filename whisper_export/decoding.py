@@ -105,6 +105,17 @@ class Inference:
         self.length += 1
         return top, logprobs
 
+    def best_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's greedy next token after tokens (R, T) under logit_bias and the timestamp rules, and its
+        log-probability (Backend.decode_best_limited): ((R,) int64, (R,) float32)."""
+        assert self.cache is not None and tokens.shape[1] == self.length + 1, "best_limited() continues a decode"
+        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
+        offsets, cache_index = self._next_step(tokens.shape[0])
+        best, logprobs, self.cache = self.backend.decode_best_limited(
+            new, offsets, cache_index, logit_bias, rules.limits(tokens), rules, self.cache, self.cross)
+        self.length += 1
+        return best, logprobs
+
     def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, cache_index) of the next step: every row continues at length, from the row a pending
         rearrange_kv_cache named (or its own); the pending reorder is used up."""
@@ -196,6 +207,27 @@ class DecodingTask:
             return BeamSearchDecoder(o.beam_size, special.eot, inference, o.patience)
         return GreedyDecoder(o.temperature, special.eot, self._rng)
 
+    def _picked(self, decoder: TokenDecoder) -> tuple[np.ndarray, ApplyTimestampRules | None] | None:
+        """How the backend can pick the tokens after the first sampled step, with no logits to the host: (the
+        filters as one bias, None) when every filter is a fixed bias (_later_bias); (the other filters' bias,
+        the timestamp rules) for greedy at temperature 0 with timestamps; None when the host needs the logits."""
+        later_bias = self._later_bias(decoder)
+        if later_bias is not None:
+            return later_bias, None
+        if not isinstance(decoder, GreedyDecoder) or decoder.temperature != 0:
+            return None
+        rules = [f for f in self.logit_filters if isinstance(f, ApplyTimestampRules)]
+        if len(rules) != 1:
+            return None
+        bias = rules[0].fixed_bias(self.backend.dims.n_vocab)
+        for logit_filter in self.logit_filters:
+            if logit_filter is not rules[0]:
+                part = logit_filter.later_bias(bias.shape[0])
+                if part is None:
+                    return None
+                bias += part
+        return bias, rules[0]
+
     def _later_bias(self, decoder: TokenDecoder) -> np.ndarray | None:
         """The logit filters of every step after the first as one additive bias, when the decoder needs only
         the best of the filtered logits (greedy at temperature 0: the argmax; beam search: each row's candidates)
@@ -280,12 +312,12 @@ class DecodingTask:
         sum_logprobs = np.zeros(n_rows, dtype=np.float64)
         no_speech_probs = np.full(n_rows, np.nan)
         decoder.reset()
-        later_bias = self._later_bias(decoder)
+        picked = self._picked(decoder)
         i = 0
         while i < self.sample_len:
-            if i > 0 and later_bias is not None:  # the backend picks: no logits to the host
+            if i > 0 and picked is not None:  # the backend picks: no logits to the host
                 budget = min(self.sample_len - i, capacity - tokens.shape[-1])
-                tokens, completed, steps = self._picked_steps(inference, decoder, tokens, later_bias, sum_logprobs,
+                tokens, completed, steps = self._picked_steps(inference, decoder, tokens, *picked, sum_logprobs,
                                                               budget)
                 i += steps
             else:
@@ -305,11 +337,16 @@ class DecodingTask:
         return tokens, sum_logprobs, no_speech_probs
 
     def _picked_steps(self, inference: Inference, decoder: TokenDecoder, tokens: np.ndarray, later_bias: np.ndarray,
-                      sum_logprobs: np.ndarray, budget: int) -> tuple[np.ndarray, bool, int]:
-        """Steps whose tokens the backend picks from the logits + later_bias: a beam step from each row's
-        candidates (Backend.decode_top), or greedy steps up to `budget`, each fed the previous choice on the
-        backend's side until every row has chosen eot (what follows a row's eot is dropped). Returns (tokens,
-        completed, steps run)."""
+                      rules: ApplyTimestampRules | None, sum_logprobs: np.ndarray,
+                      budget: int) -> tuple[np.ndarray, bool, int]:
+        """Steps whose tokens the backend picks from the logits + later_bias: one greedy step under the
+        timestamp rules (Backend.decode_best_limited), a beam step from each row's candidates
+        (Backend.decode_top), or greedy steps up to `budget`, each fed the previous choice on the backend's side
+        until every row has chosen eot (what follows a row's eot is dropped). Returns (tokens, completed, steps
+        run)."""
+        if rules is not None:
+            best, logprobs = inference.best_limited(tokens, later_bias, rules)
+            return (*decoder.update_chosen(tokens, best, logprobs, sum_logprobs), 1)
         if isinstance(decoder, BeamSearchDecoder):
             top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
             return (*decoder.update_top(tokens, top, top_logprobs, sum_logprobs), 1)

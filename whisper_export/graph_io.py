@@ -52,6 +52,7 @@ DECODER_FILE = "decoder.onnx"
 REORDER_FILE = "cache_reorder.onnx"
 SELECT_FILE = "greedy_select.onnx"
 TOP_FILE = "top_select.onnx"  # since session 4; a bundle without it gets its beam candidates from host logits
+LIMITED_FILE = "timestamp_select.onnx"  # since session 4; without it, greedy with timestamps uses host logits
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
@@ -64,6 +65,7 @@ SELECT_LOGITS = "in_logits"
 LOGIT_BIAS = "in_logit_bias"
 BEST_TOKEN = "out_best_token"
 BEST_LOGPROB = "out_best_logprob"
+TIMESTAMP_LIMITS = "in_timestamp_limits"  # (rows, 2) int64: sampling.ApplyTimestampRules.limits
 TOP_TOKENS = "out_top_tokens"
 TOP_LOGPROBS = "out_top_logprobs"
 TOP_K = 16  # top_select.onnx's candidates per row, best first: a beam search of up to TOP_K - 1 beams

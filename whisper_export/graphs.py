@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 from onnx import TensorProto
@@ -153,7 +155,7 @@ def cache_reorder_graph(
 SELECT_WIDTH = 256
 
 
-def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tuple[str, ...]:
+def greedy_choice(g: GraphBuilder, logits: str, bias: str | None, n_vocab: int) -> tuple[str, ...]:
     """(best token (R, P) int64, its log-probability (R, P) float32) of float32 logits (R, P, V) + bias (V,):
     argmax, the first index on ties, and -log(sum(exp(x - max))), which is sampling.chosen_logprobs' value to
     float32 rounding. 13 kernels after the logits' Cast (each costs a GPU step ~1.7 us at batch 1).
@@ -163,7 +165,8 @@ def greedy_choice(g: GraphBuilder, logits: str, bias: str, n_vocab: int) -> tupl
     """
     blocks_n = -(-n_vocab // SELECT_WIDTH)
     one, last = g.const([1]), g.const([-1])
-    x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
+    # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly (None: logits already filtered)
+    x = g.op("Add", [logits, bias]) if bias is not None else logits
     padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks_n * SELECT_WIDTH - n_vocab]), g.const(-np.inf, np.float32)])
     blocks = g.op("Reshape", [padded, g.const([0, 0, blocks_n, SELECT_WIDTH])])  # (R, P, B, W)
     block_top, block_best = g.op("TopK", [blocks, one], n_out=2, axis=-1)  # (R, P, B, 1) each
@@ -234,3 +237,55 @@ def top_select_graph(
     g.output(io.TOP_TOKENS, tokens, TensorProto.INT64, ["rows", "n_logits", k])
     g.output(io.TOP_LOGPROBS, logprobs, TensorProto.FLOAT, ["rows", "n_logits", k])
     return g.model(opset, metadata)
+
+
+def _row_max(g: GraphBuilder, x: str, n: int) -> str:
+    """max over the last axis of x (R, P, n) float32 as (R, P, 1): TopK over blocks of SELECT_WIDTH, then over
+    the blocks' winners (onnxruntime's CUDA ReduceMax is a slow cuDNN reduction; see SELECT_WIDTH)."""
+    blocks = -(-n // SELECT_WIDTH)
+    padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks * SELECT_WIDTH - n]), g.const(-np.inf, np.float32)])
+    top, _ = g.op("TopK", [g.op("Reshape", [padded, g.const([0, 0, blocks, SELECT_WIDTH])]), g.const([1])], n_out=2,
+                  axis=-1)  # (R, P, B, 1)
+    top, _ = g.op("TopK", [g.op("Reshape", [top, g.const([0, 0, -1])]), g.const([1])], n_out=2, axis=-1)
+    return top  # (R, P, 1)
+
+
+def timestamp_select_graph(
+    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
+) -> onnx.ModelProto:
+    """The greedy choice under openai's timestamp rules after the first sampled step, from device-resident
+    logits + a logit bias and each row's limits (sampling.ApplyTimestampRules.limits: ids below text_end and
+    timestamps below ts_min are forbidden), then the rule that prefers a timestamp when the timestamps together
+    are likelier than the best text token: what ApplyTimestampRules.apply_limits + prefer_timestamps and the
+    greedy argmax do on host logits (the preference compares log-sum-exps computed in another order, so a near
+    tie could go the other way). No weights; the timestamp range is the bundle's."""
+    n_vocab, ts_begin = dims.n_vocab, metadata_special(metadata)["timestamp_begin"]
+    g = GraphBuilder("whisper_timestamp_select", np.float32)
+    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab])
+    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab])
+    limits = g.input(io.TIMESTAMP_LIMITS, TensorProto.INT64, ["rows", 2])
+    ids = g.const(np.arange(n_vocab, dtype=np.int64))  # (V,)
+    lim = g.op("Unsqueeze", [limits, g.const([1])])  # (R, 1, 2)
+    text_end = g.op("Slice", [lim, g.const([0]), g.const([1]), g.const([2])])  # (R, 1, 1)
+    ts_min = g.op("Slice", [lim, g.const([1]), g.const([2]), g.const([2])])  # (R, 1, 1)
+    is_timestamp = g.const(np.arange(n_vocab) >= ts_begin, np.bool_)  # (V,)
+    forbidden = g.op("Or", [g.op("Less", [ids, text_end]), g.op("And", [is_timestamp, g.op("Less", [ids, ts_min])])])
+    x = g.op("Where", [forbidden, g.const(-np.inf, np.float32), g.op("Add", [logits, bias])])  # (R, P, V)
+    # log(sum(exp(timestamps))) > max(text): log_softmax's shift is the same on both sides
+    text = g.op("Slice", [x, g.const([0]), g.const([ts_begin]), g.const([2])])  # (R, P, ts_begin)
+    stamps = g.op("Slice", [x, g.const([ts_begin]), g.const([n_vocab]), g.const([2])])  # (R, P, V - ts_begin)
+    stamp_max = _row_max(g, stamps, n_vocab - ts_begin)  # (R, P, 1)
+    safe = g.op("Where", [g.op("IsInf", [stamp_max]), g.const(0.0, np.float32), stamp_max])  # numpy's guard
+    stamp_sum = g.op("ReduceSum", [g.op("Exp", [g.op("Sub", [stamps, safe])]), g.const([2])], keepdims=1)
+    stamp_lse = g.op("Add", [safe, g.op("Log", [stamp_sum])])  # (R, P, 1)
+    prefer = g.op("Greater", [stamp_lse, _row_max(g, text, ts_begin)])  # (R, P, 1)
+    x = g.op("Where", [g.op("And", [prefer, g.op("Not", [is_timestamp])]), g.const(-np.inf, np.float32), x])
+    best, logprob = greedy_choice(g, x, None, n_vocab)
+    g.output(io.BEST_TOKEN, best, TensorProto.INT64, ["rows", "n_logits"])
+    g.output(io.BEST_LOGPROB, logprob, TensorProto.FLOAT, ["rows", "n_logits"])
+    return g.model(opset, metadata)
+
+
+def metadata_special(metadata: dict) -> dict:
+    """The special token ids of the bundle config that export writes into every graph's metadata."""
+    return json.loads(metadata[io.METADATA_KEY])["special_tokens"]

@@ -97,40 +97,60 @@ class SuppressBlank(LogitFilter):
 
 
 class ApplyTimestampRules(LogitFilter):
-    """Keep timestamp tokens well-formed: in pairs around text, never decreasing, the first one early."""
+    """Keep timestamp tokens well-formed: in pairs around text, never decreasing, the first one early.
+
+    After the first sampled step every rule but the last is a pair of limits per row (limits()): ids below
+    text_end are forbidden (0 or eot) and so are timestamps below ts_min (ALL_TIMESTAMPS forbids them all); the
+    last rule (prefer_timestamps) compares the timestamps' total probability with the best text token's. A
+    backend can apply both to logits it keeps on the device (Backend.decode_best_limited)."""
+
+    ALL_TIMESTAMPS = 1 << 40
 
     def __init__(self, special: SpecialTokens, sample_begin: int, max_initial_timestamp_index: int | None):
         self.special = special
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
 
-    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+    def fixed_bias(self, n_vocab: int) -> np.ndarray:
+        """What apply() does whatever the tokens: <|notimestamps|> is the without_timestamps prompt's business,
+        never a sampled token."""
+        bias = np.zeros(n_vocab, np.float32)
+        bias[self.special.no_timestamps] = -np.inf
+        return bias
+
+    def limits(self, tokens: np.ndarray) -> np.ndarray:
+        """(text_end, ts_min) per row (R, 2) int64, from the tokens (R, T) so far."""
         ts_begin, eot = self.special.timestamp_begin, self.special.eot
-        # <|notimestamps|> is the without_timestamps prompt's business, never a sampled token
-        logits[:, self.special.no_timestamps] = -np.inf
+        limits = np.empty((tokens.shape[0], 2), np.int64)
         for k in range(tokens.shape[0]):
             sampled = tokens[k, self.sample_begin :]
             last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
             penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
+            text_end, ts_min = 0, ts_begin
             if last_was_timestamp:
                 if penultimate_was_timestamp:  # a segment just closed: text must follow
-                    logits[k, ts_begin:] = -np.inf
+                    ts_min = self.ALL_TIMESTAMPS
                 else:  # text just ended: close it with a timestamp (or end the window)
-                    logits[k, :eot] = -np.inf
+                    text_end = eot
             timestamps = sampled[sampled >= ts_begin]
             if timestamps.size:
                 # never go back in time, and give each segment a nonzero length (no infinite loops)
                 if last_was_timestamp and not penultimate_was_timestamp:
-                    timestamp_last = timestamps[-1]
+                    ts_min = max(ts_min, int(timestamps[-1]))
                 else:
-                    timestamp_last = timestamps[-1] + 1
-                logits[k, ts_begin:timestamp_last] = -np.inf
-        if tokens.shape[1] == self.sample_begin:
-            # the first sampled token is a timestamp, and not too late a one
-            logits[:, :ts_begin] = -np.inf
-            if self.max_initial_timestamp_index is not None:
-                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
-        # when the timestamps together are likelier than any single text token, emit a timestamp
+                    ts_min = max(ts_min, int(timestamps[-1]) + 1)
+            limits[k] = text_end, ts_min
+        return limits
+
+    def apply_limits(self, logits: np.ndarray, limits: np.ndarray) -> None:
+        ts_begin = self.special.timestamp_begin
+        for k, (text_end, ts_min) in enumerate(limits.tolist()):
+            logits[k, :text_end] = -np.inf
+            logits[k, ts_begin : min(ts_min, logits.shape[1])] = -np.inf
+
+    def prefer_timestamps(self, logits: np.ndarray) -> None:
+        """When the timestamps together are likelier than any single text token, emit a timestamp."""
+        ts_begin = self.special.timestamp_begin
         logprobs = log_softmax(logits)
         with np.errstate(divide="ignore"):
             ts = logprobs[:, ts_begin:]
@@ -139,6 +159,17 @@ class ApplyTimestampRules(LogitFilter):
             timestamp_logprob = (safe + np.log(np.exp(ts - safe).sum(axis=-1, keepdims=True)))[:, 0]
         max_text_logprob = logprobs[:, :ts_begin].max(axis=-1)
         logits[timestamp_logprob > max_text_logprob, :ts_begin] = -np.inf
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        ts_begin = self.special.timestamp_begin
+        logits[:, self.special.no_timestamps] = -np.inf
+        self.apply_limits(logits, self.limits(tokens))
+        if tokens.shape[1] == self.sample_begin:
+            # the first sampled token is a timestamp, and not too late a one
+            logits[:, :ts_begin] = -np.inf
+            if self.max_initial_timestamp_index is not None:
+                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+        self.prefer_timestamps(logits)
 
 
 # -- token decoders -----------------------------------------------------------------------------------

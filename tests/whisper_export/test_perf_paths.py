@@ -174,8 +174,9 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             # one-row prompts came once each (without, then with timestamps), so they ran as they were
             prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
-        # beam steps without timestamps took their candidates from top_select.onnx on the "device"
-        assert sim._aux is not None and sim._aux._top is not None
+        # beam steps without timestamps took their candidates from top_select.onnx on the "device", greedy
+        # steps with timestamps their tokens from timestamp_select.onnx
+        assert sim._aux is not None and sim._aux._top is not None and sim._aux._limited is not None
         # greedy steps streamed through the ring of each row count used
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
@@ -395,7 +396,7 @@ def test_select_graphs_pad_only_floats(tiny_bundle, tiny_bundle_ort):
 
     for bundle_dir in (tiny_bundle, tiny_bundle_ort):
         bundle = Bundle.open(bundle_dir)
-        for path in (bundle.select_path, bundle.top_path, bundle.decoder_path):
+        for path in (bundle.select_path, bundle.top_path, bundle.limited_path, bundle.decoder_path):
             model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
             types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.input)}
             pads = [n for n in model.graph.node if n.op_type == "Pad"]
@@ -467,3 +468,35 @@ def test_bundle_without_top_select_takes_beam_candidates_from_host_logits(tiny_b
             results.append([r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
             assert (backend._aux is not None and backend._aux._top is not None) == (directory == tiny_bundle)
     assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_greedy_with_timestamps_under_limits_equals_filtering_the_logits(device, tiny_bundle, english_clips,
+                                                                        simulated_cuda):
+    """Greedy with timestamps after the first sampled step goes through Backend.decode_best_limited (the rules
+    as per-row limits plus the timestamp preference; on the "device" timestamp_select.onnx): the tokens of
+    filtering host logits every step (the path it replaces), and the same sum of log-probabilities, bit for bit
+    on the CPU, to float32 rounding through the graph."""
+    from whisper_export.decoding import DecodingTask
+    from whisper_export.options import DecodingOptions
+
+    class LogitsEveryStep(DecodingTask):
+        def _picked(self, decoder):
+            return None
+
+    mel = log_mel_batch(english_clips)
+    with simulated_cuda(tiny_bundle, device=device) as backend:
+        tokenizer, options = backend.bundle.tokenizer(), DecodingOptions()
+        calls = []
+        original = backend.decode_best_limited
+        backend.decode_best_limited = lambda *a: calls.append(1) or original(*a)  # counts, then runs the real one
+        fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert len(calls) > 10
+        slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert (backend._aux is not None and backend._aux._limited is not None) == (device == "cuda")
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and any(t >= tokenizer.special.timestamp_begin for t in a.tokens)
+        if device == "cpu":
+            assert a.sum_logprob == b.sum_logprob
+        else:
+            assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=1e-5, abs=1e-5)

@@ -109,6 +109,32 @@ class Backend(abc.ABC):
         top, logprobs = top_candidates(logits[:, 0] + logit_bias, k)
         return top, logprobs, cache
 
+    def decode_best_limited(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_bias: np.ndarray,
+        limits: np.ndarray,
+        rules: Any,
+        cache: SelfCache,
+        cross: CrossKV,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """decode_best with openai's timestamp rules after the first sampled step: logits + logit_bias, then
+        rules.apply_limits(limits (R, 2)) and rules.prefer_timestamps (sampling.ApplyTimestampRules), then the
+        argmax and its log-probability, bit for bit what the logit filters and GreedyDecoder compute on host
+        logits. This default does exactly that in numpy; a GPU backend applies the rules on the device
+        (timestamp_select.onnx)."""
+        from whisper_export.sampling import chosen_logprobs
+
+        self.check_logit_bias(logit_bias)
+        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
+        biased = logits[:, 0] + logit_bias
+        rules.apply_limits(biased, limits)
+        rules.prefer_timestamps(biased)
+        best = biased.argmax(axis=-1)
+        return best, chosen_logprobs(biased, best), cache
+
     def decode_greedy(
         self,
         tokens: np.ndarray,

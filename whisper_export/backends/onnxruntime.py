@@ -272,7 +272,8 @@ class OnnxRuntimeBackend(Backend):
 
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
-            paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path, "top": self.bundle.top_path}
+            paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path, "top": self.bundle.top_path,
+                     "limited": self.bundle.limited_path}
             self._aux = AuxGraphs(
                 lambda which, inputs, outputs, graph: self._session(paths[which], inputs, outputs, graph=graph),
                 self.buffers.zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,
@@ -323,6 +324,24 @@ class OnnxRuntimeBackend(Backend):
         self._step(tokens, offsets, cache, cross, fetch=False)
         top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
         return top[:, :k], logprobs[:, :k], self._after_step(cache)
+
+    def decode_best_limited(self, tokens, offsets, cache_index, logit_bias, limits, rules, cache: _Cache,
+                            cross: _Cross):
+        """CUDA, a bundle with timestamp_select.onnx: the step leaves its logits on the device and the graph
+        applies the timestamp rules and picks there; else the host does it on the logits."""
+        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
+        if self.device == "cpu" or self.bundle.limited_path is None or not one_token:
+            return super().decode_best_limited(tokens, offsets, cache_index, logit_bias, limits, rules, cache, cross)
+        self.check_handles(cache, cross, _Cache, _Cross)
+        self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
+        self.check_logit_bias(logit_bias)
+        if limits.shape != (cache.rows, 2):
+            raise ValueError(f"limits: received shape {limits.shape}, expected ({cache.rows}, 2)")
+        cache = self._reorder(cache, cache_index)
+        self._step(tokens, offsets, cache, cross, fetch=False)
+        best, logprobs = self._aux_graphs().limited(self.buffers.steering(cache.rows).logits, cache.rows,
+                                                     logit_bias, limits)
+        return best, logprobs, self._after_step(cache)
 
     def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int,
                       stop_token: int | None = None):

@@ -1,7 +1,8 @@
 """The bundle's small graphs on CUDA, next to the decoder: cache_reorder.onnx (a beam search's cache reorder,
 device to device), greedy_select.onnx (the greedy token and its log-probability from the logits the decoder left
-on the device, so 12 bytes per row reach the host instead of 4 x n_vocab) and top_select.onnx (a beam search's
-candidates from those logits: 12 x TOP_K bytes per row).
+on the device, so 12 bytes per row reach the host instead of 4 x n_vocab), top_select.onnx (a beam search's
+candidates from those logits: 12 x TOP_K bytes per row) and timestamp_select.onnx (the greedy token under the
+timestamp rules, from those logits and each row's limits).
 
 Both run on fixed device buffers: one IO binding per buffer combination, made once, whose small inputs (the
 reorder index, the logit bias) are updated in place; with CUDA graphs wanted, each binding is captured once
@@ -32,7 +33,7 @@ def _captured(open_session: Callable[[bool], Any], graph_ids: itertools.count, g
 
 
 class AuxGraphs:
-    """cache_reorder.onnx, greedy_select.onnx and top_select.onnx of one backend, each opened on first use."""
+    """The small graphs of one backend (reorder, select, top, limited), each opened on first use."""
 
     def __init__(self, open_session: Callable[..., Any], device_zeros: Callable[[tuple, Any], Any],
                  graph_ids: itertools.count, graphs: bool, n_layer: int, n_vocab: int):
@@ -42,6 +43,8 @@ class AuxGraphs:
         self._reorder: CapturedRuns | None = None
         self._select: CapturedRuns | None = None
         self._top: CapturedRuns | None = None
+        self._limited: CapturedRuns | None = None
+        self._limits: dict[int, Any] = {}  # rows -> the timestamp limits (rows, 2) on the device
         self._tops: dict[int, tuple[Any, Any]] = {}  # rows -> (candidates, their log-probabilities) on the device
         self._index: dict[int, Any] = {}  # rows -> the reorder index on the device
         self._best: dict[int, tuple[Any, Any]] = {}  # rows -> (best token, its log-probability) on the device
@@ -119,3 +122,28 @@ class AuxGraphs:
 
         self._top.run(("top", rows, id(logits)), bind)
         return tokens.numpy()[:, 0].copy(), logprobs.numpy()[:, 0].copy()  # views when the buffers are in host memory
+
+    def limited(self, logits: Any, rows: int, bias: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best token (R,) int64, its log-probability (R,) float32) under the timestamp rules' limits (R, 2),
+        from device logits (rows, 1, n_vocab) + bias."""
+        if self._limited is None:
+            inputs = [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS, graph_io.TIMESTAMP_LIMITS]
+            outputs = [graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB]
+            self._limited = _captured(lambda graph: self._open("limited", inputs, outputs, graph), self._graph_ids,
+                                      self._graphs)
+        device_bias = self.device_bias(bias)
+        if rows not in self._limits:
+            self._limits[rows] = self._zeros((rows, 2), np.int64)
+        device_limits = self._limits[rows]
+        device_limits.update_inplace(np.ascontiguousarray(limits, dtype=np.int64))
+        best, logprob = self.choice_buffers(rows)
+
+        def bind(binding: Any) -> None:
+            binding.bind_ortvalue_input(graph_io.SELECT_LOGITS, logits)
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, device_bias)
+            binding.bind_ortvalue_input(graph_io.TIMESTAMP_LIMITS, device_limits)
+            binding.bind_ortvalue_output(graph_io.BEST_TOKEN, best)
+            binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, logprob)
+
+        self._limited.run(("limited", rows, id(logits)), bind)
+        return best.numpy()[:, 0].copy(), logprob.numpy()[:, 0].copy()  # views when the buffers are in host memory
