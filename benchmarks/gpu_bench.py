@@ -366,7 +366,7 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
     r["mode_after"] = backend.graph_mode
     r["graph_error_after"] = backend.graph_error
     aux = backend._aux
-    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select", "top")}
+    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select", "top", "limited")}
     backend.close()
     return r
 

@@ -28,6 +28,10 @@ class CountingBackend:
         self.steps += 1
         return self.inner.decode_best(*args)
 
+    def decode_best_limited(self, *args):
+        self.steps += 1
+        return self.inner.decode_best_limited(*args)
+
     def decode_top(self, *args):
         self.steps += 1
         return self.inner.decode_top(*args)
