@@ -443,10 +443,11 @@ def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bu
         assert backend.greedy_queue == 0 and "simulated: no CUDA runtime" in backend.greedy_error
 
 
-def test_bundle_without_top_select_takes_beam_candidates_from_host_logits(tiny_bundle, english_clips, tmp_path,
+def test_bundle_without_the_session_4_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
                                                                          simulated_cuda):
-    """A bundle exported before top_select.onnx existed opens (the file is optional) and beam search on the CUDA
-    path picks its candidates from host logits instead, with the same tokens."""
+    """A bundle exported before top_select.onnx and timestamp_select.onnx existed opens (the files are optional)
+    and beam search and greedy with timestamps on the CUDA path work on host logits instead, with the same
+    tokens."""
     import json
 
     from whisper_export.decoding import decode
@@ -454,19 +455,23 @@ def test_bundle_without_top_select_takes_beam_candidates_from_host_logits(tiny_b
 
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle, old)
-    (old / "top_select.onnx").unlink()
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["files"]["top_select.onnx"]
+    for name in ("top_select.onnx", "timestamp_select.onnx"):
+        (old / name).unlink()
+        del manifest["files"][name]
     (old / "manifest.json").write_text(json.dumps(manifest))
-    assert Bundle.open(old).top_path is None and Bundle.open(tiny_bundle).top_path is not None
+    assert Bundle.open(old).top_path is None and Bundle.open(old).limited_path is None
+    assert Bundle.open(tiny_bundle).top_path is not None and Bundle.open(tiny_bundle).limited_path is not None
 
     mel = log_mel_batch(english_clips[:2])
-    options = DecodingOptions(beam_size=3, without_timestamps=True)
     results = []
     for directory in (old, tiny_bundle):
         with simulated_cuda(directory, device="cuda") as backend:
-            results.append([r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
-            assert (backend._aux is not None and backend._aux._top is not None) == (directory == tiny_bundle)
+            results.append([r.tokens for options in (DecodingOptions(beam_size=3, without_timestamps=True),
+                                                     DecodingOptions())
+                            for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
+            aux = backend._aux
+            assert aux is not None and (aux._top is not None, aux._limited is not None) == (directory == tiny_bundle,) * 2
     assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
 
 
