@@ -289,8 +289,9 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     out["total_s"] = total
     out["rest_s"] = total - sum(spent["_prompt"]) - sum(spent["decode_top"])  # decode_top holds the others
     aux = backend._aux
-    out["reorder_graphs"] = aux._reorder.graphs if aux is not None and aux._reorder is not None else None
-    out["top_graphs"] = aux._top.graphs if aux is not None and aux._top is not None else None
+    for name in ("reorder", "top"):
+        runs = aux.opened(name) if aux is not None else None
+        out[f"{name}_graphs"] = runs.graphs if runs is not None else None
     backend.close()
     return out
 
@@ -366,7 +367,8 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
     r["mode_after"] = backend.graph_mode
     r["graph_error_after"] = backend.graph_error
     aux = backend._aux
-    r["aux_captured"] = {name: getattr(getattr(aux, f"_{name}", None), "graphs", None) for name in ("reorder", "select", "top", "limited")}
+    r["aux_captured"] = {name: getattr(aux.opened(name) if aux is not None else None, "graphs", None)
+                         for name in ("reorder", "select", "top", "limited")}
     backend.close()
     return r
 

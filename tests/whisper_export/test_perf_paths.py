@@ -176,7 +176,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
         # beam steps without timestamps took their candidates from top_select.onnx on the "device", greedy
         # steps with timestamps their tokens from timestamp_select.onnx
-        assert sim._aux is not None and sim._aux._top is not None and sim._aux._limited is not None
+        assert sim._aux is not None and sim._aux.opened("top") is not None and sim._aux.opened("limited") is not None
         # greedy steps streamed through the ring of each row count used
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
@@ -384,9 +384,9 @@ def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clip
             (top, logprobs), (want, want_logprobs) = step(sim, k), step(cpu, k)
             assert top.shape == (rows, k) and np.array_equal(top, want)
             np.testing.assert_allclose(logprobs, want_logprobs, rtol=0, atol=2e-5)
-        assert len(sim._aux._top) == 1  # one captured binding, reused
+        assert len(sim._aux.opened("top")) == 1  # one captured binding, reused
         top, _ = step(sim, graph_io.TOP_K + 1)
-        assert top.shape == (rows, graph_io.TOP_K + 1) and len(sim._aux._top) == 1
+        assert top.shape == (rows, graph_io.TOP_K + 1) and len(sim._aux.opened("top")) == 1
 
 
 def test_select_graphs_pad_only_floats(tiny_bundle, tiny_bundle_ort):
@@ -471,7 +471,8 @@ def test_bundle_without_the_session_4_graphs_decodes_on_host_logits(tiny_bundle,
                                                      DecodingOptions())
                             for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
             aux = backend._aux
-            assert aux is not None and (aux._top is not None, aux._limited is not None) == (directory == tiny_bundle,) * 2
+            opened = (aux.opened("top") is not None, aux.opened("limited") is not None)
+            assert opened == (directory == tiny_bundle,) * 2
     assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
 
 
@@ -498,7 +499,7 @@ def test_greedy_with_timestamps_under_limits_equals_filtering_the_logits(device,
         fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
         assert len(calls) > 10
         slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert (backend._aux is not None and backend._aux._limited is not None) == (device == "cuda")
+        assert (backend._aux is not None and backend._aux.opened("limited") is not None) == (device == "cuda")
     for a, b in zip(fast, slow):
         assert a.tokens == b.tokens and any(t >= tokenizer.special.timestamp_begin for t in a.tokens)
         if device == "cpu":
