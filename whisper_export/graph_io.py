@@ -1,4 +1,4 @@
-"""Names, shapes and dtypes of the two graphs: the single contract between exporter, bundle and backends.
+"""Names, shapes and dtypes of the bundle's graphs: the single contract between exporter, bundle and backends.
 
 encoder.onnx
     in_mel            (batch, n_mels, 3000)        float32
@@ -34,6 +34,19 @@ greedy_select.onnx (greedy decoding without timestamps on a device: the chosen t
     in_logit_bias     (n_vocab,)                  float32   0, or -inf for tokens the logit filters suppress
     out_best_token    (rows, n_logits)            int64     argmax(logits + bias), the first on ties
     out_best_logprob  (rows, n_logits)            float32   log_softmax(logits + bias) at that token
+
+top_select.onnx (beam search without timestamps on a device: each row's candidates; optional, since session 4)
+    in_logits         (rows, n_logits, n_vocab)   float32
+    in_logit_bias     (n_vocab,)                  float32
+    out_top_tokens    (rows, n_logits, TOP_K)     int64     the TOP_K best of logits + bias, best first, ties by id
+    out_top_logprobs  (rows, n_logits, TOP_K)     float32   log_softmax(logits + bias) at them
+
+timestamp_select.onnx (greedy with timestamps on a device, after the first sampled step; optional, session 4)
+    in_logits            (rows, n_logits, n_vocab)   float32
+    in_logit_bias        (n_vocab,)                  float32
+    in_timestamp_limits  (rows, 2)                   int64     text_end, ts_min (sampling.ApplyTimestampRules.limits)
+    out_best_token       (rows, n_logits)            int64     the greedy token under the timestamp rules
+    out_best_logprob     (rows, n_logits)            float32   its log-probability under the filtered logits
 
 Cache positions at or beyond a row's offset + n_new are unspecified in out_self_* (never read).
 
