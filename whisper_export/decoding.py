@@ -85,10 +85,8 @@ class Inference:
                stop_token: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Up to `steps` greedy tokens per row after tokens (R, T), each step fed the previous choice, fewer once
         every row has chosen stop_token (Backend.decode_greedy): (chosen (R, k), their log-probabilities (R, k))."""
-        assert self.cache is not None and tokens.shape[1] == self.length + 1, "greedy() continues a decode by one token"
         assert self.cache_index is None, "greedy steps never reorder the cache"
-        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
-        offsets, _ = self._next_step(tokens.shape[0])
+        new, offsets, _ = self._one_more(tokens)
         chosen, logprobs, self.cache = self.backend.decode_greedy(new, offsets, logit_bias, self.cache, self.cross,
                                                                   steps, stop_token)
         self.length += chosen.shape[1]
@@ -97,9 +95,7 @@ class Inference:
     def top(self, tokens: np.ndarray, logit_bias: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Each row's k best next tokens after tokens (R, T), best first, and their log-probabilities under
         the logits + logit_bias (Backend.decode_top): ((R, k) int64, (R, k) float32)."""
-        assert self.cache is not None and tokens.shape[1] == self.length + 1, "top() continues a decode by one token"
-        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
-        offsets, cache_index = self._next_step(tokens.shape[0])
+        new, offsets, cache_index = self._one_more(tokens)
         top, logprobs, self.cache = self.backend.decode_top(new, offsets, cache_index, logit_bias, k, self.cache,
                                                             self.cross)
         self.length += 1
@@ -108,13 +104,17 @@ class Inference:
     def best_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules) -> tuple[np.ndarray, np.ndarray]:
         """Each row's greedy next token after tokens (R, T) under logit_bias and the timestamp rules, and its
         log-probability (Backend.decode_best_limited): ((R,) int64, (R,) float32)."""
-        assert self.cache is not None and tokens.shape[1] == self.length + 1, "best_limited() continues a decode"
-        new = np.ascontiguousarray(tokens[:, -1:], dtype=np.int64)
-        offsets, cache_index = self._next_step(tokens.shape[0])
+        new, offsets, cache_index = self._one_more(tokens)
         best, logprobs, self.cache = self.backend.decode_best_limited(
             new, offsets, cache_index, logit_bias, rules.limits(tokens), rules, self.cache, self.cross)
         self.length += 1
         return best, logprobs
+
+    def _one_more(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(the last token of each row (R, 1), offsets, cache_index) of a step that continues a started decode
+        (tokens (R, T) hold exactly one token more than the cache)."""
+        assert self.cache is not None and tokens.shape[1] == self.length + 1, "a step continues a decode by one token"
+        return (np.ascontiguousarray(tokens[:, -1:], dtype=np.int64), *self._next_step(tokens.shape[0]))
 
     def _next_step(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """(offsets, cache_index) of the next step: every row continues at length, from the row a pending

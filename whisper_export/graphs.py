@@ -164,7 +164,7 @@ def greedy_choice(g: GraphBuilder, logits: str, bias: str | None, n_vocab: int) 
     the lowest index on ties, so the result is the lowest index overall.
     """
     blocks_n = -(-n_vocab // SELECT_WIDTH)
-    one, last = g.const([1]), g.const([-1])
+    one = g.const([1])
     # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly (None: logits already filtered)
     x = g.op("Add", [logits, bias]) if bias is not None else logits
     padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks_n * SELECT_WIDTH - n_vocab]), g.const(-np.inf, np.float32)])
@@ -176,13 +176,19 @@ def greedy_choice(g: GraphBuilder, logits: str, bias: str | None, n_vocab: int) 
     # there, a copy at the end): a backend may bind them to host-mapped memory (backends/ort_greedy.py)
     which, within = (g.op("Squeeze", [t, g.const([2, 3])]) for t in (which, within))  # (R, P) each
     best = g.op("Add", [g.op("Mul", [which, g.const(SELECT_WIDTH)]), within])  # (R, P)
-    # summed per block, then over the blocks: one long running float32 sum (onnxruntime's CPU ReduceSum) would
-    # round the many tiny terms away against the best's exp(0) = 1 (~5e-5 lost); a block loses at most its
-    # 255 others' rounding against it (< 2e-5, far less in practice)
-    scaled = g.op("Exp", [g.op("Sub", [blocks, top])])  # (R, P, B, W), the padding exp(-inf) = 0
-    total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, last], keepdims=1), g.const([2, 3])], keepdims=0)
-    logprob = g.op("Neg", [g.op("Log", [total])])  # (R, P)
+    logprob = g.op("Neg", [_log_total(g, blocks, top)])  # (R, P)
     return best, logprob
+
+
+def _log_total(g: GraphBuilder, blocks: str, top: str) -> str:
+    """log(sum(exp(x - max))) (R, P) of logits padded into blocks (R, P, B, W) with -inf, max (R, P, 1, 1).
+
+    Summed per block, then over the blocks: one long running float32 sum (onnxruntime's CPU ReduceSum) would
+    round the many tiny terms away against the best's exp(0) = 1 (~5e-5 lost); a block loses at most its 255
+    others' rounding against it (< 2e-5, far less in practice)."""
+    scaled = g.op("Exp", [g.op("Sub", [blocks, top])])  # (R, P, B, W), the padding exp(-inf) = 0
+    total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, g.const([-1])], keepdims=1), g.const([2, 3])], keepdims=0)
+    return g.op("Log", [total])  # (R, P)
 
 
 def greedy_select_graph(
@@ -228,11 +234,9 @@ def top_select_graph(
     flat = g.const([0, 0, -1])
     top, where = g.op("TopK", [g.op("Reshape", [top, flat]), g.const([k])], n_out=2, axis=-1)  # (R, P, k)
     tokens = g.op("GatherElements", [g.op("Reshape", [ids, flat]), where], axis=-1)  # (R, P, k), best first
-    # (x[c] - max) - log(sum(exp(x - max))), summed per block and then over the blocks (see greedy_choice)
+    # (x[c] - max) - log(sum(exp(x - max)))
     best = g.op("Slice", [top, g.const([0]), g.const([1]), g.const([-1])])  # (R, P, 1): the max
-    scaled = g.op("Exp", [g.op("Sub", [values, g.op("Unsqueeze", [best, g.const([3])])])])  # (R, P, B, W)
-    total = g.op("ReduceSum", [g.op("ReduceSum", [scaled, g.const([-1])], keepdims=1), g.const([2, 3])], keepdims=0)
-    log_total = g.op("Unsqueeze", [g.op("Log", [total]), g.const([2])])  # (R, P, 1)
+    log_total = g.op("Unsqueeze", [_log_total(g, values, g.op("Unsqueeze", [best, g.const([3])])), g.const([2])])
     logprobs = g.op("Sub", [g.op("Sub", [top, best]), log_total])  # (R, P, k)
     g.output(io.TOP_TOKENS, tokens, TensorProto.INT64, ["rows", "n_logits", k])
     g.output(io.TOP_LOGPROBS, logprobs, TensorProto.FLOAT, ["rows", "n_logits", k])

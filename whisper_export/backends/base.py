@@ -80,13 +80,22 @@ class Backend(abc.ABC):
         in numpy (bit for bit what sampling.GreedyDecoder computes); a GPU backend selects on the device and
         copies 12 bytes per row to the host instead of 4 x n_vocab.
         """
-        from whisper_export.sampling import chosen_logprobs
+        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
+        return (*self._best_of(biased), cache)
 
+    def _biased_step(self, tokens, offsets, cache_index, logit_bias, cache, cross) -> tuple[np.ndarray, SelfCache]:
+        """The numpy defaults' common start: a one-token step's logits + logit_bias (R, V), and the cache."""
         self.check_logit_bias(logit_bias)
         logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
-        biased = logits[:, 0] + logit_bias
-        best = biased.argmax(axis=-1)
-        return best, chosen_logprobs(biased, best), cache
+        return logits[:, 0] + logit_bias, cache
+
+    @staticmethod
+    def _best_of(filtered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(argmax, its log-probability) of each row of filtered logits (R, V), as sampling.GreedyDecoder."""
+        from whisper_export.sampling import chosen_logprobs
+
+        best = filtered.argmax(axis=-1)
+        return best, chosen_logprobs(filtered, best)
 
     def decode_top(
         self,
@@ -104,10 +113,8 @@ class Backend(abc.ABC):
         default selects in numpy (sampling.top_candidates); a GPU backend selects on the device."""
         from whisper_export.sampling import top_candidates
 
-        self.check_logit_bias(logit_bias)
-        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
-        top, logprobs = top_candidates(logits[:, 0] + logit_bias, k)
-        return top, logprobs, cache
+        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
+        return (*top_candidates(biased, k), cache)
 
     def decode_best_limited(
         self,
@@ -125,15 +132,10 @@ class Backend(abc.ABC):
         argmax and its log-probability, bit for bit what the logit filters and GreedyDecoder compute on host
         logits. This default does exactly that in numpy; a GPU backend applies the rules on the device
         (timestamp_select.onnx)."""
-        from whisper_export.sampling import chosen_logprobs
-
-        self.check_logit_bias(logit_bias)
-        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
-        biased = logits[:, 0] + logit_bias
+        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         rules.apply_limits(biased, limits)
         rules.prefer_timestamps(biased)
-        best = biased.argmax(axis=-1)
-        return best, chosen_logprobs(biased, best), cache
+        return (*self._best_of(biased), cache)
 
     def decode_greedy(
         self,

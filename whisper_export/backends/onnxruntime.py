@@ -289,20 +289,37 @@ class OnnxRuntimeBackend(Backend):
         self._aux_graphs().reorder(cache.sets_key(), cache.values, cache.spare, cache_index)
         return cache.swapped()
 
-    def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
-        """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there; a decoder
-        that selects itself (attention="onnxruntime") returns its own choice from the same run, on CPU too."""
-        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
-        if not one_token or not self.selects and (self.device == "cpu" or tokens.shape[0] < self.select_min_rows):
-            return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
+    @staticmethod
+    def _one_token(tokens: np.ndarray) -> bool:
+        return tokens.ndim == 2 and tokens.shape[1] == 1
+
+    def _check_picking_step(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross) -> None:
+        """The checks of a one-token step whose logits something picks from (decode_best, decode_top,
+        decode_best_limited)."""
         self.check_handles(cache, cross, _Cache, _Cross)
         self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
         self.check_logit_bias(logit_bias)
+
+    def _step_keeping_logits(self, tokens, offsets, cache_index, cache: _Cache, cross: _Cross,
+                             logit_bias: np.ndarray | None = None) -> _Cache:
+        """CUDA: a beam's cache reorder, then a one-token step whose logits stay in the steering buffer of the
+        row count (logit_bias: a selecting decoder's, for its own choice; None leaves it as it is). Returns the
+        cache the step read (_after_step gives the one it wrote)."""
+        cache = self._reorder(cache, cache_index)
+        self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias)
+        return cache
+
+    def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
+        """CUDA: the step leaves its logits on the device and greedy_select.onnx picks from them there; a decoder
+        that selects itself (attention="onnxruntime") returns its own choice from the same run, on CPU too."""
+        host_picks = not self.selects and (self.device == "cpu" or tokens.shape[0] < self.select_min_rows)
+        if not self._one_token(tokens) or host_picks:
+            return super().decode_best(tokens, offsets, cache_index, logit_bias, cache, cross)
+        self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         if self.device == "cpu":
             outputs, cache = self._run_cpu(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross, logit_bias)
             return outputs[-2][:, 0], outputs[-1][:, 0], cache
-        cache = self._reorder(cache, cache_index)
-        self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, logit_bias)
         steering = self.buffers.steering(cache.rows)
         if steering.choice is not None:
             best, logprobs = (value.numpy()[:, 0].copy() for value in steering.choice)  # a view in host memory
@@ -314,14 +331,11 @@ class OnnxRuntimeBackend(Backend):
         """CUDA, a bundle with top_select.onnx and k <= TOP_K: the step leaves its logits on the device and
         top_select.onnx picks each row's candidates there (R x TOP_K x 12 bytes reach the host instead of
         R x n_vocab x 4); else the host picks them from the logits."""
-        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
-        if self.device == "cpu" or self.bundle.top_path is None or not one_token or not 1 <= k <= graph_io.TOP_K:
+        if (self.device == "cpu" or self.bundle.top_path is None or not self._one_token(tokens)
+                or not 1 <= k <= graph_io.TOP_K):
             return super().decode_top(tokens, offsets, cache_index, logit_bias, k, cache, cross)
-        self.check_handles(cache, cross, _Cache, _Cross)
-        self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
-        self.check_logit_bias(logit_bias)
-        cache = self._reorder(cache, cache_index)
-        self._step(tokens, offsets, cache, cross, fetch=False)
+        self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross)
         top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
         return top[:, :k], logprobs[:, :k], self._after_step(cache)
 
@@ -329,16 +343,12 @@ class OnnxRuntimeBackend(Backend):
                             cross: _Cross):
         """CUDA, a bundle with timestamp_select.onnx: the step leaves its logits on the device and the graph
         applies the timestamp rules and picks there; else the host does it on the logits."""
-        one_token = tokens.ndim == 2 and tokens.shape[1] == 1
-        if self.device == "cpu" or self.bundle.limited_path is None or not one_token:
+        if self.device == "cpu" or self.bundle.limited_path is None or not self._one_token(tokens):
             return super().decode_best_limited(tokens, offsets, cache_index, logit_bias, limits, rules, cache, cross)
-        self.check_handles(cache, cross, _Cache, _Cross)
-        self.check_step(tokens, offsets, cache_index, np.zeros(1, np.int64), cache.rows, cache.capacity, cross.n_audio)
-        self.check_logit_bias(logit_bias)
+        self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         if limits.shape != (cache.rows, 2):
             raise ValueError(f"limits: received shape {limits.shape}, expected ({cache.rows}, 2)")
-        cache = self._reorder(cache, cache_index)
-        self._step(tokens, offsets, cache, cross, fetch=False)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross)
         best, logprobs = self._aux_graphs().limited(self.buffers.steering(cache.rows).logits, cache.rows,
                                                      logit_bias, limits)
         return best, logprobs, self._after_step(cache)

@@ -13,28 +13,22 @@ from whisper_export.bench.common import _now, timed
 class CountingBackend:
     """Wraps a Backend and counts decoder steps (for ms/step of the real decoding loop)."""
 
+    _ONE_STEP = ("decode", "decode_best", "decode_top", "decode_best_limited")  # each call runs one step
+
     def __init__(self, backend):
         self.inner = backend
         self.steps = 0
 
     def __getattr__(self, name):
-        return getattr(self.inner, name)
+        attr = getattr(self.inner, name)
+        if name not in self._ONE_STEP:
+            return attr
 
-    def decode(self, *args):
-        self.steps += 1
-        return self.inner.decode(*args)
+        def counted(*args):
+            self.steps += 1
+            return attr(*args)
 
-    def decode_best(self, *args):
-        self.steps += 1
-        return self.inner.decode_best(*args)
-
-    def decode_best_limited(self, *args):
-        self.steps += 1
-        return self.inner.decode_best_limited(*args)
-
-    def decode_top(self, *args):
-        self.steps += 1
-        return self.inner.decode_top(*args)
+        return counted
 
     def decode_greedy(self, *args):
         chosen, logprobs, cache = self.inner.decode_greedy(*args)
