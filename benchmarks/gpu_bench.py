@@ -296,6 +296,30 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     return out
 
 
+def stream_compare(bundle_dir: Path, mel, repeats: int) -> dict:
+    """Beam 5 and greedy with timestamps, batch 1, the clips one at a time, with every session on the backend's
+    one CUDA stream (a step and the graph picking from its logits waited for once) and on onnxruntime's own
+    streams (waited for after each run); same tokens?"""
+    from whisper_export.options import DecodingOptions
+
+    out: dict = {}
+    tokens: dict = {}
+    for shared in (True, False):
+        backend, _ = gpu_backend(bundle_dir, True, shared_stream=shared)
+        tok = backend.bundle.tokenizer()
+        label = "shared" if shared else "own"
+        out[f"{label}_stream"] = {"shared_stream": backend.shared_stream, "stream_error": backend.stream_error}
+        for key, options in (("beam5_b1", DecodingOptions(without_timestamps=True, beam_size=5)),
+                             ("greedy_timestamps_b1", DecodingOptions())):
+            d = ours_decode(backend, tok, mel, options, repeats, one_by_one=True)
+            tokens[(label, key)] = d.pop("token_ids")
+            out[f"{label}:{key}"] = d
+        backend.close()
+    for key in ("beam5_b1", "greedy_timestamps_b1"):
+        out[f"same_tokens:{key}"] = tokens[("shared", key)] == tokens[("own", key)]
+    return out
+
+
 class NeverSeen(set):
     """A prompt-shape set that never holds the shape asked for: every prompt runs as is (no graph)."""
 
@@ -309,7 +333,8 @@ def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repe
     backend, load_s = gpu_backend(bundle_dir, graph)
     tok = backend.bundle.tokenizer()
     prompt = prompt_for(tok)
-    r = {"load_s": load_s, "mode": backend.graph_mode, "graph_error": backend.graph_error, "repr": repr(backend)}
+    r = {"load_s": load_s, "mode": backend.graph_mode, "graph_error": backend.graph_error, "repr": repr(backend),
+         "shared_stream": backend.shared_stream, "stream_error": backend.stream_error}
     r["encoder_b1"] = ours_encoder_ms(backend, mel[:1], repeats * 5)
     mel16 = np.ascontiguousarray(mel[[i % len(mel) for i in range(16)]])
 
@@ -507,6 +532,8 @@ def main() -> None:
                 rep.section(f"tokens{suffix}", tokens_check, bundle, mel, audios, attention)
             rep.section(f"optimized_ops{suffix}", optimized_ops, bundle, args.work)
             rep.section(f"beam_breakdown{suffix}", beam_breakdown, bundle, mel)
+            if "streams" not in skip:
+                rep.section(f"stream_compare{suffix}", stream_compare, bundle, mel, args.repeats)
             rep.section(f"ours_graph{suffix}", ours_suite, bundle, mel, True, batch_sizes, args.steps, args.repeats)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_suite, bundle, mel, False, [1, 16], args.steps, args.repeats)

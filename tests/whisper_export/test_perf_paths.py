@@ -403,6 +403,48 @@ def test_select_graphs_pad_only_floats(tiny_bundle, tiny_bundle_ort):
             assert all(types[n.input[0]] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) for n in pads), path.name
 
 
+def test_one_shared_stream_waits_once_per_picked_step(tiny_bundle, english_clips, simulated_cuda, monkeypatch):
+    """With every session on one stream (user_compute_stream), a beam step's cache reorder and decoder step, and
+    a greedy step with timestamps, are only queued (run without synchronising) and the small graph that picks
+    from the step's logits waits for all of it: the tokens of waiting for every run, which the backend does
+    without a shared stream."""
+    import onnxruntime as ort
+
+    from whisper_export.backends.ort_runs import NO_SYNC
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    runs: list[tuple[str, bool]] = []  # (graph file, queued) of every IO-binding run
+    original = ort.InferenceSession.run_with_iobinding
+
+    def spy(self, binding, options=None):
+        try:
+            queued = options is not None and options.get_run_config_entry(NO_SYNC) == "1"
+        except RuntimeError:  # not set
+            queued = False
+        runs.append((os.path.basename(self._model_path), queued))
+        return original(self, binding, options)
+
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding", spy)
+    mel = log_mel_batch(english_clips[:2])
+    options = [DecodingOptions(), DecodingOptions(beam_size=3, without_timestamps=True)]
+    with simulated_cuda(tiny_bundle) as cpu:
+        want = [[r.tokens for r in decode(cpu, cpu.bundle.tokenizer(), mel, o)] for o in options]
+    for shared in (False, True):
+        extra = {"provider_options": {"user_compute_stream": "1"}} if shared else {}
+        with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept", **extra) as sim:
+            assert sim.shared_stream == shared
+            runs.clear()
+            assert [[r.tokens for r in decode(sim, sim.bundle.tokenizer(), mel, o)] for o in options] == want
+        queued = {name for name, q in runs if q}
+        assert queued == ({"decoder.onnx", "cache_reorder.onnx"} if shared else set()), queued
+        # whatever was queued is waited for by the next picking graph's run, before the host reads anything
+        for i, (name, q) in enumerate(runs):
+            if q:
+                later = [n for n, wait in runs[i + 1 :] if not wait]
+                assert later and later[0] in ("top_select.onnx", "timestamp_select.onnx"), runs[i : i + 4]
+
+
 def test_host_mapped_memory_or_a_clear_error():
     """HostMapped: page-locked memory from the CUDA runtime, viewed as numpy arrays; on a machine without a CUDA
     runtime library a HostMappedError that names the libraries it tried, and with one but no GPU driver (a pip

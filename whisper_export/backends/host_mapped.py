@@ -5,6 +5,10 @@ host sees each choice as soon as it is written, without synchronising onnxruntim
 With unified addressing (every 64-bit CUDA platform) memory from cudaHostAlloc has the same address on the host
 and on the device, so an IO binding can hand that address to onnxruntime as a "cuda" buffer. onnxruntime's
 Python API allocates no pinned memory, so it comes from the CUDA runtime library that onnxruntime-gpu loads.
+
+The same library gives a backend its one CUDA stream (CudaStream), which every session of the backend gets as
+onnxruntime's user_compute_stream: runs of different sessions then queue in order on it, so a decoder step and
+the small graph that picks from its logits are waited for once, not twice.
 """
 
 from __future__ import annotations
@@ -66,3 +70,23 @@ class HostMemory:
     def view(self, dtype: Any, shape: tuple[int, ...], offset: int) -> np.ndarray:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self._bytes[offset : offset + size].view(dtype).reshape(shape)
+
+
+class CudaStream:
+    """A CUDA stream on device_id (non-blocking towards the legacy default stream, as onnxruntime's own streams
+    are), destroyed with the object but never at interpreter exit, where sessions that use it may still live."""
+
+    def __init__(self, device_id: int):
+        runtime = _cudart()
+        previous = ctypes.c_int(0)
+        runtime.cudaGetDevice(ctypes.byref(previous))
+        handle = ctypes.c_void_p()
+        status = runtime.cudaSetDevice(ctypes.c_int(device_id))
+        if status == 0:
+            status = runtime.cudaStreamCreateWithFlags(ctypes.byref(handle), ctypes.c_uint(1))  # cudaStreamNonBlocking
+            runtime.cudaSetDevice(previous)
+        if status != 0 or not handle.value:
+            raise HostMappedError(f"cudaStreamCreateWithFlags on device {device_id}: received CUDA error {status}, "
+                                  "expected 0")
+        self.handle: int = handle.value
+        weakref.finalize(self, runtime.cudaStreamDestroy, ctypes.c_void_p(handle.value)).atexit = False

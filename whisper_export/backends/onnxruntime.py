@@ -38,7 +38,7 @@ import onnxruntime as ort
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend, BackendError
 from whisper_export.backends.cpu_info import physical_cores
-from whisper_export.backends.host_mapped import HostMappedError
+from whisper_export.backends.host_mapped import CudaStream, HostMappedError
 from whisper_export.backends.ort_aux import AuxGraphs
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
@@ -68,6 +68,7 @@ class OnnxRuntimeBackend(Backend):
         cuda_graph: bool | None = None,
         device_id: int = 0,
         greedy_queue: int = 2,
+        shared_stream: bool = True,
         provider_options: dict[str, str] | None = None,
     ):
         """cuda_graph (CUDA only): None = on unless WHISPER_EXPORT_CUDA_GRAPH=0; see the module docstring.
@@ -76,6 +77,10 @@ class OnnxRuntimeBackend(Backend):
         every step (decode_best per step). 2: tiny.en on the H200 runs 0.275 ms/step (4 and 8: the same; 1:
         0.288; 0: 0.413) and decodes the 5 clips at 0.371 ms/token (4: 0.410, 8: 0.486, the steps run after
         an eot; 0: 0.440) (NOTES.md, GPU run 19).
+        shared_stream (CUDA): every session on one CUDA stream of the backend's (host_mapped.CudaStream), so that
+        a beam step's reorder, decoder step and candidates, or a greedy step and its timestamp rules, are waited
+        for once; False leaves each session on onnxruntime's own stream (a wait after every run). A
+        user_compute_stream in provider_options is shared the same way.
         provider_options (CUDA): more CUDA execution provider options, e.g. {"sdpa_kernel": "1"} to choose
         onnxruntime's attention kernels (its default, cuDNN's, measured fastest for Whisper: GPU run 12)."""
         if device not in DEVICES:
@@ -121,6 +126,17 @@ class OnnxRuntimeBackend(Backend):
                 f"device 'cuda': received onnxruntime {ort.__version__} with providers "
                 f"{ort.get_available_providers()}, expected CUDAExecutionProvider (pip install onnxruntime-gpu)"
             )
+        # CUDA: every session on one stream (host_mapped.CudaStream; a caller's own user_compute_stream does as
+        # well), so that a step and the small graph reading its output are queued together and waited for once
+        stream: CudaStream | None = None
+        self.stream_error: str | None = None  # why the sessions have a stream each (no CUDA runtime library)
+        if device == "cuda" and shared_stream and "user_compute_stream" not in self.provider_options:
+            try:
+                stream = CudaStream(device_id)
+                self.provider_options["user_compute_stream"] = str(stream.handle)
+            except HostMappedError as e:
+                self.stream_error = str(e)
+        self.shared_stream = device == "cuda" and "user_compute_stream" in self.provider_options
         self.encoder = self._session(self.bundle.encoder_path, [graph_io.MEL], self._cross_out)
         # CUDA: `decoder` runs prompt steps (and every step without graphs); `step_decoder` runs the captured
         # one-token steps (the same session unless the specialised fallback was needed)
@@ -147,6 +163,7 @@ class OnnxRuntimeBackend(Backend):
         self._prompt_options = ort.RunOptions()
         if self.graph_mode == "shared":
             self._prompt_options.add_run_config_entry("gpu_graph_id", "-1")
+        self._cuda_stream = stream  # set after the sessions that use it, so that it is released after them
 
     # -- sessions ------------------------------------------------------------------------------------
 
@@ -286,7 +303,8 @@ class OnnxRuntimeBackend(Backend):
         if not self.reorders(cache_index):
             return cache
         assert cache.spare is not None, "CUDA caches come in pairs (new_cache)"
-        self._aux_graphs().reorder(cache.sets_key(), cache.values, cache.spare, cache_index)
+        # on a shared stream the step that reads the reordered set runs after the reorder without a wait between
+        self._aux_graphs().reorder(cache.sets_key(), cache.values, cache.spare, cache_index, wait=not self.shared_stream)
         return cache.swapped()
 
     @staticmethod
@@ -301,12 +319,14 @@ class OnnxRuntimeBackend(Backend):
         self.check_logit_bias(logit_bias)
 
     def _step_keeping_logits(self, tokens, offsets, cache_index, cache: _Cache, cross: _Cross,
-                             logit_bias: np.ndarray | None = None) -> _Cache:
+                             logit_bias: np.ndarray | None = None, picked_by_aux: bool = False) -> _Cache:
         """CUDA: a beam's cache reorder, then a one-token step whose logits stay in the steering buffer of the
-        row count (logit_bias: a selecting decoder's, for its own choice; None leaves it as it is). Returns the
-        cache the step read (_after_step gives the one it wrote)."""
+        row count (logit_bias: a selecting decoder's, for its own choice; None leaves it as it is). picked_by_aux:
+        a small graph picks from the logits next, so on a shared stream the step is only queued (the small
+        graph's run waits for both). Returns the cache the step read (_after_step gives the one it wrote)."""
         cache = self._reorder(cache, cache_index)
-        self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias)
+        self._step(tokens, offsets, cache, cross, fetch=False, logit_bias=logit_bias,
+                   wait=not (picked_by_aux and self.shared_stream))
         return cache
 
     def decode_best(self, tokens, offsets, cache_index, logit_bias, cache: _Cache, cross: _Cross):
@@ -319,8 +339,9 @@ class OnnxRuntimeBackend(Backend):
         if self.device == "cpu":
             outputs, cache = self._run_cpu(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross, logit_bias)
             return outputs[-2][:, 0], outputs[-1][:, 0], cache
-        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, logit_bias)
         steering = self.buffers.steering(cache.rows)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, logit_bias,
+                                          picked_by_aux=steering.choice is None)
         if steering.choice is not None:
             best, logprobs = (value.numpy()[:, 0].copy() for value in steering.choice)  # a view in host memory
         else:
@@ -335,7 +356,7 @@ class OnnxRuntimeBackend(Backend):
                 or not 1 <= k <= graph_io.TOP_K):
             return super().decode_top(tokens, offsets, cache_index, logit_bias, k, cache, cross)
         self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
         top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
         return top[:, :k], logprobs[:, :k], self._after_step(cache)
 
@@ -348,7 +369,7 @@ class OnnxRuntimeBackend(Backend):
         self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         if limits.shape != (cache.rows, 2):
             raise ValueError(f"limits: received shape {limits.shape}, expected ({cache.rows}, 2)")
-        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross)
+        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
         best, logprobs = self._aux_graphs().limited(self.buffers.steering(cache.rows).logits, cache.rows,
                                                      logit_bias, limits)
         return best, logprobs, self._after_step(cache)
@@ -431,9 +452,9 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_ortvalue_output(name, value)
 
     def _step(self, tokens, offsets, cache: _Cache, cross: _Cross, fetch: bool = True,
-              logit_bias: np.ndarray | None = None) -> np.ndarray | None:
+              logit_bias: np.ndarray | None = None, wait: bool = True) -> np.ndarray | None:
         """One token per row on fixed buffers (the steering set of the row count). logit_bias: a selecting
-        decoder's."""
+        decoder's. wait=False (no fetch): queued, for a later run on the same stream to wait for."""
         steering = self.buffers.steering(cache.rows)
         # a selecting decoder's bias buffer is bound once; its value changes in place (None: left as it is)
         bias = self._aux_graphs().device_bias(logit_bias) if self.selects else None
@@ -442,7 +463,7 @@ class OnnxRuntimeBackend(Backend):
         steering.values[graph_io.TOKENS].update_inplace(np.ascontiguousarray(tokens, dtype=np.int64))
         steering.values[graph_io.OFFSETS].update_inplace(np.ascontiguousarray(offsets, dtype=np.int64))
 
-        self._run_step(lambda binding: self._bind_steering(binding, steering, bias), cache, cross)
+        self._run_step(lambda binding: self._bind_steering(binding, steering, bias), cache, cross, wait=wait or fetch)
         return steering.logits.numpy() if fetch else None
 
     @staticmethod

@@ -69,8 +69,10 @@ class AuxGraphs:
             self._buffers[key] = make()
         return self._buffers[key]
 
-    def reorder(self, key: tuple, source: list[Any], destination: list[Any], index: np.ndarray) -> None:
-        """destination := source with row r taken from row index[r], every cache; key names the two sets."""
+    def reorder(self, key: tuple, source: list[Any], destination: list[Any], index: np.ndarray,
+                wait: bool = True) -> None:
+        """destination := source with row r taken from row index[r], every cache; key names the two sets.
+        wait=False: queued only (the next run on the same stream reads destination after it)."""
         runs = self._session_runs("reorder", graph_io.reorder_inputs(self._n_layer), graph_io.self_outputs(self._n_layer))
         value = self._buffer("index", len(index), lambda: self._zeros((len(index),), np.int64))
         value.update_inplace(np.ascontiguousarray(index, dtype=np.int64))
@@ -81,7 +83,7 @@ class AuxGraphs:
                 binding.bind_ortvalue_input(name_in, src)
                 binding.bind_ortvalue_output(name_out, dst)
 
-        runs.run(key, bind)
+        runs.run(key, bind, wait)
 
     def device_bias(self, bias: np.ndarray | None) -> Any:
         """The device copy of a logit bias (n_vocab,): one buffer, rewritten only when the bias changes;
