@@ -296,27 +296,36 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
     return out
 
 
-def stream_compare(bundle_dir: Path, mel, repeats: int) -> dict:
+def stream_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3) -> dict:
     """Beam 5 and greedy with timestamps, batch 1, the clips one at a time, with every session on the backend's
     one CUDA stream (a step and the graph picking from its logits waited for once) and on onnxruntime's own
-    streams (waited for after each run); same tokens?"""
+    streams (waited for after each run): two backends open side by side, measured in alternating rounds
+    (ms/token per round, and their median); same tokens?"""
     from whisper_export.options import DecodingOptions
 
     out: dict = {}
     tokens: dict = {}
-    for shared in (True, False):
-        backend, _ = gpu_backend(bundle_dir, True, shared_stream=shared)
-        tok = backend.bundle.tokenizer()
-        label = "shared" if shared else "own"
-        out[f"{label}_stream"] = {"shared_stream": backend.shared_stream, "stream_error": backend.stream_error}
-        for key, options in (("beam5_b1", DecodingOptions(without_timestamps=True, beam_size=5)),
-                             ("greedy_timestamps_b1", DecodingOptions())):
-            d = ours_decode(backend, tok, mel, options, repeats, one_by_one=True)
-            tokens[(label, key)] = d.pop("token_ids")
-            out[f"{label}:{key}"] = d
-        backend.close()
-    for key in ("beam5_b1", "greedy_timestamps_b1"):
+    backends = {}
+    for label, shared in (("shared", True), ("own", False)):
+        backends[label], _ = gpu_backend(bundle_dir, True, shared_stream=shared)
+        out[f"{label}_stream"] = {"shared_stream": backends[label].shared_stream,
+                                  "stream_error": backends[label].stream_error}
+    tok = backends["shared"].bundle.tokenizer()
+    cases = (("beam5_b1", DecodingOptions(without_timestamps=True, beam_size=5)),
+             ("greedy_timestamps_b1", DecodingOptions()))
+    for _ in range(rounds):
+        for label, backend in backends.items():
+            for key, options in cases:
+                d = ours_decode(backend, tok, mel, options, repeats, one_by_one=True)
+                tokens[(label, key)] = d.pop("token_ids")
+                out.setdefault(f"{label}:{key}:ms_per_token_rounds", []).append(d["ms_per_token"])
+    for label in backends:
+        for key, _ in cases:
+            out[f"{label}:{key}:ms_per_token"] = float(np.median(out[f"{label}:{key}:ms_per_token_rounds"]))
+    for key, _ in cases:
         out[f"same_tokens:{key}"] = tokens[("shared", key)] == tokens[("own", key)]
+    for backend in backends.values():
+        backend.close()
     return out
 
 
