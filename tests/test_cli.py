@@ -110,3 +110,41 @@ def test_export_then_check_passes(tmp_path, english_clips):
     assert "out_logits x20" in res.stdout and "identical" in res.stdout and res.stdout.strip().endswith("PASS")
     res = run_cli("export", "--out", out)
     assert res.returncode == 2 and "already exists" in res.stderr
+
+
+def test_bench_measures_every_system_on_the_same_audio(tiny_bundle, english_clips, tmp_path):
+    """`whisper-export bench` on one clip with every system (the test extra installs transformers and
+    faster-whisper): the JSON has each measurement the performance issue asks for (encoder latency, ms/token
+    greedy and beam 5, tokens/s at batch 16, whole-process and in-process seconds, peak memory) for every system,
+    the fastest baseline of each row and our ratio against it, the step-loop curve, and the greedy tokens of every
+    system equal to ours; the table goes to stdout. Bad options get exit code 2 and no JSON."""
+    out = tmp_path / "bench.json"
+    res = run_cli("bench", english_clips[0], "--bundle", tiny_bundle, "--repeats", "1", "--batch-sizes", "1,2",
+                  "--steps", "4", "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(out.read_text())
+    systems = ("ours", "torch", "transformers", "faster-whisper")
+    rows = {row["key"]: row for row in report["table"]}
+    assert set(rows) == {"encoder_ms", "greedy_b1_ms_per_token", "beam5_b1_ms_per_token", "greedy_b16_tokens_per_s",
+                         "e2e_process_s", "e2e_inprocess_s", "e2e_maxrss_mib"}
+    for key, row in rows.items():
+        values = {s: row[s] for s in systems}
+        assert all(isinstance(v, float) and v > 0 for v in values.values()), (key, values)
+        baselines = {s: v for s, v in values.items() if s != "ours"}
+        higher_is_better = key == "greedy_b16_tokens_per_s"
+        fastest = (max if higher_is_better else min)(baselines, key=baselines.__getitem__)
+        assert row["fastest_baseline"] == fastest, (key, row)
+        want = values["ours"] / baselines[fastest] if higher_is_better else baselines[fastest] / values["ours"]
+        assert abs(row["speedup_vs_fastest"] - want) < 1e-9 * want, (key, row)
+        assert row["metric"] in res.stdout
+    assert [point["rows"] for point in report["curve"]["ours"]] == [1, 2]
+    same = report["same_tokens"]
+    for system in ("torch", "transformers", "faster-whisper"):
+        assert same[f"{system}:greedy_b1"] and same[f"{system}:greedy_b16"], same
+    assert same["torch:beam5_b1"] and same["faster-whisper:beam5_b1"], same  # openai's beam search, as ours
+
+    for args, message in (((english_clips[0], "--systems", "ours,whisper.cpp"), "expected a subset of"),
+                          ((tmp_path / "missing.wav",), "do not exist")):
+        bad = tmp_path / "bad.json"
+        res = run_cli("bench", *args, "--bundle", tiny_bundle, "--out", bad)
+        assert res.returncode == 2 and message in res.stderr and not bad.exists(), res.stderr
