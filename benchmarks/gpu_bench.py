@@ -297,35 +297,44 @@ def beam_breakdown(bundle_dir: Path, mel) -> dict:
 
 
 def stream_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3) -> dict:
-    """Beam 5 and greedy with timestamps, batch 1, the clips one at a time, with every session on the backend's
-    one CUDA stream (a step and the graph picking from its logits waited for once) and on onnxruntime's own
-    streams (waited for after each run): two backends open side by side, measured in alternating rounds
-    (ms/token per round, and their median); same tokens?"""
+    """Beam 5 and greedy with timestamps, batch 1, the clips one at a time: every session on the backend's one
+    CUDA stream ("shared": greedy with timestamps streamed through the ring; "shared_queue0": one step at a time,
+    a step and the graph picking from its logits waited for once) and on onnxruntime's own streams ("own":
+    waited for after each run). Two backends open side by side, measured in alternating rounds (ms/token per
+    round, and their median); same tokens?"""
     from whisper_export.options import DecodingOptions
 
     out: dict = {}
     tokens: dict = {}
-    backends = {}
-    for label, shared in (("shared", True), ("own", False)):
-        backends[label], _ = gpu_backend(bundle_dir, True, shared_stream=shared)
-        out[f"{label}_stream"] = {"shared_stream": backends[label].shared_stream,
-                                  "stream_error": backends[label].stream_error}
-    tok = backends["shared"].bundle.tokenizer()
+    shared, _ = gpu_backend(bundle_dir, True, shared_stream=True)
+    own, _ = gpu_backend(bundle_dir, True, shared_stream=False)
+    default_queue = shared.greedy_queue
+    configs = (("shared", shared, default_queue), ("shared_queue0", shared, 0), ("own", own, default_queue))
+    for label, backend, _ in configs:
+        out[f"{label}_stream"] = {"shared_stream": backend.shared_stream, "stream_error": backend.stream_error}
+    tok = shared.bundle.tokenizer()
     cases = (("beam5_b1", DecodingOptions(without_timestamps=True, beam_size=5)),
              ("greedy_timestamps_b1", DecodingOptions()))
     for _ in range(rounds):
-        for label, backend in backends.items():
+        for label, backend, queue in configs:
+            backend.greedy_queue = queue
             for key, options in cases:
                 d = ours_decode(backend, tok, mel, options, repeats, one_by_one=True)
                 tokens[(label, key)] = d.pop("token_ids")
                 out.setdefault(f"{label}:{key}:ms_per_token_rounds", []).append(d["ms_per_token"])
-    for label in backends:
+    shared.greedy_queue = default_queue
+    for label, _, _ in configs:
         for key, _ in cases:
             out[f"{label}:{key}:ms_per_token"] = float(np.median(out[f"{label}:{key}:ms_per_token_rounds"]))
     for key, _ in cases:
-        out[f"same_tokens:{key}"] = tokens[("shared", key)] == tokens[("own", key)]
-    for backend in backends.values():
-        backend.close()
+        out[f"same_tokens:{key}"] = all(tokens[(label, key)] == tokens[("own", key)] for label, _, _ in configs)
+    out["greedy_error"] = shared.greedy_error
+    aux = shared._aux
+    out["limited_ring_bindings"] = sum(1 for k in aux.opened("limited")._bindings if k[0] == "limited-ring") \
+        if aux is not None and aux.opened("limited") is not None else 0
+    out["limited_graphs"] = aux.opened("limited").graphs if aux is not None and aux.opened("limited") else None
+    shared.close()
+    own.close()
     return out
 
 

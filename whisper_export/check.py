@@ -217,9 +217,10 @@ def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> l
 
 
 def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
-    """timestamp_select.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
-    and random timestamp limits: its token must be the host rules' (ApplyTimestampRules.apply_limits +
-    prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding."""
+    """timestamp_rules.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
+    and random timestamp states: its token must be the host rules' (ApplyTimestampRules.apply_limits of
+    limits_of(state) + prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding, and
+    its next state ApplyTimestampRules.next_state's exactly."""
     if bundle.limited_path is None:
         return []
     import onnxruntime as ort
@@ -229,19 +230,22 @@ def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) 
     special = bundle.tokenizer().special
     rules = ApplyTimestampRules(special, 0, None)
     rows, n_vocab, ts_begin = logits.shape[0], logits.shape[-1], special.timestamp_begin
-    limits = np.stack([rng.choice([0, special.eot], rows),
-                       rng.choice([ts_begin, ts_begin + 100, rules.ALL_TIMESTAMPS], rows)], axis=1).astype(np.int64)
+    last = rng.integers(0, 2, rows)
+    stamp = np.where(last | (rng.random(rows) < 0.5), ts_begin + rng.integers(0, 200, rows), -1)
+    state = np.stack([last, rng.integers(0, 2, rows), stamp], axis=1).astype(np.int64)
     bias = _suppression(rng, n_vocab)
     limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
     first = np.ascontiguousarray(logits[:, :1])
-    best, logprob = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB],
-                                {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_LIMITS: limits})
+    best, logprob, after = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB, io.NEXT_TIMESTAMP_STATE],
+                                       {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state})
     biased = first[:, 0] + bias
-    rules.apply_limits(biased, limits)
+    rules.apply_limits(biased, rules.limits_of(state))
     rules.prefer_timestamps(biased)
     want = biased.argmax(-1)
-    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
-            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
+    exact = Tolerance(0.0, 0.0, 0.0)
+    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, exact),
+            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"]),
+            compare("limited", io.NEXT_TIMESTAMP_STATE, after.ravel(), rules.next_state(state, want).ravel(), exact)]
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

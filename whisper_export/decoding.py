@@ -101,14 +101,16 @@ class Inference:
         self.length += 1
         return top, logprobs
 
-    def best_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's greedy next token after tokens (R, T) under logit_bias and the timestamp rules, and its
-        log-probability (Backend.decode_best_limited): ((R,) int64, (R,) float32)."""
-        new, offsets, cache_index = self._one_more(tokens)
-        best, logprobs, self.cache = self.backend.decode_best_limited(
-            new, offsets, cache_index, logit_bias, rules.limits(tokens), rules, self.cache, self.cross)
-        self.length += 1
-        return best, logprobs
+    def greedy_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules, steps: int,
+                       stop_token: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """greedy() under logit_bias and the timestamp rules, from the rows' timestamp state after tokens (R, T)
+        (Backend.decode_greedy_limited): (chosen (R, k), their log-probabilities (R, k))."""
+        assert self.cache_index is None, "greedy steps never reorder the cache"
+        new, offsets, _ = self._one_more(tokens)
+        chosen, logprobs, self.cache = self.backend.decode_greedy_limited(
+            new, offsets, logit_bias, rules.state(tokens), rules, self.cache, self.cross, steps, stop_token)
+        self.length += chosen.shape[1]
+        return chosen, logprobs
 
     def _one_more(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(the last token of each row (R, 1), offsets, cache_index) of a step that continues a started decode
@@ -339,19 +341,18 @@ class DecodingTask:
     def _picked_steps(self, inference: Inference, decoder: TokenDecoder, tokens: np.ndarray, later_bias: np.ndarray,
                       rules: ApplyTimestampRules | None, sum_logprobs: np.ndarray,
                       budget: int) -> tuple[np.ndarray, bool, int]:
-        """Steps whose tokens the backend picks from the logits + later_bias: one greedy step under the
-        timestamp rules (Backend.decode_best_limited), a beam step from each row's candidates
-        (Backend.decode_top), or greedy steps up to `budget`, each fed the previous choice on the backend's side
-        until every row has chosen eot (what follows a row's eot is dropped). Returns (tokens, completed, steps
-        run)."""
-        if rules is not None:
-            best, logprobs = inference.best_limited(tokens, later_bias, rules)
-            return (*decoder.update_chosen(tokens, best, logprobs, sum_logprobs), 1)
+        """Steps whose tokens the backend picks from the logits + later_bias: a beam step from each row's
+        candidates (Backend.decode_top), or greedy steps up to `budget` (under the timestamp rules:
+        Backend.decode_greedy_limited), each fed the previous choice on the backend's side until every row has
+        chosen eot (what follows a row's eot is dropped). Returns (tokens, completed, steps run)."""
         if isinstance(decoder, BeamSearchDecoder):
             top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
             return (*decoder.update_top(tokens, top, top_logprobs, sum_logprobs), 1)
         assert isinstance(decoder, GreedyDecoder)
-        chosen, logprobs = inference.greedy(tokens, later_bias, budget, stop_token=self.eot)
+        if rules is not None:
+            chosen, logprobs = inference.greedy_limited(tokens, later_bias, rules, budget, stop_token=self.eot)
+        else:
+            chosen, logprobs = inference.greedy(tokens, later_bias, budget, stop_token=self.eot)
         completed = False
         for j in range(chosen.shape[1]):
             tokens, completed = decoder.update_chosen(tokens, chosen[:, j], logprobs[:, j], sum_logprobs)

@@ -41,12 +41,16 @@ top_select.onnx (beam search without timestamps on a device: each row's candidat
     out_top_tokens    (rows, n_logits, TOP_K)     int64     the TOP_K best of logits + bias, best first, ties by id
     out_top_logprobs  (rows, n_logits, TOP_K)     float32   log_softmax(logits + bias) at them
 
-timestamp_select.onnx (greedy with timestamps on a device, after the first sampled step; optional, session 4)
+timestamp_rules.onnx (greedy with timestamps on a device, after the first sampled step; optional, session 5;
+session 4's timestamp_select.onnx took the limits instead of the state and is no longer used)
     in_logits            (rows, n_logits, n_vocab)   float32
     in_logit_bias        (n_vocab,)                  float32
-    in_timestamp_limits  (rows, 2)                   int64     text_end, ts_min (sampling.ApplyTimestampRules.limits)
+    in_timestamp_state   (rows, 3)                   int64     sampling.ApplyTimestampRules.state: last is a
+                                                               timestamp, the one before is, the last timestamp
     out_best_token       (rows, n_logits)            int64     the greedy token under the timestamp rules
     out_best_logprob     (rows, n_logits)            float32   its log-probability under the filtered logits
+    out_timestamp_state  (rows, 3)                   int64     the state after the token (of the last logit
+                                                               position): ApplyTimestampRules.next_state
 
 Cache positions at or beyond a row's offset + n_new are unspecified in out_self_* (never read).
 
@@ -65,7 +69,7 @@ DECODER_FILE = "decoder.onnx"
 REORDER_FILE = "cache_reorder.onnx"
 SELECT_FILE = "greedy_select.onnx"
 TOP_FILE = "top_select.onnx"  # since session 4; a bundle without it gets its beam candidates from host logits
-LIMITED_FILE = "timestamp_select.onnx"  # since session 4; without it, greedy with timestamps uses host logits
+LIMITED_FILE = "timestamp_rules.onnx"  # since session 5; without it, greedy with timestamps uses host logits
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
@@ -78,7 +82,8 @@ SELECT_LOGITS = "in_logits"
 LOGIT_BIAS = "in_logit_bias"
 BEST_TOKEN = "out_best_token"
 BEST_LOGPROB = "out_best_logprob"
-TIMESTAMP_LIMITS = "in_timestamp_limits"  # (rows, 2) int64: sampling.ApplyTimestampRules.limits
+TIMESTAMP_STATE = "in_timestamp_state"  # (rows, 3) int64: sampling.ApplyTimestampRules.state
+NEXT_TIMESTAMP_STATE = "out_timestamp_state"
 TOP_TOKENS = "out_top_tokens"
 TOP_LOGPROBS = "out_top_logprobs"
 TOP_K = 16  # top_select.onnx's candidates per row, best first: a beam search of up to TOP_K - 1 beams

@@ -11,6 +11,7 @@ from onnx import TensorProto
 from whisper_export import graph_io as io
 from whisper_export.dims import ModelDims
 from whisper_export.onnx_builder import GraphBuilder, Layers
+from whisper_export.sampling import ApplyTimestampRules
 
 
 def encoder_graph(
@@ -254,24 +255,49 @@ def _row_max(g: GraphBuilder, x: str, n: int) -> str:
     return top  # (R, P, 1)
 
 
-def timestamp_select_graph(
+def _timestamp_limits(g: GraphBuilder, state: str, eot: int, ts_begin: int) -> tuple[str, str]:
+    """(text_end, ts_min) (R, 1, 1) int64 of the timestamp state (R, 3): ApplyTimestampRules.limits_of."""
+    def column(i: int) -> str:
+        return g.op("Slice", [state, g.const([i]), g.const([i + 1]), g.const([1])])  # (R, 1)
+
+    last, penultimate, stamp = column(0), column(1), column(2)
+    text_ended = g.op("Mul", [last, g.op("Sub", [g.const(1), penultimate])])  # (R, 1)
+    closed = g.op("Mul", [last, penultimate])
+    floor = g.op("Add", [g.const(ts_begin), g.op("Mul", [closed, g.const(ApplyTimestampRules.ALL_TIMESTAMPS - ts_begin)])])
+    ts_min = g.op("Max", [floor, g.op("Sub", [g.op("Add", [stamp, g.const(1)]), text_ended])])
+    text_end = g.op("Mul", [text_ended, g.const(eot)])
+    return tuple(g.op("Unsqueeze", [x, g.const([2])]) for x in (text_end, ts_min))  # (R, 1, 1) each
+
+
+def _next_timestamp_state(g: GraphBuilder, state: str, best: str, ts_begin: int) -> str:
+    """The state (R, 3) after the token of the last logit position of best (R, P): ApplyTimestampRules.next_state."""
+    chosen = g.op("Slice", [best, g.const([-1]), g.const([1 << 62]), g.const([1])])  # (R, 1)
+    is_stamp = g.op("Cast", [g.op("Less", [g.const(ts_begin - 1), chosen])], to=TensorProto.INT64)  # (R, 1)
+    last = g.op("Slice", [state, g.const([0]), g.const([1]), g.const([1])])
+    stamp = g.op("Slice", [state, g.const([2]), g.const([3]), g.const([1])])
+    new_stamp = g.op("Add", [stamp, g.op("Mul", [is_stamp, g.op("Sub", [chosen, stamp])])])
+    return g.op("Concat", [is_stamp, last, new_stamp], axis=1)  # (R, 3)
+
+
+def timestamp_rules_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
     """The greedy choice under openai's timestamp rules after the first sampled step, from device-resident
-    logits + a logit bias and each row's limits (sampling.ApplyTimestampRules.limits: ids below text_end and
-    timestamps below ts_min are forbidden), then the rule that prefers a timestamp when the timestamps together
-    are likelier than the best text token: what ApplyTimestampRules.apply_limits + prefer_timestamps and the
-    greedy argmax do on host logits (the preference compares log-sum-exps computed in another order, so a near
-    tie could go the other way). No weights; the timestamp range is the bundle's."""
-    n_vocab, ts_begin = dims.n_vocab, metadata_special(metadata)["timestamp_begin"]
-    g = GraphBuilder("whisper_timestamp_select", np.float32)
+    logits + a logit bias and each row's timestamp state (sampling.ApplyTimestampRules.state), and the state
+    after that choice, so that steps can follow one another on the device (ort_greedy.py): the limits of the
+    state (ids below text_end and timestamps below ts_min are forbidden), then the rule that prefers a
+    timestamp when the timestamps together are likelier than the best text token: what
+    ApplyTimestampRules.apply_limits + prefer_timestamps and the greedy argmax do on host logits (the
+    preference compares log-sum-exps computed in another order, so a near tie could go the other way). No
+    weights; the timestamp range is the bundle's."""
+    n_vocab, special = dims.n_vocab, metadata_special(metadata)
+    ts_begin = special["timestamp_begin"]
+    g = GraphBuilder("whisper_timestamp_rules", np.float32)
     logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab])
     bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab])
-    limits = g.input(io.TIMESTAMP_LIMITS, TensorProto.INT64, ["rows", 2])
+    stamps_state = g.input(io.TIMESTAMP_STATE, TensorProto.INT64, ["rows", 3])
+    text_end, ts_min = _timestamp_limits(g, stamps_state, special["eot"], ts_begin)  # (R, 1, 1) each
     ids = g.const(np.arange(n_vocab, dtype=np.int64))  # (V,)
-    lim = g.op("Unsqueeze", [limits, g.const([1])])  # (R, 1, 2)
-    text_end = g.op("Slice", [lim, g.const([0]), g.const([1]), g.const([2])])  # (R, 1, 1)
-    ts_min = g.op("Slice", [lim, g.const([1]), g.const([2]), g.const([2])])  # (R, 1, 1)
     is_timestamp = g.const(np.arange(n_vocab) >= ts_begin, np.bool_)  # (V,)
     forbidden = g.op("Or", [g.op("Less", [ids, text_end]), g.op("And", [is_timestamp, g.op("Less", [ids, ts_min])])])
     x = g.op("Where", [forbidden, g.const(-np.inf, np.float32), g.op("Add", [logits, bias])])  # (R, P, V)
@@ -287,6 +313,8 @@ def timestamp_select_graph(
     best, logprob = greedy_choice(g, x, None, n_vocab)
     g.output(io.BEST_TOKEN, best, TensorProto.INT64, ["rows", "n_logits"])
     g.output(io.BEST_LOGPROB, logprob, TensorProto.FLOAT, ["rows", "n_logits"])
+    g.output(io.NEXT_TIMESTAMP_STATE, _next_timestamp_state(g, stamps_state, best, ts_begin), TensorProto.INT64,
+             ["rows", 3])
     return g.model(opset, metadata)
 
 

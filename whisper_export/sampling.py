@@ -118,29 +118,42 @@ class ApplyTimestampRules(LogitFilter):
         bias[self.special.no_timestamps] = -np.inf
         return bias
 
+    def state(self, tokens: np.ndarray) -> np.ndarray:
+        """Each row's timestamp state (R, 3) int64 from the tokens (R, T) so far: (the last sampled token is a
+        timestamp, the one before it is a timestamp or there is none, the last sampled timestamp or -1). The
+        limits depend on nothing else (limits_of)."""
+        ts_begin = self.special.timestamp_begin
+        sampled = tokens[:, self.sample_begin :]
+        n = sampled.shape[1]
+        state = np.zeros((tokens.shape[0], 3), np.int64)
+        state[:, 0] = sampled[:, -1] >= ts_begin if n >= 1 else 0
+        state[:, 1] = sampled[:, -2] >= ts_begin if n >= 2 else 1
+        stamps = sampled >= ts_begin
+        last = n - 1 - np.argmax(stamps[:, ::-1], axis=1) if n else np.zeros(tokens.shape[0], np.int64)
+        state[:, 2] = np.where(stamps.any(axis=1), sampled[np.arange(len(sampled)), last] if n else -1, -1)
+        return state
+
+    def next_state(self, state: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """The state (R, 3) after each row appends chosen (R,), for rows with at least one sampled token
+        already (the first sampled step, whose predecessor count matters, is never stepped this way)."""
+        is_stamp = (chosen >= self.special.timestamp_begin).astype(np.int64)
+        return np.stack([is_stamp, state[:, 0], np.where(is_stamp == 1, chosen, state[:, 2])], axis=1)
+
+    def limits_of(self, state: np.ndarray) -> np.ndarray:
+        """(text_end, ts_min) per row (R, 2) int64 from the state (R, 3): ids below text_end are forbidden (0 or
+        eot), and timestamps below ts_min (ALL_TIMESTAMPS forbids them all). int64 arithmetic only, as
+        timestamp_rules.onnx computes it."""
+        last, penultimate, stamp = state[:, 0], state[:, 1], state[:, 2]
+        text_ended = last * (1 - penultimate)  # text just ended: close it with a timestamp (or end the window)
+        closed = last * penultimate  # a segment just closed: text must follow
+        # never go back in time, and give each segment a nonzero length (no infinite loops); -1: no timestamp yet
+        floor = self.special.timestamp_begin + closed * (self.ALL_TIMESTAMPS - self.special.timestamp_begin)
+        ts_min = np.maximum(floor, stamp + 1 - text_ended)
+        return np.stack([text_ended * self.special.eot, ts_min], axis=1)
+
     def limits(self, tokens: np.ndarray) -> np.ndarray:
         """(text_end, ts_min) per row (R, 2) int64, from the tokens (R, T) so far."""
-        ts_begin, eot = self.special.timestamp_begin, self.special.eot
-        limits = np.empty((tokens.shape[0], 2), np.int64)
-        for k in range(tokens.shape[0]):
-            sampled = tokens[k, self.sample_begin :]
-            last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
-            penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
-            text_end, ts_min = 0, ts_begin
-            if last_was_timestamp:
-                if penultimate_was_timestamp:  # a segment just closed: text must follow
-                    ts_min = self.ALL_TIMESTAMPS
-                else:  # text just ended: close it with a timestamp (or end the window)
-                    text_end = eot
-            timestamps = sampled[sampled >= ts_begin]
-            if timestamps.size:
-                # never go back in time, and give each segment a nonzero length (no infinite loops)
-                if last_was_timestamp and not penultimate_was_timestamp:
-                    ts_min = max(ts_min, int(timestamps[-1]))
-                else:
-                    ts_min = max(ts_min, int(timestamps[-1]) + 1)
-            limits[k] = text_end, ts_min
-        return limits
+        return self.limits_of(self.state(tokens))
 
     def apply_limits(self, logits: np.ndarray, limits: np.ndarray) -> None:
         ts_begin = self.special.timestamp_begin

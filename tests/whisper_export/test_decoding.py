@@ -168,6 +168,46 @@ def test_timestamp_rules(tokenizer):
     assert np.isfinite(logits[0, ts + 50]) and np.isneginf(logits[0, ts + 49])
 
 
+def _openai_timestamp_mask(tokens: list[int], sample_begin: int, ts_begin: int, eot: int, n_vocab: int) -> np.ndarray:
+    """Which ids openai-whisper's ApplyTimestampRules forbids after its first sampled step (its pair and
+    monotonicity rules, written out as in its decoding.py), for one row: the reference for the state form."""
+    forbidden = np.zeros(n_vocab, bool)
+    sampled = tokens[sample_begin:]
+    last_was_timestamp = len(sampled) >= 1 and sampled[-1] >= ts_begin
+    penultimate_was_timestamp = len(sampled) < 2 or sampled[-2] >= ts_begin
+    if last_was_timestamp:
+        if penultimate_was_timestamp:
+            forbidden[ts_begin:] = True
+        else:
+            forbidden[:eot] = True
+    timestamps = [t for t in sampled if t >= ts_begin]
+    if timestamps:
+        timestamp_last = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
+        forbidden[ts_begin:timestamp_last] = True
+    return forbidden
+
+
+def test_timestamp_state_gives_openai_rules_and_steps_on(tokenizer):
+    """ApplyTimestampRules.state -> limits_of forbids what openai-whisper's rules forbid, for random token
+    sequences of timestamps and text, and next_state(state(tokens), t) is state(tokens + [t]) once a token is
+    sampled (what timestamp_rules.onnx carries from step to step)."""
+    special, v = tokenizer.special, tokenizer.n_vocab
+    ts = special.timestamp_begin
+    rules = ApplyTimestampRules(special, sample_begin=2, max_initial_timestamp_index=None)
+    rng = np.random.default_rng()
+    ids = np.arange(v)
+    for length in range(2, 12):
+        tokens = np.where(rng.random((64, length)) < 0.5, rng.integers(0, special.eot, (64, length)),
+                          rng.integers(ts, ts + 60, (64, length)))
+        limits = rules.limits(tokens)
+        for row, (text_end, ts_min) in zip(tokens.tolist(), limits.tolist()):
+            mask = (ids < text_end) | ((ids >= ts) & (ids < ts_min))
+            assert np.array_equal(mask, _openai_timestamp_mask(row, 2, ts, special.eot, v)), row
+        if length >= 4:  # at least one sampled token before the last
+            stepped = rules.next_state(rules.state(tokens[:, :-1]), tokens[:, -1])
+            assert np.array_equal(stepped, rules.state(tokens))
+
+
 # -- options and inputs --------------------------------------------------------------------------------
 
 

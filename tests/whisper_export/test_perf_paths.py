@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -175,7 +176,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
         # beam steps without timestamps took their candidates from top_select.onnx on the "device", greedy
-        # steps with timestamps their tokens from timestamp_select.onnx
+        # steps with timestamps their tokens from timestamp_rules.onnx
         assert sim._aux is not None and sim._aux.opened("top") is not None and sim._aux.opened("limited") is not None
         # greedy steps streamed through the ring of each row count used
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
@@ -442,7 +443,33 @@ def test_one_shared_stream_waits_once_per_picked_step(tiny_bundle, english_clips
         for i, (name, q) in enumerate(runs):
             if q:
                 later = [n for n, wait in runs[i + 1 :] if not wait]
-                assert later and later[0] in ("top_select.onnx", "timestamp_select.onnx"), runs[i : i + 4]
+                assert later and later[0] in ("top_select.onnx", "timestamp_rules.onnx"), runs[i : i + 4]
+
+
+@pytest.mark.parametrize("queue", [1, 3])
+def test_streamed_timestamp_steps_equal_host_rules(queue, tiny_bundle_ort, english_clips, simulated_cuda):
+    """On one stream for every session, greedy decoding with timestamps streams through the host-mapped ring:
+    per step the decoder step and timestamp_rules.onnx are queued, the graph reading each row's timestamp state
+    from the ring and writing its choice and the next state into it. The tokens are the CPU's (rules applied to
+    host logits), the log-probabilities to float32 rounding, for every queue depth; without a shared stream the
+    steps run one at a time."""
+    from whisper_export.decoding import decode
+    from whisper_export.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips)
+    options = DecodingOptions()
+    with simulated_cuda(tiny_bundle_ort) as cpu:
+        want = decode(cpu, cpu.bundle.tokenizer(), mel, options)
+    ts_begin = cpu.bundle.tokenizer().special.timestamp_begin
+    assert all(sum(t >= ts_begin for t in r.tokens) >= 2 for r in want)  # timestamps in every window
+    for shared in (True, False):
+        extra = {"provider_options": {"user_compute_stream": "1"}} if shared else {}
+        with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept", greedy_queue=queue, **extra) as sim:
+            got = decode(sim, sim.bundle.tokenizer(), mel, options)
+            ring_runs = [key for key in sim._aux.opened("limited")._bindings if key[0] == "limited-ring"]
+            assert bool(ring_runs) == shared and ((len(mel), queue) in sim.buffers.streams()) == shared
+        assert [r.tokens for r in got] == [r.tokens for r in want]
+        assert [r.sum_logprob for r in got] == pytest.approx([r.sum_logprob for r in want], rel=1e-5, abs=1e-5)
 
 
 def test_host_mapped_memory_or_a_clear_error():
@@ -485,11 +512,11 @@ def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bu
         assert backend.greedy_queue == 0 and "simulated: no CUDA runtime" in backend.greedy_error
 
 
-def test_bundle_without_the_session_4_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
-                                                                         simulated_cuda):
-    """A bundle exported before top_select.onnx and timestamp_select.onnx existed opens (the files are optional)
-    and beam search and greedy with timestamps on the CUDA path work on host logits instead, with the same
-    tokens."""
+def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
+                                                                     simulated_cuda):
+    """A bundle exported before top_select.onnx and timestamp_rules.onnx existed opens (the files are optional;
+    session 4's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
+    on the CUDA path work on host logits instead, with the same tokens."""
     import json
 
     from whisper_export.decoding import decode
@@ -498,9 +525,11 @@ def test_bundle_without_the_session_4_graphs_decodes_on_host_logits(tiny_bundle,
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    for name in ("top_select.onnx", "timestamp_select.onnx"):
+    for name in ("top_select.onnx", "timestamp_rules.onnx"):
         (old / name).unlink()
         del manifest["files"][name]
+    (old / "timestamp_select.onnx").write_bytes(b"session 4's graph")  # listed, never opened
+    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"session 4's graph").hexdigest()
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert Bundle.open(old).top_path is None and Bundle.open(old).limited_path is None
     assert Bundle.open(tiny_bundle).top_path is not None and Bundle.open(tiny_bundle).limited_path is not None
@@ -522,9 +551,9 @@ def test_bundle_without_the_session_4_graphs_decodes_on_host_logits(tiny_bundle,
 def test_greedy_with_timestamps_under_limits_equals_filtering_the_logits(device, tiny_bundle, english_clips,
                                                                         simulated_cuda):
     """Greedy with timestamps after the first sampled step goes through Backend.decode_best_limited (the rules
-    as per-row limits plus the timestamp preference; on the "device" timestamp_select.onnx): the tokens of
-    filtering host logits every step (the path it replaces), and the same sum of log-probabilities, bit for bit
-    on the CPU, to float32 rounding through the graph."""
+    of each row's timestamp state plus the timestamp preference; on the "device" timestamp_rules.onnx): the
+    tokens of filtering host logits every step (the path it replaces), and the same sum of log-probabilities,
+    bit for bit on the CPU, to float32 rounding through the graph."""
     from whisper_export.decoding import DecodingTask
     from whisper_export.options import DecodingOptions
 

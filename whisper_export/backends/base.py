@@ -122,18 +122,20 @@ class Backend(abc.ABC):
         offsets: np.ndarray,
         cache_index: np.ndarray,
         logit_bias: np.ndarray,
-        limits: np.ndarray,
+        state: np.ndarray,
         rules: Any,
         cache: SelfCache,
         cross: CrossKV,
     ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
         """decode_best with openai's timestamp rules after the first sampled step: logits + logit_bias, then
-        rules.apply_limits(limits (R, 2)) and rules.prefer_timestamps (sampling.ApplyTimestampRules), then the
-        argmax and its log-probability, bit for bit what the logit filters and GreedyDecoder compute on host
-        logits. This default does exactly that in numpy; a GPU backend applies the rules on the device
-        (timestamp_select.onnx)."""
+        rules.apply_limits(rules.limits_of(state)) for each row's timestamp state (R, 3)
+        (sampling.ApplyTimestampRules.state) and rules.prefer_timestamps, then the argmax and its
+        log-probability, bit for bit what the logit filters and GreedyDecoder compute on host logits. This
+        default does exactly that in numpy; a GPU backend applies the rules on the device
+        (timestamp_rules.onnx)."""
+        self.check_timestamp_state(state, tokens.shape[0])
         biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        rules.apply_limits(biased, limits)
+        rules.apply_limits(biased, rules.limits_of(state))
         rules.prefer_timestamps(biased)
         return (*self._best_of(biased), cache)
 
@@ -164,6 +166,38 @@ class Backend(abc.ABC):
             chosen.append(best)
             logprobs.append(logprob)
             tokens = best.astype(np.int64)[:, None]
+            if stop_token is not None:
+                stopped |= best == stop_token
+                if stopped.all():
+                    break
+        return np.stack(chosen, axis=1).astype(np.int64), np.stack(logprobs, axis=1).astype(np.float32), cache
+
+    def decode_greedy_limited(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        logit_bias: np.ndarray,
+        state: np.ndarray,
+        rules: Any,
+        cache: SelfCache,
+        cross: CrossKV,
+        steps: int,
+        stop_token: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """decode_greedy under the timestamp rules: each step is decode_best_limited from the timestamp state
+        (R, 3) of the rows so far, which the step's choice moves on (rules.next_state); the rows must have
+        sampled a token already. Same returns and stop rule as decode_greedy. This default runs
+        decode_best_limited step by step; a GPU backend streams the steps, the state moving on on the device."""
+        self.check_greedy(tokens, steps)
+        identity = np.arange(tokens.shape[0], dtype=np.int64)
+        stopped = np.zeros(tokens.shape[0], dtype=bool)
+        chosen, logprobs = [], []
+        for j in range(steps):
+            best, logprob, cache = self.decode_best_limited(tokens, offsets + j, identity, logit_bias, state, rules,
+                                                            cache, cross)
+            chosen.append(best)
+            logprobs.append(logprob)
+            tokens, state = best.astype(np.int64)[:, None], rules.next_state(state, best)
             if stop_token is not None:
                 stopped |= best == stop_token
                 if stopped.all():
@@ -206,6 +240,11 @@ class Backend(abc.ABC):
         if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
             raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
                              f"expected a ({self.dims.n_vocab},) float32 array")
+
+    @staticmethod
+    def check_timestamp_state(state: np.ndarray, rows: int) -> None:
+        if state.shape != (rows, 3) or state.dtype != np.int64:
+            raise ValueError(f"timestamp state: received {state.dtype} {state.shape}, expected int64 ({rows}, 3)")
 
     @staticmethod
     def check_greedy(tokens: np.ndarray, steps: int) -> None:

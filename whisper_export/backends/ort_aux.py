@@ -1,11 +1,11 @@
 """The bundle's small graphs on CUDA, next to the decoder: cache_reorder.onnx (a beam search's cache reorder,
 device to device), greedy_select.onnx (the greedy token and its log-probability from the logits the decoder left
 on the device, so 12 bytes per row reach the host instead of 4 x n_vocab), top_select.onnx (a beam search's
-candidates from those logits: 12 x TOP_K bytes per row) and timestamp_select.onnx (the greedy token under the
-timestamp rules, from those logits and each row's limits).
+candidates from those logits: 12 x TOP_K bytes per row) and timestamp_rules.onnx (the greedy token under the
+timestamp rules, from those logits and each row's timestamp state, and the state after it).
 
 All run on fixed device buffers: one IO binding per buffer combination, made once, whose small inputs (the
-reorder index, the logit bias, the timestamp limits) are updated in place; with CUDA graphs wanted, each binding is captured once
+reorder index, the logit bias, the timestamp state) are updated in place; with CUDA graphs wanted, each binding is captured once
 and replayed. Uncaptured, their few small kernels cost more in onnxruntime's per-node overhead than on the GPU.
 """
 
@@ -35,13 +35,15 @@ def _captured(open_session: Callable[[bool], Any], graph_ids: itertools.count, g
 class AuxGraphs:
     """The small graphs of one backend, each opened on first use: "reorder" (cache_reorder.onnx) and the
     three that pick from the logits a decoder step left on the device, "select" (greedy_select.onnx), "top"
-    (top_select.onnx) and "limited" (timestamp_select.onnx)."""
+    (top_select.onnx) and "limited" (timestamp_rules.onnx)."""
 
-    # each picking graph's outputs, read back per row: (tokens, log-probabilities)
+    # each picking graph's inputs after the logits and the bias, and its outputs: (tokens, log-probabilities)
+    # read back per row, then any other
     _PICKS = {
-        "select": (graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB),
-        "top": (graph_io.TOP_TOKENS, graph_io.TOP_LOGPROBS),
-        "limited": (graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB),
+        "select": ((), (graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB)),
+        "top": ((), (graph_io.TOP_TOKENS, graph_io.TOP_LOGPROBS)),
+        "limited": ((graph_io.TIMESTAMP_STATE,),
+                    (graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB, graph_io.NEXT_TIMESTAMP_STATE)),
     }
 
     def __init__(self, open_session: Callable[..., Any], device_zeros: Callable[[tuple, Any], Any],
@@ -100,8 +102,8 @@ class AuxGraphs:
               extra: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """Run a picking graph on device logits (rows, 1, n_vocab) + bias (and extra inputs) into outputs (rows,
         1, ...) and return both for the one logit position (views copied: the buffers may be host memory)."""
-        names = self._PICKS[which]
-        runs = self._session_runs(which, [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS, *extra], list(names))
+        names = self._PICKS[which][1]
+        runs = self._picking_runs(which)
         device_bias = self.device_bias(bias)
 
         def bind(binding: Any) -> None:
@@ -113,8 +115,12 @@ class AuxGraphs:
                 binding.bind_ortvalue_output(name, value)
 
         runs.run((which, rows, id(logits)), bind)
-        tokens, logprobs = (value.numpy()[:, 0].copy() for value in outputs)
+        tokens, logprobs = (value.numpy()[:, 0].copy() for value in outputs[:2])
         return tokens, logprobs
+
+    def _picking_runs(self, which: str) -> CapturedRuns:
+        extra, names = self._PICKS[which]
+        return self._session_runs(which, [graph_io.SELECT_LOGITS, graph_io.LOGIT_BIAS, *extra], list(names))
 
     def select(self, logits: Any, rows: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(best token (R,) int64, its log-probability (R,) float32) from device logits (rows, 1, n_vocab)."""
@@ -127,10 +133,25 @@ class AuxGraphs:
         outputs = self._buffer("top", rows, lambda: (self._zeros(shape, np.int64), self._zeros(shape, np.float32)))
         return self._pick("top", logits, rows, bias, outputs, {})
 
-    def limited(self, logits: Any, rows: int, bias: np.ndarray, limits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(best token (R,) int64, its log-probability (R,) float32) under the timestamp rules' limits (R, 2),
-        from device logits (rows, 1, n_vocab) + bias."""
-        device_limits = self._buffer("limits", rows, lambda: self._zeros((rows, 2), np.int64))
-        device_limits.update_inplace(np.ascontiguousarray(limits, dtype=np.int64))
-        return self._pick("limited", logits, rows, bias, self.choice_buffers(rows),
-                          {graph_io.TIMESTAMP_LIMITS: device_limits})
+    def limited(self, logits: Any, rows: int, bias: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best token (R,) int64, its log-probability (R,) float32) under the timestamp rules of each row's
+        timestamp state (R, 3), from device logits (rows, 1, n_vocab) + bias."""
+        device_state, next_state = self._buffer("states", rows, lambda: (self._zeros((rows, 3), np.int64),
+                                                                        self._zeros((rows, 3), np.int64)))
+        device_state.update_inplace(np.ascontiguousarray(state, dtype=np.int64))
+        return self._pick("limited", logits, rows, bias, (*self.choice_buffers(rows), next_state),
+                          {graph_io.TIMESTAMP_STATE: device_state})
+
+    def queue_limited(self, logits: Any, key: tuple, bind_ring: Callable[[Any], None]) -> None:
+        """Queue timestamp_rules.onnx on device logits (rows, 1, n_vocab) + the device bias as it is, its state
+        in and its token, log-probability and next state out bound by bind_ring (a streamed step's slots in the
+        host-mapped ring, ort_greedy.py); key names those slots. Nothing is waited for."""
+        runs = self._picking_runs("limited")
+        device_bias = self.device_bias(None)
+
+        def bind(binding: Any) -> None:
+            binding.bind_ortvalue_input(graph_io.SELECT_LOGITS, logits)
+            binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, device_bias)
+            bind_ring(binding)
+
+        runs.run(("limited-ring", *key, id(logits)), bind, wait=False)

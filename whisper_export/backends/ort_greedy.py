@@ -8,6 +8,10 @@ the GPU. The host keeps `queue` steps queued on onnxruntime's stream (runs that 
 ort_runs.NO_SYNC) and learns that the oldest has finished when its choice replaces the sentinel the host wrote
 there; it reads the choice, checks for the stop token and queues one more step. So the GPU runs steps back to
 back and the host never waits on the stream; after the stop token, at most `queue` steps run in vain.
+
+Under the timestamp rules a step is two runs on the backend's one CUDA stream: the decoder step (its token and
+offsets from the ring, its logits to a device buffer) and timestamp_rules.onnx on those logits, which reads the
+row's timestamp state from the ring and writes the choice, its log-probability and the next state into it.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ _SPIN_LIMIT_S = 60.0  # a step that has not finished after this long is not comi
 class GreedyStream:
     """The host-mapped ring of one row count's streamed steps, `queue` of them in flight at most.
 
-    slots = queue + 2, step i uses s = i % slots: it reads tokens[s] and offsets[s] and writes tokens[(s + 1) %
-    slots] and logprobs[s]. Two slots more than steps in flight: when the host arms step i, the step that last
+    slots = queue + 2, step i uses s = i % slots: it reads tokens[s], offsets[s] (and states[s]) and writes
+    tokens[(s + 1) % slots], logprobs[s] (and states[(s + 1) % slots]). Two slots more than steps in flight: when the host arms step i, the step that last
     read or wrote any of its slots has finished. Addresses never change, so each slot's binding can be captured.
     """
 
@@ -35,27 +39,48 @@ class GreedyStream:
         self.rows, self.queue, self.slots = rows, queue, queue + 2
         self._device, self._device_id = device, device_id
         n = self.slots * rows
-        self._memory = memory(2 * 8 * n + 4 * n)  # kept: the views below live in it
+        # int64 sections first (8-byte aligned addresses for the kernels), the float32 one last
+        self._memory = memory(5 * 8 * n + 4 * n)  # kept: the views below live in it
         self.tokens = self._memory.view(np.int64, (self.slots, rows), 0)
         self.offsets = self._memory.view(np.int64, (self.slots, rows), 8 * n)
-        self.logprobs = self._memory.view(np.float32, (self.slots, rows), 16 * n)
+        self.states = self._memory.view(np.int64, (self.slots, rows, 3), 16 * n)
+        self.logprobs = self._memory.view(np.float32, (self.slots, rows), 40 * n)
         self._unfinished = range(0)  # steps a run that raised left queued
+
+    def _bind(self, binding: Any, s: int, which: tuple[str, ...]) -> None:
+        rows, n = self.rows, self.slots * self.rows
+        base, after = self._memory.address, (s + 1) % self.slots
+        slots = {  # name: (input?, dtype, shape, address)
+            graph_io.TOKENS: (True, np.int64, [rows, 1], base + s * rows * 8),
+            graph_io.OFFSETS: (True, np.int64, [rows], base + 8 * n + s * rows * 8),
+            graph_io.BEST_TOKEN: (False, np.int64, [rows, 1], base + after * rows * 8),
+            graph_io.TIMESTAMP_STATE: (True, np.int64, [rows, 3], base + 16 * n + s * rows * 24),
+            graph_io.NEXT_TIMESTAMP_STATE: (False, np.int64, [rows, 3], base + 16 * n + after * rows * 24),
+            graph_io.BEST_LOGPROB: (False, np.float32, [rows, 1], base + 40 * n + s * rows * 4),
+        }
+        for name in which:
+            is_input, dtype, shape, address = slots[name]
+            bind = binding.bind_input if is_input else binding.bind_output
+            bind(name, self._device, self._device_id, dtype, shape, address)
 
     def bind_step(self, binding: Any, s: int) -> None:
         """Slot s's step: its token and offsets in, its choice out, all in the ring."""
-        rows, row64 = self.rows, self.rows * 8
-        base = self._memory.address
-        for bind, name, dtype, shape, address in (
-            (binding.bind_input, graph_io.TOKENS, np.int64, [rows, 1], base + s * row64),
-            (binding.bind_input, graph_io.OFFSETS, np.int64, [rows], base + (self.slots + s) * row64),
-            (binding.bind_output, graph_io.BEST_TOKEN, np.int64, [rows, 1], base + (s + 1) % self.slots * row64),
-            (binding.bind_output, graph_io.BEST_LOGPROB, np.float32, [rows, 1], base + 16 * self.slots * rows + s * rows * 4),
-        ):
-            bind(name, self._device, self._device_id, dtype, shape, address)
+        self._bind(binding, s, (graph_io.TOKENS, graph_io.OFFSETS, graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB))
 
-    def start(self, tokens: np.ndarray) -> None:
-        """tokens (rows, 1): step 0's."""
+    def bind_inputs(self, binding: Any, s: int) -> None:
+        """Slot s's decoder step that another graph picks from: its token and offsets in."""
+        self._bind(binding, s, (graph_io.TOKENS, graph_io.OFFSETS))
+
+    def bind_limited(self, binding: Any, s: int) -> None:
+        """Slot s's timestamp_rules.onnx: the timestamp state in, the choice and the next state out."""
+        self._bind(binding, s, (graph_io.TIMESTAMP_STATE, graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB,
+                                graph_io.NEXT_TIMESTAMP_STATE))
+
+    def start(self, tokens: np.ndarray, state: np.ndarray | None = None) -> None:
+        """tokens (rows, 1): step 0's; state (rows, 3): its timestamp state (streamed timestamp rules)."""
         self.tokens[0] = tokens[:, 0]
+        if state is not None:
+            self.states[0] = state
 
     def arm(self, i: int, offsets: np.ndarray) -> int:
         """Before queueing step i (its offsets are offsets + i): its offsets, and sentinels where its choice goes.
@@ -81,15 +106,16 @@ class GreedyStream:
         return chosen.copy(), logprobs.copy()
 
     def run(self, queue_step: Callable[[int], None], tokens: np.ndarray, offsets: np.ndarray, steps: int,
-            stop_token: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Up to `steps` steps from tokens (rows, 1) at offsets, queue_step(slot) queueing one on the device
-        without waiting; stops queueing once every row has chosen stop_token and returns when every queued step
-        has finished (so the ring is free again): (chosen (rows, k) int64, log-probabilities (rows, k) float32)."""
+            stop_token: int | None, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `steps` steps from tokens (rows, 1) at offsets (and timestamp state (rows, 3)), queue_step(slot)
+        queueing one on the device without waiting; stops queueing once every row has chosen stop_token and
+        returns when every queued step has finished (so the ring is free again): (chosen (rows, k) int64,
+        log-probabilities (rows, k) float32)."""
         self._drain()
         chosen = np.empty((self.rows, steps), np.int64)
         logprobs = np.empty((self.rows, steps), np.float32)
         stopped = np.zeros(self.rows, dtype=bool)
-        self.start(tokens)
+        self.start(tokens, state)
         queued = done = 0
         try:
             while done < queued or queued < steps and not stopped.all():

@@ -73,27 +73,22 @@ class DevicePicking(Backend):
         top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
         return top[:, :k], logprobs[:, :k], self._after_step(cache)
 
-    def decode_best_limited(self, tokens, offsets, cache_index, logit_bias, limits, rules, cache: _Cache,
+    def decode_best_limited(self, tokens, offsets, cache_index, logit_bias, state, rules, cache: _Cache,
                             cross: _Cross):
-        """CUDA, a bundle with timestamp_select.onnx: the step leaves its logits on the device and the graph
-        applies the timestamp rules and picks there; else the host does it on the logits."""
+        """CUDA, a bundle with timestamp_rules.onnx: the step leaves its logits on the device and the graph
+        applies the timestamp rules of each row's state and picks there; else the host does it on the logits."""
         if self.device == "cpu" or self.bundle.limited_path is None or not self._one_token(tokens):
-            return super().decode_best_limited(tokens, offsets, cache_index, logit_bias, limits, rules, cache, cross)
+            return super().decode_best_limited(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
         self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        if limits.shape != (cache.rows, 2):
-            raise ValueError(f"limits: received shape {limits.shape}, expected ({cache.rows}, 2)")
+        self.check_timestamp_state(state, cache.rows)
         cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
         best, logprobs = self._aux_graphs().limited(self.buffers.steering(cache.rows).logits, cache.rows,
-                                                     logit_bias, limits)
+                                                     logit_bias, state)
         return best, logprobs, self._after_step(cache)
 
-    def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int,
-                      stop_token: int | None = None):
-        """CUDA, a decoder that chooses greedily: the steps streamed through a host-mapped ring, greedy_queue of
-        them queued on the device at a time, each reading the previous one's choice there (ort_greedy.py); the
-        host reads each choice as it lands and stops queueing once every row has chosen stop_token."""
-        if self.device == "cpu" or not self.selects or self.greedy_queue < 1:
-            return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps, stop_token)
+    def _greedy_stream(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int):
+        """The checks of streamed greedy steps, then the ring of the row count; None (and greedy_queue 0 from
+        now on) where the CUDA runtime gives no host-mapped memory."""
         self.check_greedy(tokens, steps)
         self.check_handles(cache, cross, _Cache, _Cross)
         rows = cache.rows
@@ -102,11 +97,22 @@ class DevicePicking(Backend):
                         rows, cache.capacity, cross.n_audio)
         self.check_logit_bias(logit_bias)
         try:
-            stream = self.buffers.stream(rows, self.greedy_queue)
+            return self.buffers.stream(rows, self.greedy_queue)
         except HostMappedError as e:  # no pinned memory: one step per call from now on
             self.greedy_queue, self.greedy_error = 0, str(e)
+            return None
+
+    def decode_greedy(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int,
+                      stop_token: int | None = None):
+        """CUDA, a decoder that chooses greedily: the steps streamed through a host-mapped ring, greedy_queue of
+        them queued on the device at a time, each reading the previous one's choice there (ort_greedy.py); the
+        host reads each choice as it lands and stops queueing once every row has chosen stop_token."""
+        stream = None
+        if self.device == "cuda" and self.selects and self.greedy_queue >= 1:
+            stream = self._greedy_stream(tokens, offsets, logit_bias, cache, cross, steps)
+        if stream is None:
             return super().decode_greedy(tokens, offsets, logit_bias, cache, cross, steps, stop_token)
-        steering = self.buffers.steering(rows)
+        steering = self.buffers.steering(cache.rows)
         bias = self._aux_graphs().device_bias(logit_bias)
 
         def bind(binding, s: int) -> None:
@@ -119,4 +125,39 @@ class DevicePicking(Backend):
             self._run_step(lambda binding: bind(binding, s), cache, cross, "greedy", stream.queue, s, wait=False)
 
         chosen, logprobs = stream.run(queue_step, tokens, offsets, steps, stop_token)
+        return chosen, logprobs, cache
+
+    def decode_greedy_limited(self, tokens, offsets, logit_bias, state, rules, cache: _Cache, cross: _Cross,
+                              steps: int, stop_token: int | None = None):
+        """CUDA, a decoder that appends to its cache in place, a bundle with timestamp_rules.onnx and one stream
+        for the sessions: streamed as decode_greedy, each step a decoder step and timestamp_rules.onnx on its
+        logits queued one after the other on the stream, the timestamp state moving on in the ring."""
+        stream = None
+        if (self.device == "cuda" and self.in_place and self.shared_stream and self.greedy_queue >= 1
+                and self.bundle.limited_path is not None):
+            self.check_timestamp_state(state, cache.rows)
+            stream = self._greedy_stream(tokens, offsets, logit_bias, cache, cross, steps)
+        if stream is None:
+            return super().decode_greedy_limited(tokens, offsets, logit_bias, state, rules, cache, cross, steps,
+                                                 stop_token)
+        steering = self.buffers.steering(cache.rows)
+        aux = self._aux_graphs()
+        bias = aux.device_bias(logit_bias)
+
+        def bind(binding, s: int) -> None:
+            stream.bind_inputs(binding, s)
+            binding.bind_ortvalue_input(graph_io.LOGIT_POSITIONS, steering.values[graph_io.LOGIT_POSITIONS])
+            binding.bind_ortvalue_output(graph_io.LOGITS, steering.logits)
+            if steering.choice is not None:  # a selecting decoder's own choice, not the one under the rules
+                binding.bind_ortvalue_input(graph_io.LOGIT_BIAS, bias)
+                binding.bind_ortvalue_output(graph_io.BEST_TOKEN, steering.choice[0])
+                binding.bind_ortvalue_output(graph_io.BEST_LOGPROB, steering.choice[1])
+
+        def queue_step(s: int) -> None:
+            self._run_step(lambda binding: bind(binding, s), cache, cross, "greedy-limited", stream.queue, s,
+                           wait=False)
+            aux.queue_limited(steering.logits, (cache.rows, stream.queue, s),
+                              lambda binding: stream.bind_limited(binding, s))
+
+        chosen, logprobs = stream.run(queue_step, tokens, offsets, steps, stop_token, state)
         return chosen, logprobs, cache

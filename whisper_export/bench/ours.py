@@ -35,6 +35,11 @@ class CountingBackend:
         self.steps += chosen.shape[1]  # the steps run (those queued after an eot too), not the steps asked for
         return chosen, logprobs, cache
 
+    def decode_greedy_limited(self, *args):
+        chosen, logprobs, cache = self.inner.decode_greedy_limited(*args)
+        self.steps += chosen.shape[1]
+        return chosen, logprobs, cache
+
 
 def ours_encoder_ms(backend, mel1, repeats: int) -> dict[str, float]:
     """ms per 30 s window at batch 1 (the cross K/V of every decoder layer included)."""
