@@ -26,7 +26,7 @@ and CUDA graphs can replay the decoder step:
   second session specialised to one-token steps is tried, then plain IO binding: see `graph_mode`.
 - one CUDA stream for every session (host_mapped.CudaStream as user_compute_stream): a step whose logits a small
   graph picks from is queued with its cache reorder and that graph's run, and waited for once.
-The steps that pick on the device (decode_best, decode_top, decode_best_limited, decode_greedy) are in
+The steps that pick on the device (decode_best, decode_top, decode_best_limited, decode_greedy[_limited]) are in
 ort_picking.py, this class's base.
 """
 
