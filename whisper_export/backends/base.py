@@ -157,20 +157,12 @@ class Backend(abc.ABC):
         it (a backend that queues steps ahead finishes those too). The caller drops what follows a row's stop
         token. This default is decode_best step by step, stopping at once; a GPU backend streams the steps on
         the device and reads their choices without synchronising (ort_greedy.py)."""
-        self.check_greedy(tokens, steps)
         identity = np.arange(tokens.shape[0], dtype=np.int64)
-        stopped = np.zeros(tokens.shape[0], dtype=bool)
-        chosen, logprobs = [], []
-        for j in range(steps):
-            best, logprob, cache = self.decode_best(tokens, offsets + j, identity, logit_bias, cache, cross)
-            chosen.append(best)
-            logprobs.append(logprob)
-            tokens = best.astype(np.int64)[:, None]
-            if stop_token is not None:
-                stopped |= best == stop_token
-                if stopped.all():
-                    break
-        return np.stack(chosen, axis=1).astype(np.int64), np.stack(logprobs, axis=1).astype(np.float32), cache
+
+        def step(j: int, tokens: np.ndarray, cache: SelfCache):
+            return self.decode_best(tokens, offsets + j, identity, logit_bias, cache, cross)
+
+        return self._step_by_step(step, tokens, cache, steps, stop_token)
 
     def decode_greedy_limited(
         self,
@@ -188,16 +180,29 @@ class Backend(abc.ABC):
         (R, 3) of the rows so far, which the step's choice moves on (rules.next_state); the rows must have
         sampled a token already. Same returns and stop rule as decode_greedy. This default runs
         decode_best_limited step by step; a GPU backend streams the steps, the state moving on on the device."""
-        self.check_greedy(tokens, steps)
         identity = np.arange(tokens.shape[0], dtype=np.int64)
+        states = [state]  # step j's
+
+        def step(j: int, tokens: np.ndarray, cache: SelfCache):
+            best, logprob, cache = self.decode_best_limited(tokens, offsets + j, identity, logit_bias, states[j],
+                                                            rules, cache, cross)
+            states.append(rules.next_state(states[j], best))
+            return best, logprob, cache
+
+        return self._step_by_step(step, tokens, cache, steps, stop_token)
+
+    def _step_by_step(self, step, tokens: np.ndarray, cache: SelfCache, steps: int,
+                      stop_token: int | None) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """The greedy defaults' loop: step(j, tokens (rows, 1), cache) -> (best, log-probability, cache), each
+        step fed the previous one's choice, until `steps` or every row has chosen stop_token."""
+        self.check_greedy(tokens, steps)
         stopped = np.zeros(tokens.shape[0], dtype=bool)
         chosen, logprobs = [], []
         for j in range(steps):
-            best, logprob, cache = self.decode_best_limited(tokens, offsets + j, identity, logit_bias, state, rules,
-                                                            cache, cross)
+            best, logprob, cache = step(j, tokens, cache)
             chosen.append(best)
             logprobs.append(logprob)
-            tokens, state = best.astype(np.int64)[:, None], rules.next_state(state, best)
+            tokens = best.astype(np.int64)[:, None]
             if stop_token is not None:
                 stopped |= best == stop_token
                 if stopped.all():
