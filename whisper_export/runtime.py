@@ -67,7 +67,9 @@ class WhisperRuntime:
         threads: int | None = None,
     ) -> "WhisperRuntime":
         """bundle_dir: an exported bundle (onnxruntime; tensorrt after ``whisper-export build``); without one,
-        model (a checkpoint name or path; None = the packaged tiny.en) is exported once into the user cache.
+        model (a checkpoint name or path; None = the packaged tiny.en) is exported once into the user cache, as
+        the device runs it fastest (bundle_cache.ON_DEMAND: fp32 for a CPU, fp16 with attention="onnxruntime"
+        for CUDA).
         backend "torch" runs the checkpoint itself (model may also be a reference_model Checkpoint)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: received {backend!r}, expected one of {', '.join(BACKENDS)}")
@@ -80,9 +82,14 @@ class WhisperRuntime:
             return cls(TensorRTBackend(bundle), bundle.tokenizer())
         if backend == "onnxruntime":
             if bundle_dir is None:
-                from whisper_export.bundle_cache import ensure_bundle
+                from whisper_export.bundle_cache import ON_DEMAND, ensure_bundle
 
-                bundle_dir = ensure_bundle(model)
+                if device == "cuda":  # before an export that could not run here
+                    from whisper_export.backends.onnxruntime import check_cuda_provider
+
+                    check_cuda_provider()
+                precision, attention = ON_DEMAND.get(device, ON_DEMAND["cpu"])  # a wrong device: the backend says so
+                bundle_dir = ensure_bundle(model, precision, attention=attention)
             from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
             bundle = Bundle.open(os.fspath(bundle_dir))  # BundleError for a missing file or a wrong hash

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from whisper_export.audio import SAMPLE_RATE, load_audio
-from whisper_export.bundle import BundleError
+from whisper_export.backends.base import BackendError
+from whisper_export.bundle import Bundle, BundleError
 from whisper_export.runtime import FileResult, WhisperRuntime
 from whisper_export.writers import to_srt, to_vtt
 
@@ -226,6 +227,21 @@ def test_load_without_bundle_exports_the_default_model_once(tmp_path, monkeypatc
     with WhisperRuntime.load(model="tiny.en") as rt:  # the same bundle, not exported again
         assert rt.transcribe(path, beam_size=1).text == first.text
     assert (cached / "decoder.onnx").stat().st_mtime_ns == stamp
+
+    # for CUDA the on-demand bundle is the GPU's fastest (fp16, onnxruntime's fused operators), cached beside
+    # the CPU's; without onnxruntime-gpu (as on CI) the error comes before any export
+    gpu = cached_bundle_dir(None, "fp16", "onnxruntime")
+    assert gpu != cached and not gpu.exists()
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(BackendError, match="expected CUDAExecutionProvider"):
+            WhisperRuntime.load(device="cuda")
+        assert not gpu.exists()
+    else:
+        WhisperRuntime.load(device="cuda").close()
+        config = Bundle.open(gpu).config
+        assert (config["precision"], config["attention"]) == ("fp16", "onnxruntime")
 
 
 def test_torch_backend_runtime_transcribes_like_the_bundle(runtime, tiny_checkpoint, clips):

@@ -57,6 +57,21 @@ DEVICES = ("cpu", "cuda")
 CUDA_GRAPH_ENV = "WHISPER_EXPORT_CUDA_GRAPH"
 
 
+def check_cuda_provider() -> None:
+    """BackendError unless onnxruntime can run on CUDA here."""
+    if hasattr(ort, "preload_dlls"):
+        # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - system-wide CUDA libraries may still do; the check below decides
+            pass
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise BackendError(
+            f"device 'cuda': received onnxruntime {ort.__version__} with providers "
+            f"{ort.get_available_providers()}, expected CUDAExecutionProvider (pip install onnxruntime-gpu)"
+        )
+
+
 class OnnxRuntimeBackend(DevicePicking):
     _ort_device = "cuda"  # where the CUDA path's OrtValues live (a test may point it at "cpu")
     # CUDA: from this many rows on, decode_best selects on the device (one more captured small graph) instead
@@ -120,17 +135,8 @@ class OnnxRuntimeBackend(DevicePicking):
         self.greedy_queue = greedy_queue if device == "cuda" and self.selects else 0
         self.greedy_error: str | None = None  # why streaming was given up (no host-mapped memory)
 
-        if device == "cuda" and hasattr(ort, "preload_dlls"):
-            # CUDA/cuDNN from pip's nvidia-* packages are not on the loader path: onnxruntime finds them itself
-            try:
-                ort.preload_dlls()
-            except Exception:  # noqa: BLE001 - system-wide CUDA libraries may still do; the check below decides
-                pass
-        if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise BackendError(
-                f"device 'cuda': received onnxruntime {ort.__version__} with providers "
-                f"{ort.get_available_providers()}, expected CUDAExecutionProvider (pip install onnxruntime-gpu)"
-            )
+        if device == "cuda":
+            check_cuda_provider()
         # CUDA: every session on one stream (host_mapped.CudaStream; a caller's own user_compute_stream does as
         # well), so that a step and the small graph reading its output are queued together and waited for once
         stream: CudaStream | None = None
