@@ -338,6 +338,25 @@ def stream_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3) -> dict
     return out
 
 
+def step_loop_streams(bundle_dir: Path, mel, prompt, batch_sizes, steps: int, repeats: int, rounds: int = 3) -> dict:
+    """The greedy step loop with every session on the backend's one CUDA stream and on onnxruntime's own
+    streams: two backends side by side, alternating rounds, ms/step per round and the median."""
+    out: dict = {}
+    backends = {label: gpu_backend(bundle_dir, True, shared_stream=shared)[0]
+                for label, shared in (("shared", True), ("own", False))}
+    for _ in range(rounds):
+        for label, backend in backends.items():
+            for b in batch_sizes:
+                loop = ours_step_loop(backend, mel[:1], b, prompt, steps, repeats)
+                out.setdefault(f"{label}:b{b}:ms_per_step_rounds", []).append(loop["ms_per_step"])
+    for key in list(out):
+        out[key.replace("_rounds", "")] = float(np.median(out[key]))
+    for label, backend in backends.items():
+        out[f"{label}_stream"] = backend.shared_stream
+        backend.close()
+    return out
+
+
 class NeverSeen(set):
     """A prompt-shape set that never holds the shape asked for: every prompt runs as is (no graph)."""
 
@@ -605,6 +624,9 @@ def main() -> None:
             suffix = "" if attention == "matmul" else f"_{attention}"
             rep.section(f"optimized_ops{suffix}", optimized_ops, args.work / f"lv3-b16-{attention}", args.work)
             rep.section(f"ours_graph{suffix}", ours_large, True, [1, 4, 16], attention)
+            if "streams" not in skip:
+                rep.section(f"step_loop_streams{suffix}", step_loop_streams, args.work / f"lv3-b16-{attention}", mel,
+                            prompt, (1, 16), min(args.steps, 64), args.repeats)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_large, False, [1, 16], attention)
         if "transformers" not in skip:
