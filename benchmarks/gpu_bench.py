@@ -233,7 +233,7 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
     cpu = OnnxRuntimeBackend(bundle)
     out: dict = {}
     options = {"greedy": DecodingOptions(without_timestamps=True), "beam5": DecodingOptions(beam_size=5, without_timestamps=True),
-               "greedy_ts": DecodingOptions()}
+               "greedy_ts": DecodingOptions(), "beam5_ts": DecodingOptions(beam_size=5)}
     cpu_tokens = {k: [r.tokens for r in decode(cpu, tok, mel, o)] for k, o in options.items()}
     for graph in (True, False):
         gpu, _ = gpu_backend(bundle_dir, graph)
@@ -244,8 +244,9 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
             batched = [r.tokens for r in decode(gpu, tok, mel, o)]
             alone = [decode(gpu, tok, mel[i : i + 1], o)[0].tokens for i in range(len(mel))]
             out[f"{label}:{k}:same_as_this_cpu"] = batched == cpu_tokens[k] and alone == cpu_tokens[k]
-            out[f"{label}:{k}:same_as_dev_cpu_fp16"] = batched == expected.get(f"fp16-{attention}-{k}")
-            out[f"{label}:{k}:same_as_dev_cpu_fp32"] = batched == expected.get(f"fp32-onnx-{k}")
+            for precision, variant in (("fp16", attention), ("fp32", "onnx")):  # None: no dev-machine tokens kept
+                dev = expected.get(f"{precision}-{variant}-{k}")
+                out[f"{label}:{k}:same_as_dev_cpu_{precision}"] = None if dev is None else batched == dev
             if not out[f"{label}:{k}:same_as_this_cpu"]:
                 out[f"{label}:{k}:gpu_tokens"] = batched
                 out[f"{label}:{k}:cpu_tokens"] = cpu_tokens[k]
@@ -353,6 +354,37 @@ def step_loop_streams(bundle_dir: Path, mel, prompt, batch_sizes, steps: int, re
         out[key.replace("_rounds", "")] = float(np.median(out[key]))
     for label, backend in backends.items():
         out[f"{label}_stream"] = backend.shared_stream
+        backend.close()
+    return out
+
+
+def beam_timestamps_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3) -> dict:
+    """Beam 5 with timestamps (the transcribe CLI's default), batch 1, the clips one at a time: candidates from
+    timestamp_top.onnx on the device against the same bundle without it (the rules on host logits, every step's
+    logits copied to the host), two backends side by side in alternating rounds; same tokens?"""
+    import dataclasses
+
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.bundle import Bundle
+    from whisper_export.options import DecodingOptions
+
+    bundle = Bundle.open(bundle_dir)
+    without = dataclasses.replace(bundle, files={k: v for k, v in bundle.files.items() if k != "timestamp_top.onnx"})
+    backends = {"device": OnnxRuntimeBackend(bundle, device="cuda"), "host": OnnxRuntimeBackend(without, device="cuda")}
+    out: dict = {}
+    tokens: dict = {}
+    tok = bundle.tokenizer()
+    for _ in range(rounds):
+        for label, backend in backends.items():
+            d = ours_decode(backend, tok, mel, DecodingOptions(beam_size=5), repeats, one_by_one=True)
+            tokens[label] = d.pop("token_ids")
+            out.setdefault(f"{label}:ms_per_token_rounds", []).append(d["ms_per_token"])
+    for label in backends:
+        out[f"{label}:ms_per_token"] = float(np.median(out[f"{label}:ms_per_token_rounds"]))
+    out["same_tokens"] = tokens["device"] == tokens["host"]
+    aux = backends["device"]._aux
+    out["top_limited_graphs"] = getattr(aux.opened("top_limited") if aux is not None else None, "graphs", None)
+    for backend in backends.values():
         backend.close()
     return out
 
@@ -571,6 +603,7 @@ def main() -> None:
             rep.section(f"beam_breakdown{suffix}", beam_breakdown, bundle, mel)
             if "streams" not in skip:
                 rep.section(f"stream_compare{suffix}", stream_compare, bundle, mel, args.repeats)
+                rep.section(f"beam_timestamps_compare{suffix}", beam_timestamps_compare, bundle, mel, args.repeats)
             rep.section(f"ours_graph{suffix}", ours_suite, bundle, mel, True, batch_sizes, args.steps, args.repeats)
             if "nograph" not in skip:
                 rep.section(f"ours_nograph{suffix}", ours_suite, bundle, mel, False, [1, 16], args.steps, args.repeats)

@@ -180,6 +180,11 @@ class Bundle:
         return self.directory / graph_io.LIMITED_FILE if graph_io.LIMITED_FILE in self.files else None
 
     @property
+    def top_limited_path(self) -> Path | None:
+        """timestamp_top.onnx, or None for a bundle exported before it existed."""
+        return self.directory / graph_io.TOP_LIMITED_FILE if graph_io.TOP_LIMITED_FILE in self.files else None
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.directory / "tokenizer.json"
 

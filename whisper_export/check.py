@@ -164,7 +164,8 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
     if selects:  # the decoder's own choice on its last step's logits
         rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
-    return rows + check_select(bundle, out[0], rng) + check_top(bundle, out[0], rng) + check_limited(bundle, out[0], rng)
+    picking = (check_select, check_top, check_limited, check_top_limited)  # the weightless graphs, on these logits
+    return rows + [row for check in picking for row in check(bundle, out[0], rng)]
 
 
 def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
@@ -225,7 +226,43 @@ def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) 
         return []
     import onnxruntime as ort
 
-    from whisper_export.sampling import ApplyTimestampRules, chosen_logprobs
+    from whisper_export.sampling import chosen_logprobs
+
+    rules, feeds, biased = _timestamp_case(bundle, logits, rng)
+    limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
+    best, logprob, after = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB, io.NEXT_TIMESTAMP_STATE], feeds)
+    state = feeds[io.TIMESTAMP_STATE]
+    want = biased.argmax(-1)
+    exact = Tolerance(0.0, 0.0, 0.0)
+    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, exact),
+            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"]),
+            compare("limited", io.NEXT_TIMESTAMP_STATE, after.ravel(), rules.next_state(state, want).ravel(), exact)]
+
+
+def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """timestamp_top.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias and
+    random timestamp states: its candidates must be sampling.top_candidates' of the host rules' filtered logits
+    exactly, their log-probabilities to fp32 rounding."""
+    if bundle.top_limited_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.sampling import top_candidates
+
+    _, feeds, biased = _timestamp_case(bundle, logits, rng)
+    top = ort.InferenceSession(str(bundle.top_limited_path), providers=["CPUExecutionProvider"])
+    tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], feeds)
+    # compared up to the allowed ones: past them the ties among -inf logits are the graph's own order
+    want, want_logprobs = top_candidates(biased, io.TOP_K)
+    allowed = np.isfinite(want_logprobs)
+    return [compare("top_limited", io.TOP_TOKENS, tokens[:, 0][allowed], want[allowed], Tolerance(0.0, 0.0, 0.0)),
+            compare("top_limited", io.TOP_LOGPROBS, logprobs[:, 0][allowed], want_logprobs[allowed], TOLERANCES["fp32"])]
+
+
+def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator):
+    """(rules, the feeds of a timestamp graph: the first logit position of logits (R, P, V), a random suppression
+    bias and random timestamp states, those logits filtered by the host rules (R, V))."""
+    from whisper_export.sampling import ApplyTimestampRules
 
     special = bundle.tokenizer().special
     rules = ApplyTimestampRules(special, 0, None)
@@ -234,18 +271,11 @@ def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) 
     stamp = np.where(last | (rng.random(rows) < 0.5), ts_begin + rng.integers(0, 200, rows), -1)
     state = np.stack([last, rng.integers(0, 2, rows), stamp], axis=1).astype(np.int64)
     bias = _suppression(rng, n_vocab)
-    limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
     first = np.ascontiguousarray(logits[:, :1])
-    best, logprob, after = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB, io.NEXT_TIMESTAMP_STATE],
-                                       {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state})
     biased = first[:, 0] + bias
     rules.apply_limits(biased, rules.limits_of(state))
     rules.prefer_timestamps(biased)
-    want = biased.argmax(-1)
-    exact = Tolerance(0.0, 0.0, 0.0)
-    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, exact),
-            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"]),
-            compare("limited", io.NEXT_TIMESTAMP_STATE, after.ravel(), rules.next_state(state, want).ravel(), exact)]
+    return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:

@@ -101,6 +101,15 @@ class Inference:
         self.length += 1
         return top, logprobs
 
+    def top_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules,
+                    k: int) -> tuple[np.ndarray, np.ndarray]:
+        """top() under the timestamp rules of each row's state after tokens (R, T) (Backend.decode_top_limited)."""
+        new, offsets, cache_index = self._one_more(tokens)
+        top, logprobs, self.cache = self.backend.decode_top_limited(new, offsets, cache_index, logit_bias,
+                                                                    rules.state(tokens), rules, k, self.cache, self.cross)
+        self.length += 1
+        return top, logprobs
+
     def greedy_limited(self, tokens: np.ndarray, logit_bias: np.ndarray, rules: ApplyTimestampRules, steps: int,
                        stop_token: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """greedy() under logit_bias and the timestamp rules, from the rows' timestamp state after tokens (R, T)
@@ -212,11 +221,12 @@ class DecodingTask:
     def _picked(self, decoder: TokenDecoder) -> tuple[np.ndarray, ApplyTimestampRules | None] | None:
         """How the backend can pick the tokens after the first sampled step, with no logits to the host: (the
         filters as one bias, None) when every filter is a fixed bias (_later_bias); (the other filters' bias,
-        the timestamp rules) for greedy at temperature 0 with timestamps; None when the host needs the logits."""
+        the timestamp rules) for greedy at temperature 0 and beam search with timestamps; None when the host
+        needs the logits."""
         later_bias = self._later_bias(decoder)
         if later_bias is not None:
             return later_bias, None
-        if not isinstance(decoder, GreedyDecoder) or decoder.temperature != 0:
+        if not (isinstance(decoder, GreedyDecoder) and decoder.temperature == 0 or isinstance(decoder, BeamSearchDecoder)):
             return None
         rules = [f for f in self.logit_filters if isinstance(f, ApplyTimestampRules)]
         if len(rules) != 1:
@@ -342,11 +352,14 @@ class DecodingTask:
                       rules: ApplyTimestampRules | None, sum_logprobs: np.ndarray,
                       budget: int) -> tuple[np.ndarray, bool, int]:
         """Steps whose tokens the backend picks from the logits + later_bias: a beam step from each row's
-        candidates (Backend.decode_top), or greedy steps up to `budget` (under the timestamp rules:
+        candidates (Backend.decode_top; under the timestamp rules: decode_top_limited), or greedy steps up to `budget` (under the timestamp rules:
         Backend.decode_greedy_limited), each fed the previous choice on the backend's side until every row has
         chosen eot (what follows a row's eot is dropped). Returns (tokens, completed, steps run)."""
         if isinstance(decoder, BeamSearchDecoder):
-            top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
+            if rules is not None:
+                top, top_logprobs = inference.top_limited(tokens, later_bias, rules, decoder.candidates)
+            else:
+                top, top_logprobs = inference.top(tokens, later_bias, decoder.candidates)
             return (*decoder.update_top(tokens, top, top_logprobs, sum_logprobs), 1)
         assert isinstance(decoder, GreedyDecoder)
         if rules is not None:

@@ -23,6 +23,7 @@ from whisper_export.graphs import (
     encoder_graph,
     greedy_select_graph,
     timestamp_rules_graph,
+    timestamp_top_graph,
     top_select_graph,
 )
 from whisper_export.onnx_builder import ATTENTIONS
@@ -124,7 +125,7 @@ def export_bundle(
     progress: Callable[[str], None] = _stderr,
 ) -> Path:
     """Write encoder.onnx, decoder.onnx, cache_reorder.onnx, greedy_select.onnx, top_select.onnx,
-    timestamp_rules.onnx, tokenizer.json and manifest.json into out_dir (atomically)."""
+    timestamp_rules.onnx, timestamp_top.onnx, tokenizer.json and manifest.json into out_dir (atomically)."""
     out_dir = Path(out_dir).absolute()
     _check_destination(out_dir, options.overwrite)
     config = bundle_config(ckpt, options)
@@ -137,7 +138,8 @@ def export_bundle(
     try:
         for name, build in ((graph_io.ENCODER_FILE, encoder_graph), (graph_io.DECODER_FILE, decoder_graph),
                             (graph_io.REORDER_FILE, cache_reorder_graph), (graph_io.SELECT_FILE, greedy_select_graph),
-                            (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph)):
+                            (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
+                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
             t0 = time.perf_counter()
             progress(f"[export] building {name} ({options.precision}, attention={options.attention}, opset {options.opset})")
             model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)

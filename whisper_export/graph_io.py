@@ -52,6 +52,12 @@ session 4's timestamp_select.onnx took the limits instead of the state and is no
     out_timestamp_state  (rows, 3)                   int64     the state after the token (of the last logit
                                                                position): ApplyTimestampRules.next_state
 
+timestamp_top.onnx (beam search with timestamps on a device: each row's candidates under the timestamp rules;
+optional, session 5)
+    in_logits, in_logit_bias, in_timestamp_state   as timestamp_rules.onnx
+    out_top_tokens    (rows, n_logits, TOP_K)     int64     the TOP_K best of the filtered logits, best first
+    out_top_logprobs  (rows, n_logits, TOP_K)     float32   their log-probabilities under the filtered logits
+
 Cache positions at or beyond a row's offset + n_new are unspecified in out_self_* (never read).
 
 Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
@@ -70,6 +76,7 @@ REORDER_FILE = "cache_reorder.onnx"
 SELECT_FILE = "greedy_select.onnx"
 TOP_FILE = "top_select.onnx"  # since session 4; a bundle without it gets its beam candidates from host logits
 LIMITED_FILE = "timestamp_rules.onnx"  # since session 5; without it, greedy with timestamps uses host logits
+TOP_LIMITED_FILE = "timestamp_top.onnx"  # since session 5; without it, beam search with timestamps uses host logits
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"

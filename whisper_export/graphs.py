@@ -210,21 +210,28 @@ def top_select_graph(
 ) -> onnx.ModelProto:
     """The TOP_K best tokens of device-resident logits + a logit bias, best first (the lowest id first on
     ties), and their log-probabilities under log_softmax(logits + bias), as sampling.chosen_logprobs computes
-    them to float32 rounding: a beam search's candidates without the logits on the host. No weights.
+    them to float32 rounding: a beam search's candidates without the logits on the host (_top_k). No weights."""
+    g = GraphBuilder("whisper_top_select", np.float32)
+    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", dims.n_vocab])
+    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [dims.n_vocab])
+    # the bias is 0 or -inf, so x is the filtered logits exactly
+    _top_k_outputs(g, g.op("Add", [logits, bias]), dims.n_vocab)
+    return g.model(opset, metadata)
+
+
+def _top_k_outputs(g: GraphBuilder, x: str, n_vocab: int) -> None:
+    """out_top_tokens / out_top_logprobs (R, P, TOP_K): the TOP_K best of filtered logits x (R, P, V), best first,
+    and their log_softmax values.
 
     TopK over rows of SELECT_WIDTH values only (see SELECT_WIDTH), in three stages: the vocabulary padded to 208
     blocks of 256 (a multiple of 256 / TOP_K blocks, so that the 208 x 16 winners fill 13 rows of 256 exactly:
     only the float values are ever padded, as onnxruntime's CUDA Pad takes no int64), then 13 x 16, then 16.
     Every stage keeps the lowest position on ties and the winners stay in position order, so ties go by id."""
-    k, w, n_vocab = io.TOP_K, SELECT_WIDTH, dims.n_vocab
+    k, w = io.TOP_K, SELECT_WIDTH
     blocks = -(-(-(-n_vocab // w)) // (w // k)) * (w // k)  # ceil(V / w), rounded up to a multiple of w / k
     rows2 = blocks * k // w
     if rows2 * k > w:
-        raise ValueError(f"n_vocab: received {n_vocab}, expected at most {w * w * w // (k * k)} for top_select.onnx")
-    g = GraphBuilder("whisper_top_select", np.float32)
-    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab])
-    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab])
-    x = g.op("Add", [logits, bias])  # (R, P, V); the bias is 0 or -inf, so x is the filtered logits exactly
+        raise ValueError(f"n_vocab: received {n_vocab}, expected at most {w * w * w // (k * k)} for the top-k graphs")
     padded = g.op("Pad", [x, g.const([0, 0, 0, 0, 0, blocks * w - n_vocab]), g.const(-np.inf, np.float32)])
     values = g.op("Reshape", [padded, g.const([0, 0, blocks, w])])  # (R, P, B, W)
     top, where = g.op("TopK", [values, g.const([k])], n_out=2, axis=-1)  # (R, P, B, k) each
@@ -241,7 +248,6 @@ def top_select_graph(
     logprobs = g.op("Sub", [g.op("Sub", [top, best]), log_total])  # (R, P, k)
     g.output(io.TOP_TOKENS, tokens, TensorProto.INT64, ["rows", "n_logits", k])
     g.output(io.TOP_LOGPROBS, logprobs, TensorProto.FLOAT, ["rows", "n_logits", k])
-    return g.model(opset, metadata)
 
 
 def _row_max(g: GraphBuilder, x: str, n: int) -> str:
@@ -279,23 +285,14 @@ def _next_timestamp_state(g: GraphBuilder, state: str, best: str, ts_begin: int)
     return g.op("Concat", [is_stamp, last, new_stamp], axis=1)  # (R, 3)
 
 
-def timestamp_rules_graph(
-    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
-) -> onnx.ModelProto:
-    """The greedy choice under openai's timestamp rules after the first sampled step, from device-resident
-    logits + a logit bias and each row's timestamp state (sampling.ApplyTimestampRules.state), and the state
-    after that choice, so that steps can follow one another on the device (ort_greedy.py): the limits of the
-    state (ids below text_end and timestamps below ts_min are forbidden), then the rule that prefers a
-    timestamp when the timestamps together are likelier than the best text token: what
-    ApplyTimestampRules.apply_limits + prefer_timestamps and the greedy argmax do on host logits (the
-    preference compares log-sum-exps computed in another order, so a near tie could go the other way). No
-    weights; the timestamp range is the bundle's."""
-    n_vocab, special = dims.n_vocab, metadata_special(metadata)
+def _timestamp_filtered(g: GraphBuilder, logits: str, bias: str, stamps_state: str, n_vocab: int,
+                        special: dict) -> str:
+    """logits (R, P, V) + bias under the timestamp rules of each row's state (R, 3): the limits of the state
+    (ids below text_end and timestamps below ts_min forbidden), then the rule that prefers a timestamp when the
+    timestamps together are likelier than the best text token: what ApplyTimestampRules.apply_limits +
+    prefer_timestamps do on host logits (the preference compares log-sum-exps computed in another order, so a
+    near tie could go the other way)."""
     ts_begin = special["timestamp_begin"]
-    g = GraphBuilder("whisper_timestamp_rules", np.float32)
-    logits = g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab])
-    bias = g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab])
-    stamps_state = g.input(io.TIMESTAMP_STATE, TensorProto.INT64, ["rows", 3])
     text_end, ts_min = _timestamp_limits(g, stamps_state, special["eot"], ts_begin)  # (R, 1, 1) each
     ids = g.const(np.arange(n_vocab, dtype=np.int64))  # (V,)
     is_timestamp = g.const(np.arange(n_vocab) >= ts_begin, np.bool_)  # (V,)
@@ -309,12 +306,44 @@ def timestamp_rules_graph(
     stamp_sum = g.op("ReduceSum", [g.op("Exp", [g.op("Sub", [stamps, safe])]), g.const([2])], keepdims=1)
     stamp_lse = g.op("Add", [safe, g.op("Log", [stamp_sum])])  # (R, P, 1)
     prefer = g.op("Greater", [stamp_lse, _row_max(g, text, ts_begin)])  # (R, P, 1)
-    x = g.op("Where", [g.op("And", [prefer, g.op("Not", [is_timestamp])]), g.const(-np.inf, np.float32), x])
-    best, logprob = greedy_choice(g, x, None, n_vocab)
+    return g.op("Where", [g.op("And", [prefer, g.op("Not", [is_timestamp])]), g.const(-np.inf, np.float32), x])
+
+
+def _timestamp_inputs(g: GraphBuilder, n_vocab: int) -> tuple[str, str, str]:
+    return (g.input(io.SELECT_LOGITS, TensorProto.FLOAT, ["rows", "n_logits", n_vocab]),
+            g.input(io.LOGIT_BIAS, TensorProto.FLOAT, [n_vocab]),
+            g.input(io.TIMESTAMP_STATE, TensorProto.INT64, ["rows", 3]))
+
+
+def timestamp_rules_graph(
+    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
+) -> onnx.ModelProto:
+    """The greedy choice under openai's timestamp rules after the first sampled step, from device-resident
+    logits + a logit bias and each row's timestamp state (sampling.ApplyTimestampRules.state;
+    _timestamp_filtered), and the state after that choice, so that steps can follow one another on the device
+    (ort_greedy.py). No weights; the timestamp range is the bundle's."""
+    special = metadata_special(metadata)
+    g = GraphBuilder("whisper_timestamp_rules", np.float32)
+    logits, bias, stamps_state = _timestamp_inputs(g, dims.n_vocab)
+    x = _timestamp_filtered(g, logits, bias, stamps_state, dims.n_vocab, special)
+    best, logprob = greedy_choice(g, x, None, dims.n_vocab)
     g.output(io.BEST_TOKEN, best, TensorProto.INT64, ["rows", "n_logits"])
     g.output(io.BEST_LOGPROB, logprob, TensorProto.FLOAT, ["rows", "n_logits"])
-    g.output(io.NEXT_TIMESTAMP_STATE, _next_timestamp_state(g, stamps_state, best, ts_begin), TensorProto.INT64,
-             ["rows", 3])
+    g.output(io.NEXT_TIMESTAMP_STATE, _next_timestamp_state(g, stamps_state, best, special["timestamp_begin"]),
+             TensorProto.INT64, ["rows", 3])
+    return g.model(opset, metadata)
+
+
+def timestamp_top_graph(
+    dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
+) -> onnx.ModelProto:
+    """A beam search's candidates under the timestamp rules: top_select.onnx's TOP_K best tokens and their
+    log-probabilities, of the logits + bias filtered by each row's timestamp state (_timestamp_filtered). No
+    weights."""
+    g = GraphBuilder("whisper_timestamp_top", np.float32)
+    logits, bias, stamps_state = _timestamp_inputs(g, dims.n_vocab)
+    _top_k_outputs(g, _timestamp_filtered(g, logits, bias, stamps_state, dims.n_vocab, metadata_special(metadata)),
+                   dims.n_vocab)
     return g.model(opset, metadata)
 
 

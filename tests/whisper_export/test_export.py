@@ -80,7 +80,7 @@ def test_graphs_pass_full_check_and_carry_metadata(tiny_bundle, tiny_checkpoint)
         assert cfg["special_tokens"]["eot"] == 50256 and cfg["opset"] == 23
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "greedy_select.onnx",
-                                      "top_select.onnx", "timestamp_rules.onnx", "tokenizer.json"}
+                                      "top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx", "tokenizer.json"}
 
 
 TORCH_FREE = r"""

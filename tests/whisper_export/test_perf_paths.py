@@ -162,7 +162,7 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
         with simulated_cuda(bundle) as cpu:
             assert cpu.greedy_queue == 0 and cpu.device == "cpu"
             for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
-                            DecodingOptions(beam_size=3, without_timestamps=True)):
+                            DecodingOptions(beam_size=3, without_timestamps=True), DecodingOptions(beam_size=3)):
                 for m in (mel, mel[1:2], mel):
                     assert [r.tokens for r in decode(sim, tokenizer, m, options)] == \
                            [r.tokens for r in decode(cpu, tokenizer, m, options)]
@@ -175,9 +175,9 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
             # one-row prompts came once each (without, then with timestamps), so they ran as they were
             prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
             assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
-        # beam steps without timestamps took their candidates from top_select.onnx on the "device", greedy
-        # steps with timestamps their tokens from timestamp_rules.onnx
-        assert sim._aux is not None and sim._aux.opened("top") is not None and sim._aux.opened("limited") is not None
+        # beam steps took their candidates from top_select.onnx (with timestamps: timestamp_top.onnx) on the
+        # "device", greedy steps with timestamps their tokens from timestamp_rules.onnx
+        assert sim._aux is not None and all(sim._aux.opened(name) is not None for name in ("top", "limited", "top_limited"))
         # greedy steps streamed through the ring of each row count used
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
         # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
@@ -525,7 +525,7 @@ def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, 
     old = tmp_path / "old-bundle"
     shutil.copytree(tiny_bundle, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    for name in ("top_select.onnx", "timestamp_rules.onnx"):
+    for name in ("top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx"):
         (old / name).unlink()
         del manifest["files"][name]
     (old / "timestamp_select.onnx").write_bytes(b"session 4's graph")  # listed, never opened
@@ -539,21 +539,23 @@ def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, 
     for directory in (old, tiny_bundle):
         with simulated_cuda(directory, device="cuda") as backend:
             results.append([r.tokens for options in (DecodingOptions(beam_size=3, without_timestamps=True),
-                                                     DecodingOptions())
+                                                     DecodingOptions(), DecodingOptions(beam_size=3))
                             for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
             aux = backend._aux
-            opened = (aux.opened("top") is not None, aux.opened("limited") is not None)
-            assert opened == (directory == tiny_bundle,) * 2
+            opened = tuple(aux.opened(name) is not None for name in ("top", "limited", "top_limited"))
+            assert opened == (directory == tiny_bundle,) * 3
     assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
 
 
+@pytest.mark.parametrize("beam_size", [None, 3])
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_greedy_with_timestamps_under_limits_equals_filtering_the_logits(device, tiny_bundle, english_clips,
-                                                                        simulated_cuda):
-    """Greedy with timestamps after the first sampled step goes through Backend.decode_best_limited (the rules
-    of each row's timestamp state plus the timestamp preference; on the "device" timestamp_rules.onnx): the
-    tokens of filtering host logits every step (the path it replaces), and the same sum of log-probabilities,
-    bit for bit on the CPU, to float32 rounding through the graph."""
+def test_timestamp_rules_on_picked_steps_equal_filtering_the_logits(device, beam_size, tiny_bundle, english_clips,
+                                                                     simulated_cuda):
+    """Greedy and beam search with timestamps after the first sampled step go through Backend.decode_best_limited
+    / decode_top_limited (the rules of each row's timestamp state plus the timestamp preference; on the "device"
+    timestamp_rules.onnx / timestamp_top.onnx): the tokens of filtering host logits every step (the path they
+    replace), and the same sum of log-probabilities, bit for bit on the CPU, to float32 rounding through the
+    graphs."""
     from whisper_export.decoding import DecodingTask
     from whisper_export.options import DecodingOptions
 
@@ -562,15 +564,17 @@ def test_greedy_with_timestamps_under_limits_equals_filtering_the_logits(device,
             return None
 
     mel = log_mel_batch(english_clips)
+    picking = "decode_top_limited" if beam_size else "decode_best_limited"
+    graph = "top_limited" if beam_size else "limited"
     with simulated_cuda(tiny_bundle, device=device) as backend:
-        tokenizer, options = backend.bundle.tokenizer(), DecodingOptions()
+        tokenizer, options = backend.bundle.tokenizer(), DecodingOptions(beam_size=beam_size)
         calls = []
-        original = backend.decode_best_limited
-        backend.decode_best_limited = lambda *a: calls.append(1) or original(*a)  # counts, then runs the real one
+        original = getattr(backend, picking)
+        setattr(backend, picking, lambda *a: calls.append(1) or original(*a))  # counts, then runs the real one
         fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
         assert len(calls) > 10
         slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert (backend._aux is not None and backend._aux.opened("limited") is not None) == (device == "cuda")
+        assert (backend._aux is not None and backend._aux.opened(graph) is not None) == (device == "cuda")
     for a, b in zip(fast, slow):
         assert a.tokens == b.tokens and any(t >= tokenizer.special.timestamp_begin for t in a.tokens)
         if device == "cpu":

@@ -139,6 +139,30 @@ class Backend(abc.ABC):
         rules.prefer_timestamps(biased)
         return (*self._best_of(biased), cache)
 
+    def decode_top_limited(
+        self,
+        tokens: np.ndarray,
+        offsets: np.ndarray,
+        cache_index: np.ndarray,
+        logit_bias: np.ndarray,
+        state: np.ndarray,
+        rules: Any,
+        k: int,
+        cache: SelfCache,
+        cross: CrossKV,
+    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
+        """decode_top under the timestamp rules of each row's state (R, 3), filtered as decode_best_limited
+        filters: a beam search's candidates with timestamps. This default does it in numpy on the logits (bit for
+        bit the logit filters and BeamSearchDecoder on host logits); a GPU backend on the device
+        (timestamp_top.onnx)."""
+        from whisper_export.sampling import top_candidates
+
+        self.check_timestamp_state(state, tokens.shape[0])
+        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
+        rules.apply_limits(biased, rules.limits_of(state))
+        rules.prefer_timestamps(biased)
+        return (*top_candidates(biased, k), cache)
+
     def decode_greedy(
         self,
         tokens: np.ndarray,

@@ -301,7 +301,7 @@ class OnnxRuntimeBackend(DevicePicking):
     def _aux_graphs(self) -> AuxGraphs:
         if self._aux is None:
             paths = {"reorder": self.bundle.reorder_path, "select": self.bundle.select_path, "top": self.bundle.top_path,
-                     "limited": self.bundle.limited_path}
+                     "limited": self.bundle.limited_path, "top_limited": self.bundle.top_limited_path}
             self._aux = AuxGraphs(
                 lambda which, inputs, outputs, graph: self._session(paths[which], inputs, outputs, graph=graph),
                 self.buffers.zeros, self._graph_ids, self.graph_mode != "off", self.dims.n_text_layer,

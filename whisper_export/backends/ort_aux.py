@@ -34,8 +34,8 @@ def _captured(open_session: Callable[[bool], Any], graph_ids: itertools.count, g
 
 class AuxGraphs:
     """The small graphs of one backend, each opened on first use: "reorder" (cache_reorder.onnx) and the
-    three that pick from the logits a decoder step left on the device, "select" (greedy_select.onnx), "top"
-    (top_select.onnx) and "limited" (timestamp_rules.onnx)."""
+    four that pick from the logits a decoder step left on the device, "select" (greedy_select.onnx), "top"
+    (top_select.onnx), "limited" (timestamp_rules.onnx) and "top_limited" (timestamp_top.onnx)."""
 
     # each picking graph's inputs after the logits and the bias, and its outputs: (tokens, log-probabilities)
     # read back per row, then any other
@@ -44,6 +44,7 @@ class AuxGraphs:
         "top": ((), (graph_io.TOP_TOKENS, graph_io.TOP_LOGPROBS)),
         "limited": ((graph_io.TIMESTAMP_STATE,),
                     (graph_io.BEST_TOKEN, graph_io.BEST_LOGPROB, graph_io.NEXT_TIMESTAMP_STATE)),
+        "top_limited": ((graph_io.TIMESTAMP_STATE,), (graph_io.TOP_TOKENS, graph_io.TOP_LOGPROBS)),
     }
 
     def __init__(self, open_session: Callable[..., Any], device_zeros: Callable[[tuple, Any], Any],
@@ -126,21 +127,28 @@ class AuxGraphs:
         """(best token (R,) int64, its log-probability (R,) float32) from device logits (rows, 1, n_vocab)."""
         return self._pick("select", logits, rows, bias, self.choice_buffers(rows), {})
 
-    def top(self, logits: Any, rows: int, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def top(self, logits: Any, rows: int, bias: np.ndarray, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(candidates (R, TOP_K) int64, their log-probabilities (R, TOP_K) float32), best first, from device
-        logits (rows, 1, n_vocab) + bias."""
+        logits (rows, 1, n_vocab) + bias; with each row's timestamp state (R, 3), under the timestamp rules
+        (timestamp_top.onnx)."""
         shape = (rows, 1, graph_io.TOP_K)
         outputs = self._buffer("top", rows, lambda: (self._zeros(shape, np.int64), self._zeros(shape, np.float32)))
-        return self._pick("top", logits, rows, bias, outputs, {})
+        if state is None:
+            return self._pick("top", logits, rows, bias, outputs, {})
+        return self._pick("top_limited", logits, rows, bias, outputs, {graph_io.TIMESTAMP_STATE: self._state(rows, state)})
+
+    def _state(self, rows: int, state: np.ndarray) -> Any:
+        """The device copy of the timestamp state (rows, 3), updated in place."""
+        value = self._buffer("state", rows, lambda: self._zeros((rows, 3), np.int64))
+        value.update_inplace(np.ascontiguousarray(state, dtype=np.int64))
+        return value
 
     def limited(self, logits: Any, rows: int, bias: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(best token (R,) int64, its log-probability (R,) float32) under the timestamp rules of each row's
         timestamp state (R, 3), from device logits (rows, 1, n_vocab) + bias."""
-        device_state, next_state = self._buffer("states", rows, lambda: (self._zeros((rows, 3), np.int64),
-                                                                        self._zeros((rows, 3), np.int64)))
-        device_state.update_inplace(np.ascontiguousarray(state, dtype=np.int64))
+        next_state = self._buffer("next_state", rows, lambda: self._zeros((rows, 3), np.int64))
         return self._pick("limited", logits, rows, bias, (*self.choice_buffers(rows), next_state),
-                          {graph_io.TIMESTAMP_STATE: device_state})
+                          {graph_io.TIMESTAMP_STATE: self._state(rows, state)})
 
     def queue_limited(self, logits: Any, key: tuple, bind_ring: Callable[[Any], None]) -> None:
         """Queue timestamp_rules.onnx on device logits (rows, 1, n_vocab) + the device bias as it is, its state

@@ -65,12 +65,27 @@ class DevicePicking(Backend):
         """CUDA, a bundle with top_select.onnx and k <= TOP_K: the step leaves its logits on the device and
         top_select.onnx picks each row's candidates there (R x TOP_K x 12 bytes reach the host instead of
         R x n_vocab x 4); else the host picks them from the logits."""
-        if (self.device == "cpu" or self.bundle.top_path is None or not self._one_token(tokens)
-                or not 1 <= k <= graph_io.TOP_K):
+        if self._host_tops(self.bundle.top_path, tokens, k):
             return super().decode_top(tokens, offsets, cache_index, logit_bias, k, cache, cross)
+        return self._device_top(tokens, offsets, cache_index, logit_bias, None, k, cache, cross)
+
+    def decode_top_limited(self, tokens, offsets, cache_index, logit_bias, state, rules, k: int, cache: _Cache,
+                           cross: _Cross):
+        """decode_top under the timestamp rules of each row's state: on CUDA with timestamp_top.onnx in the
+        bundle, on the device; else on host logits."""
+        if self._host_tops(self.bundle.top_limited_path, tokens, k):
+            return super().decode_top_limited(tokens, offsets, cache_index, logit_bias, state, rules, k, cache, cross)
+        self.check_timestamp_state(state, tokens.shape[0])
+        return self._device_top(tokens, offsets, cache_index, logit_bias, state, k, cache, cross)
+
+    def _host_tops(self, graph, tokens, k: int) -> bool:
+        return self.device == "cpu" or graph is None or not self._one_token(tokens) or not 1 <= k <= graph_io.TOP_K
+
+    def _device_top(self, tokens, offsets, cache_index, logit_bias, state, k: int, cache: _Cache, cross: _Cross):
         self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
-        top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias)
+        top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias,
+                                               state)
         return top[:, :k], logprobs[:, :k], self._after_step(cache)
 
     def decode_best_limited(self, tokens, offsets, cache_index, logit_bias, state, rules, cache: _Cache,

@@ -13,7 +13,7 @@ from whisper_export.bench.common import _now, timed
 class CountingBackend:
     """Wraps a Backend and counts decoder steps (for ms/step of the real decoding loop)."""
 
-    _ONE_STEP = ("decode", "decode_best", "decode_top", "decode_best_limited")  # each call runs one step
+    _ONE_STEP = ("decode", "decode_best", "decode_top", "decode_best_limited", "decode_top_limited")  # one step each
 
     def __init__(self, backend):
         self.inner = backend
