@@ -101,8 +101,10 @@ class ApplyTimestampRules(LogitFilter):
 
     After the first sampled step every rule but the last is a pair of limits per row (limits()): ids below
     text_end are forbidden (0 or eot) and so are timestamps below ts_min (ALL_TIMESTAMPS forbids them all); the
-    last rule (prefer_timestamps) compares the timestamps' total probability with the best text token's. A
-    backend can apply both to logits it keeps on the device (Backend.decode_best_limited)."""
+    last rule (prefer_timestamps) compares the timestamps' total probability with the best text token's. The
+    limits depend on a row's state() only (three numbers, which next_state() moves on token by token), so a
+    backend can apply the rules to logits it keeps on the device, and move the state on there
+    (Backend.decode_best_limited, decode_top_limited, decode_greedy_limited)."""
 
     ALL_TIMESTAMPS = 1 << 40
 
