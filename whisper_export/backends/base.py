@@ -133,11 +133,17 @@ class Backend(abc.ABC):
         log-probability, bit for bit what the logit filters and GreedyDecoder compute on host logits. This
         default does exactly that in numpy; a GPU backend applies the rules on the device
         (timestamp_rules.onnx)."""
+        filtered, cache = self._ruled_step(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
+        return (*self._best_of(filtered), cache)
+
+    def _ruled_step(self, tokens, offsets, cache_index, logit_bias, state, rules, cache, cross):
+        """The timestamp defaults' common start: a one-token step's logits + logit_bias under the timestamp rules
+        of each row's state (R, 3): rules.apply_limits(limits_of(state)), then rules.prefer_timestamps."""
         self.check_timestamp_state(state, tokens.shape[0])
         biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         rules.apply_limits(biased, rules.limits_of(state))
         rules.prefer_timestamps(biased)
-        return (*self._best_of(biased), cache)
+        return biased, cache
 
     def decode_top_limited(
         self,
@@ -157,11 +163,8 @@ class Backend(abc.ABC):
         (timestamp_top.onnx)."""
         from whisper_export.sampling import top_candidates
 
-        self.check_timestamp_state(state, tokens.shape[0])
-        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        rules.apply_limits(biased, rules.limits_of(state))
-        rules.prefer_timestamps(biased)
-        return (*top_candidates(biased, k), cache)
+        filtered, cache = self._ruled_step(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
+        return (*top_candidates(filtered, k), cache)
 
     def decode_greedy(
         self,

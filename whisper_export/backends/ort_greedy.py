@@ -31,8 +31,8 @@ class GreedyStream:
     """The host-mapped ring of one row count's streamed steps, `queue` of them in flight at most.
 
     slots = queue + 2, step i uses s = i % slots: it reads tokens[s], offsets[s] (and states[s]) and writes
-    tokens[(s + 1) % slots], logprobs[s] (and states[(s + 1) % slots]). Two slots more than steps in flight: when the host arms step i, the step that last
-    read or wrote any of its slots has finished. Addresses never change, so each slot's binding can be captured.
+    tokens[(s + 1) % slots], logprobs[s] (and states[(s + 1) % slots]). Two slots more than steps in flight:
+    when the host arms step i, the step that last read or wrote any of its slots has finished. Addresses never change, so each slot's binding can be captured.
     """
 
     def __init__(self, memory: Callable[[int], Any], device: str, device_id: int, rows: int, queue: int):

@@ -75,18 +75,28 @@ class DevicePicking(Backend):
         bundle, on the device; else on host logits."""
         if self._host_tops(self.bundle.top_limited_path, tokens, k):
             return super().decode_top_limited(tokens, offsets, cache_index, logit_bias, state, rules, k, cache, cross)
-        self.check_timestamp_state(state, tokens.shape[0])
         return self._device_top(tokens, offsets, cache_index, logit_bias, state, k, cache, cross)
 
     def _host_tops(self, graph, tokens, k: int) -> bool:
         return self.device == "cpu" or graph is None or not self._one_token(tokens) or not 1 <= k <= graph_io.TOP_K
 
     def _device_top(self, tokens, offsets, cache_index, logit_bias, state, k: int, cache: _Cache, cross: _Cross):
+        def pick(logits, rows):
+            top, logprobs = self._aux_graphs().top(logits, rows, logit_bias, state)
+            return top[:, :k], logprobs[:, :k]
+
+        return self._picked_on_device(tokens, offsets, cache_index, logit_bias, state, cache, cross, pick)
+
+    def _picked_on_device(self, tokens, offsets, cache_index, logit_bias, state, cache: _Cache, cross: _Cross,
+                          pick):
+        """CUDA: the checks (and of the timestamp state, when there is one), then a one-token step whose logits
+        pick(logits, rows) -> (tokens, log-probabilities) picks from on the device; and the cache it wrote."""
         self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
+        if state is not None:
+            self.check_timestamp_state(state, cache.rows)
         cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
-        top, logprobs = self._aux_graphs().top(self.buffers.steering(cache.rows).logits, cache.rows, logit_bias,
-                                               state)
-        return top[:, :k], logprobs[:, :k], self._after_step(cache)
+        chosen, logprobs = pick(self.buffers.steering(cache.rows).logits, cache.rows)
+        return chosen, logprobs, self._after_step(cache)
 
     def decode_best_limited(self, tokens, offsets, cache_index, logit_bias, state, rules, cache: _Cache,
                             cross: _Cross):
@@ -94,12 +104,8 @@ class DevicePicking(Backend):
         applies the timestamp rules of each row's state and picks there; else the host does it on the logits."""
         if self.device == "cpu" or self.bundle.limited_path is None or not self._one_token(tokens):
             return super().decode_best_limited(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
-        self._check_picking_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        self.check_timestamp_state(state, cache.rows)
-        cache = self._step_keeping_logits(tokens, offsets, cache_index, cache, cross, picked_by_aux=True)
-        best, logprobs = self._aux_graphs().limited(self.buffers.steering(cache.rows).logits, cache.rows,
-                                                     logit_bias, state)
-        return best, logprobs, self._after_step(cache)
+        return self._picked_on_device(tokens, offsets, cache_index, logit_bias, state, cache, cross,
+                                      lambda logits, rows: self._aux_graphs().limited(logits, rows, logit_bias, state))
 
     def _greedy_stream(self, tokens, offsets, logit_bias, cache: _Cache, cross: _Cross, steps: int):
         """The checks of streamed greedy steps, then the ring of the row count; None (and greedy_queue 0 from
