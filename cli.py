@@ -26,7 +26,7 @@ def fail(message: str, code: int = 2) -> None:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: shown as one line, never as a traceback."""
-    from whisper_export.audio import AudioError
+    from whisper_export.runtime.audio import AudioError
     from whisper_export.bundle import BundleError
 
     errors: list[type[Exception]] = [AudioError, BundleError, ValueError, FileNotFoundError, PermissionError]
@@ -56,7 +56,7 @@ def export_cmd(
 ) -> None:
     """Export the encoder and decoder-with-past graphs into a self-describing bundle."""
     from reference_model import load_checkpoint
-    from whisper_export.export import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, export_bundle
 
     try:
         options = ExportOptions(precision="fp16" if fp16 else "fp32", attention=attention, opset=opset, overwrite=overwrite)
@@ -75,7 +75,7 @@ def check(
     backends: Annotated[Optional[str], typer.Option(help="compare across backends, e.g. torch,onnxruntime,tensorrt")] = None,
 ) -> None:
     """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens; exit 1 if over tolerance."""
-    from whisper_export.check import check_bundle
+    from whisper_export.checks.check import check_bundle
 
     try:
         report = check_bundle(bundle, audio or [], model, seed)
@@ -84,7 +84,7 @@ def check(
     typer.echo(report.table())
     ok = report.ok
     if backends:
-        from engines.compare import compare_backends, format_table
+        from whisper_export.checks.compare import compare_backends, format_table
 
         rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
         typer.echo(format_table(rows))
@@ -95,7 +95,7 @@ def check(
 
 def _register_optional() -> None:
     """Commands whose modules other packages own; registered lazily so a missing optional part is a clear error."""
-    from whisper_export.transcribe_cli import transcribe
+    from whisper_export.commands.transcribe import transcribe
 
     app.command("transcribe")(transcribe)
     try:
@@ -104,7 +104,7 @@ def _register_optional() -> None:
         typer.echo(f"warning: build command unavailable ({e})", err=True)
     else:
         app.command("build")(build)
-    from whisper_export.bench_cli import bench
+    from whisper_export.commands.bench import bench
 
     app.command("bench")(bench)
 

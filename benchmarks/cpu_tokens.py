@@ -17,12 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from reference_model import load_checkpoint  # noqa: E402
-from whisper_export.audio import load_audio, log_mel_batch  # noqa: E402
+from whisper_export.runtime.audio import load_audio, log_mel_batch  # noqa: E402
 from whisper_export.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from whisper_export.bundle import Bundle  # noqa: E402
-from whisper_export.decoding import decode  # noqa: E402
-from whisper_export.export import ExportOptions, export_bundle  # noqa: E402
-from whisper_export.options import DecodingOptions  # noqa: E402
+from whisper_export.runtime.decoding import decode  # noqa: E402
+from whisper_export.export.exporter import ExportOptions, export_bundle  # noqa: E402
+from whisper_export.runtime.options import DecodingOptions  # noqa: E402
 
 OPTIONS = {"greedy": DecodingOptions(without_timestamps=True),
            "beam5": DecodingOptions(beam_size=5, without_timestamps=True),

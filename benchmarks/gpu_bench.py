@@ -103,7 +103,7 @@ def environment() -> dict:
 
 
 def export_variant(ckpt, target: Path, attention: str) -> Path:
-    from whisper_export.export import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, export_bundle
 
     if not (target / "manifest.json").exists():
         export_bundle(ckpt, target, ExportOptions(precision="fp16", attention=attention), progress=lambda _: None)
@@ -119,9 +119,9 @@ def tokens_check(bundle_dir: Path, mel, audios, attention: str) -> dict:
     against the dev machine's CPU tokens (benchmarks/data/cpu_tokens_tiny_en.json)."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
     from whisper_export.bundle import Bundle
-    from whisper_export.decoding import decode
-    from whisper_export.options import DecodingOptions
-    from whisper_export.runtime import WhisperRuntime
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+    from whisper_export.runtime.api import WhisperRuntime
 
     expected = json.loads((REPO / "benchmarks" / "data" / "cpu_tokens_tiny_en.json").read_text())
     bundle = Bundle.open(bundle_dir)
@@ -166,7 +166,7 @@ class NeverSeen(set):
 
 
 def ours_suite(bundle_dir: Path, mel, graph: bool, batch_sizes, steps: int, repeats: int) -> dict:
-    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime.options import DecodingOptions
 
     backend, load_s = gpu_backend(bundle_dir, graph)
     tok = backend.bundle.tokenizer()
@@ -350,7 +350,7 @@ def main() -> None:
     PROFILE = "profile" not in skip
     rep = Report(args.out)
     rep.section("environment", environment)
-    from whisper_export.audio import log_mel_batch
+    from whisper_export.runtime.audio import log_mel_batch
 
     attentions = [a for a in args.attentions.split(",") if a]
     if args.model == "tiny":

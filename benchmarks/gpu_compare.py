@@ -41,8 +41,8 @@ def attention_kernels(bundle_dir: Path, mel, prompt, steps: int, repeats: int) -
     """The decoder step under each choice of onnxruntime's attention kernels (CUDA EP option sdpa_kernel, a bit
     mask: 1 flash, 2 memory-efficient, 4 TensorRT fused, 8 cuDNN flash, 16 unfused; 0 = onnxruntime's default),
     batch 1 and 16, streamed greedy steps; and whether the greedy tokens of the first clip stay the same."""
-    from whisper_export.decoding import decode
-    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
 
     out: dict = {}
     reference = None
@@ -63,8 +63,8 @@ def attention_kernels(bundle_dir: Path, mel, prompt, steps: int, repeats: int) -
 def beam_breakdown(bundle_dir: Path, mel) -> dict:
     """Where a beam-5 decode's time goes: the prompts, the beam steps (decode_top: cache reorder, decoder step
     and the candidates' selection, the first two also timed alone), the rest (host bookkeeping)."""
-    from whisper_export.decoding import decode
-    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
 
     backend, _ = gpu_backend(bundle_dir, True)
     tok = backend.bundle.tokenizer()
@@ -101,7 +101,7 @@ def stream_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3) -> dict
     a step and the graph picking from its logits waited for once) and on onnxruntime's own streams ("own":
     waited for after each run). Two backends open side by side, measured in alternating rounds (ms/token per
     round, and their median); same tokens?"""
-    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime.options import DecodingOptions
 
     out: dict = {}
     tokens: dict = {}
@@ -164,7 +164,7 @@ def beam_timestamps_compare(bundle_dir: Path, mel, repeats: int, rounds: int = 3
 
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
     from whisper_export.bundle import Bundle
-    from whisper_export.options import DecodingOptions
+    from whisper_export.runtime.options import DecodingOptions
 
     bundle = Bundle.open(bundle_dir)
     without = dataclasses.replace(bundle, files={k: v for k, v in bundle.files.items() if k != "timestamp_top.onnx"})

@@ -1,2 +1,2 @@
-"""TensorRT engines for whisper-export bundles: build (build.py, build_cli.py), run (runner.py, backend.py),
-compare across backends (compare.py). See each module's docstring; nothing here imports TensorRT at import time."""
+"""Building TensorRT engines for whisper-export bundles (build.py, build_cli.py, loaders.py, attention.py).
+Running them is whisper_export.backends.tensorrt's job. Nothing here imports TensorRT at import time."""

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from engines.trt_api import trt
+from whisper_export.backends.tensorrt.trt_api import trt
 
 # kernel/layer names of fused attention in TensorRT and TensorRT-RTX engine dumps
 FUSED_KERNEL = re.compile(r"(?i)(mha|fmha|flash|attention|_attn)")

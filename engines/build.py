@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from engines import attention as att
-from engines import trt_api
-from engines.cuda import probe_device
+from whisper_export.backends.tensorrt import trt_api
+from whisper_export.backends.tensorrt.cuda import probe_device
 from engines.loaders import (
-    BuildLog,
     CreateConfig,
     EngineBytesFromNetwork,
     NetworkFromOnnxPath,
@@ -41,11 +40,13 @@ from engines.loaders import (
     TimingCache,
     supported_compute_capabilities,
 )
-from engines.profiles import EngineLimits, Profile, check_profiles_cover, decoder_profiles, encoder_profiles
-from engines.sidecar import EngineSidecar, TensorSpec, sidecar_path
-from engines.trt_api import trt
+from whisper_export.backends.tensorrt.profiles import EngineLimits, Profile, check_profiles_cover, decoder_profiles, encoder_profiles
+from whisper_export.backends.tensorrt.sidecar import EngineSidecar, TensorSpec, sidecar_path
+from whisper_export.backends.tensorrt.trt_log import BuildLog
+from whisper_export.backends.tensorrt.trt_api import trt
 from whisper_export import __version__
-from whisper_export.bundle import Bundle, cache_dir, sha256_file, write_manifest
+from whisper_export.bundle import Bundle, write_manifest
+from whisper_export.hashing import cache_dir, sha256_file
 
 GRAPHS = ("encoder", "decoder")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")

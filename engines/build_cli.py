@@ -70,12 +70,12 @@ def build(
     --overwrite); 3 no usable TensorRT Python module: the ONNX bundle is written and works with the
     onnxruntime backend, the engines are not.
     """
-    from engines import trt_api
+    from whisper_export.backends.tensorrt import trt_api
     from engines.attention import FusedAttentionError
     from engines.build import BuildOptions, TargetError, build_engines, check_precision, check_target
-    from engines.cuda import probe_device
+    from whisper_export.backends.tensorrt.cuda import probe_device
     from engines.loaders import EngineBuildError, OnnxParseError
-    from engines.profiles import EngineLimits, ProfileError
+    from whisper_export.backends.tensorrt.profiles import EngineLimits, ProfileError
     from whisper_export.bundle import Bundle, BundleError
 
     ccs = _split_cc(compute_capability)
@@ -132,7 +132,7 @@ def build(
 
     # 2. the ONNX bundle, which stays usable whatever happens to the engines
     if ckpt is not None:
-        from whisper_export.export import ExportError, ExportOptions, export_bundle
+        from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
 
         try:
             export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite), progress=_progress)

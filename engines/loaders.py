@@ -1,4 +1,4 @@
-"""Polygraphy-style composable loaders (OutputFromInput), written against engines.trt_api.trt.
+"""Polygraphy-style composable loaders (OutputFromInput), written against whisper_export.backends.tensorrt.trt_api.trt.
 
     network = NetworkFromOnnxPath("decoder.onnx", logger)
     config = CreateConfig(profiles, compute_capabilities=["8.9"], timing_cache=cache)
@@ -15,26 +15,20 @@ the layer dump for the fused-attention check, whether a timing cache was accepte
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import onnx
 
-from engines.profiles import Profile
-from engines.trt_api import selected, trt
+from whisper_export.backends.tensorrt.profiles import Profile
+from whisper_export.backends.tensorrt.trt_api import selected, trt
+from whisper_export.backends.tensorrt.trt_log import BuildLog
 
 T = TypeVar("T")
-
-# a warning TensorRT prints for every int64 network input; the runner binds int64, so it is only logged
-BENIGN_WARNINGS = ("has Int64 binding",)
-
 
 class OnnxParseError(RuntimeError):
     """The ONNX parser rejected the graph; the message lists every error with its node."""
@@ -47,96 +41,6 @@ class EngineBuildError(RuntimeError):
 def invoke(value: T | Callable[[], T]) -> T:
     """polygraphy's invoke_if_callable: a loader is called, a value passes through."""
     return value() if callable(value) else value
-
-
-# -- logging -----------------------------------------------------------------------------------------
-
-
-_LOGGER_CLASSES: dict[str, type] = {}
-
-
-class BuildLog:
-    """Collects one engine build's TensorRT messages: all of them to a log file, warnings and errors to
-    stderr, errors and selected messages in memory (for error reports and the checks that read the log)."""
-
-    def __init__(self, path: Path | None, stderr: IO[str] | None = None, prefix: str = "") -> None:
-        self.path = path
-        self.stderr = stderr if stderr is not None else sys.stderr
-        self.prefix = prefix
-        self.errors: list[str] = []
-        self.warnings: list[str] = []
-        self.layer_dumps: list[str] = []
-        self.notes: list[str] = []
-        self._quiet = False
-        self._lock = threading.Lock()
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8") if path else None
-
-    def write(self, severity: str, message: str) -> None:
-        with self._lock:
-            if self._file:
-                self._file.write(f"[{severity}] {message}\n")
-            if severity in ("ERROR", "INTERNAL_ERROR"):
-                self.errors.append(message)
-            elif severity == "WARNING":
-                self.warnings.append(message)
-            if "LayerType: " in message and "Name: " in message:
-                self.layer_dumps.append(message)
-            if not self._quiet and (severity in ("ERROR", "INTERNAL_ERROR") or (
-                severity == "WARNING" and not any(b in message for b in BENIGN_WARNINGS)
-            )):
-                print(f"{self.prefix}[TensorRT {severity.lower()}] {message}", file=self.stderr, flush=True)
-
-    def note(self, message: str) -> None:
-        """A line of ours in the same log (e.g. what the timing cache did)."""
-        self.notes.append(message)
-        with self._lock:
-            if self._file:
-                self._file.write(f"[whisper-export] {message}\n")
-
-    @contextmanager
-    def capture(self, quiet: bool = False) -> Iterator[list[str]]:
-        """Messages (any severity) logged inside the block; quiet: none of them reach stderr (the caller
-        reports the outcome itself). Errors logged inside the block are not kept in ``errors``."""
-        seen: list[str] = []
-        original = self.write
-        n_errors = len(self.errors)
-
-        def tee(severity: str, message: str) -> None:
-            seen.append(message)
-            original(severity, message)
-
-        self.write = tee  # type: ignore[method-assign]
-        self._quiet = quiet
-        try:
-            yield seen
-        finally:
-            self.write = original  # type: ignore[method-assign]
-            self._quiet = False
-            del self.errors[n_errors:]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._file:
-                self._file.close()
-                self._file = None
-
-    def trt_logger(self) -> trt.ILogger:
-        """An ILogger of the selected module that forwards to this log (VERBOSE: the layer dump needs it)."""
-        module = selected().name
-        cls = _LOGGER_CLASSES.get(module)
-        if cls is None:
-
-            class _Logger(trt.ILogger):
-                def __init__(self, sink: BuildLog) -> None:
-                    trt.ILogger.__init__(self)
-                    self.sink = sink
-
-                def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
-                    self.sink.write(severity.name, msg)
-
-            cls = _LOGGER_CLASSES[module] = _Logger
-        logger: trt.ILogger = cls(self)
-        return logger
 
 
 # -- network -----------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from reference_model.checkpoint import Checkpoint, CheckpointError
 from reference_model.ctranslate2 import ctranslate2_files, load_ctranslate2
 from reference_model.huggingface import is_hf_dir, load_huggingface
 from reference_model.openai import load_openai
-from whisper_export.bundle import sha256_file
+from whisper_export.hashing import sha256_file
 
 DEFAULT_MODEL = "tiny.en"
 

@@ -50,7 +50,7 @@ def base_checkpoint():
 
 
 def _export(ckpt, root: Path, name: str, **options) -> Path:
-    from whisper_export.export import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, export_bundle
 
     return export_bundle(ckpt, root / name, ExportOptions(**options), progress=lambda _: None)
 

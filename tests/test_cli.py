@@ -12,7 +12,7 @@ import wave
 import pytest
 
 from reference_model.sources import DEFAULT_MODEL, PACKAGED
-from whisper_export import bundle_cache
+from whisper_export.export import on_demand as bundle_cache
 
 
 def run_cli(*args, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from whisper_export.transcribe_cli import transcribe
+from whisper_export.commands.transcribe import transcribe
 
 app = typer.Typer()
 app.command("transcribe")(transcribe)

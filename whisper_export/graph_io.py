@@ -80,6 +80,7 @@ TOP_LIMITED_FILE = "timestamp_top.onnx"  # since session 5; without it, beam sea
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"
+N_FRAMES = 3000  # mel frames of a 30 s window: the encoder's fixed input length
 TOKENS = "in_tokens"
 OFFSETS = "in_offsets"
 CACHE_INDEX = "in_cache_index"  # not a graph input since version 2: the name backends give their reorder
@@ -94,6 +95,8 @@ NEXT_TIMESTAMP_STATE = "out_timestamp_state"
 TOP_TOKENS = "out_top_tokens"
 TOP_LOGPROBS = "out_top_logprobs"
 TOP_K = 16  # top_select.onnx's candidates per row, best first: a beam search of up to TOP_K - 1 beams
+# the timestamp rules' ts_min when every timestamp is forbidden (a segment just closed): above any token id
+ALL_TIMESTAMPS = 1 << 40
 
 PRECISIONS = {"fp32": np.float32, "fp16": np.float16}
 

@@ -42,7 +42,7 @@ def built_bundle(tmp_path_factory) -> BuiltBundle:
 @pytest.fixture(scope="session")
 def matmul_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     """tiny.en fp16 exported with the MatMul/Softmax attention fallback (no opset-23 Attention)."""
-    from whisper_export.export import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, export_bundle
 
     return export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("matmul") / "bundle",
                          ExportOptions(precision="fp16", attention="matmul"), progress=lambda _: None)

@@ -1,4 +1,4 @@
-"""A CPU stand-in for the GPU side of engines.runner: host memory addressed by fake pointers, and an
+"""A CPU stand-in for the GPU side of whisper_export.backends.tensorrt.runner: host memory addressed by fake pointers, and an
 "execution context" that runs the engine's source ONNX graph with onnxruntime.
 
 It behaves like TensorRT where the runner depends on it: input shapes outside the active optimization
@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.runner import EngineRunner
-from engines.sidecar import EngineSidecar
+from whisper_export.backends.tensorrt.runner import EngineRunner
+from whisper_export.backends.tensorrt.sidecar import EngineSidecar
 
 
 class FakeMemory:

@@ -18,7 +18,7 @@ pytestmark = needs_rtx
 
 
 def _sidecar(bundle: Path, graph: str):
-    from engines.sidecar import EngineSidecar, sidecar_path
+    from whisper_export.backends.tensorrt.sidecar import EngineSidecar, sidecar_path
 
     return EngineSidecar.read(sidecar_path(bundle / f"{graph}.engine"))
 
@@ -140,7 +140,8 @@ def _broken_bundle(src: Path, dst: Path) -> None:
 
 
 def test_parser_errors_name_the_failing_node(built_bundle, tmp_path):
-    from engines.loaders import BuildLog, NetworkFromOnnxPath, OnnxParseError
+    from engines.loaders import NetworkFromOnnxPath, OnnxParseError
+    from whisper_export.backends.tensorrt.trt_log import BuildLog
 
     broken = tmp_path / "broken"
     _broken_bundle(built_bundle.path, broken)
@@ -157,7 +158,8 @@ def test_parser_errors_name_the_failing_node(built_bundle, tmp_path):
 
 
 def test_unreadable_onnx_is_a_parse_error(tmp_path):
-    from engines.loaders import BuildLog, NetworkFromOnnxPath, OnnxParseError
+    from engines.loaders import NetworkFromOnnxPath, OnnxParseError
+    from whisper_export.backends.tensorrt.trt_log import BuildLog
 
     (tmp_path / "x.onnx").write_bytes(b"\x00not a protobuf at all" * 10)
     with pytest.raises(OnnxParseError, match="x.onnx"):
@@ -178,7 +180,7 @@ def test_profile_too_small_is_refused_before_anything_is_built(tmp_path, args, m
 
 
 def test_opt_above_max_is_refused(tiny_checkpoint):
-    from engines.profiles import EngineLimits, ProfileError
+    from whisper_export.backends.tensorrt.profiles import EngineLimits, ProfileError
 
     with pytest.raises(ProfileError, match="opt_rows: received 100, expected <= max_rows 80"):
         EngineLimits(opt_rows=100).resolved(tiny_checkpoint.dims)
@@ -196,7 +198,7 @@ def test_missing_tensorrt_exits_3_and_leaves_a_working_onnx_bundle(tmp_path, mon
     """With no TensorRT module at all (simulated), the export still happens and the exit code is 3."""
     import onnxruntime as ort
 
-    from engines import trt_api
+    from whisper_export.backends.tensorrt import trt_api
     from whisper_export import graph_io
     from whisper_export.bundle import Bundle
 
@@ -222,7 +224,7 @@ def test_missing_tensorrt_exits_3_and_leaves_a_working_onnx_bundle(tmp_path, mon
 
 
 def test_requested_module_not_installed_exits_3(tmp_path):
-    from engines import trt_api
+    from whisper_export.backends.tensorrt import trt_api
 
     if trt_api.installed_version("tensorrt"):
         pytest.skip("full TensorRT is installed here")
@@ -251,7 +253,7 @@ def test_full_tensorrt_cannot_build_ahead_of_time(monkeypatch):
     """Full TensorRT has no compute-capability target: --compute-capability is refused, clearly."""
     from engines import build as build_mod
     from engines.build import BuildOptions, TargetError, check_target
-    from engines.trt_api import TrtModuleInfo
+    from whisper_export.backends.tensorrt.trt_api import TrtModuleInfo
 
     monkeypatch.setattr(build_mod, "supported_compute_capabilities", lambda: [])
     full = TrtModuleInfo("tensorrt", "10.13.0.35")

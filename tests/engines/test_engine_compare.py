@@ -9,8 +9,8 @@ from engine_helpers import needs_rtx
 
 @needs_rtx
 def test_compare_backends_rows_and_skips(built_bundle, tiny_checkpoint):
-    from engines.compare import compare_backends, format_table
-    from engines.cuda import probe_device
+    from whisper_export.checks.compare import compare_backends, format_table
+    from whisper_export.backends.tensorrt.cuda import probe_device
 
     assert built_bundle.exit_code == 0, built_bundle.stderr
     rows = compare_backends(built_bundle.path, ["torch", "onnxruntime", "tensorrt"], checkpoint=tiny_checkpoint)
@@ -30,7 +30,7 @@ def test_compare_backends_rows_and_skips(built_bundle, tiny_checkpoint):
 
 
 def test_compare_backends_needs_two_backends_and_known_names(tiny_bundle_fp16):
-    from engines.compare import compare_backends
+    from whisper_export.checks.compare import compare_backends
 
     with pytest.raises(ValueError, match="expected a non-empty subset"):
         compare_backends(tiny_bundle_fp16, ["torch", "tensorflow"])

@@ -1,11 +1,11 @@
-"""engines.cuda, the runner's CUDA layer (libcudart through ctypes). Needs a CUDA GPU, not TensorRT."""
+"""whisper_export.backends.tensorrt.cuda, the runner's CUDA layer (libcudart through ctypes). Needs a CUDA GPU, not TensorRT."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engines import cuda
+from whisper_export.backends.tensorrt import cuda
 
 
 def test_probe_device_never_raises():

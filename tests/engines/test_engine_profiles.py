@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.profiles import (
+from whisper_export.backends.tensorrt.profiles import (
     EngineLimits,
     Profile,
     ProfileError,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engine_helpers import TARGET_CC, needs_rtx
-from engines.sidecar import (
+from whisper_export.backends.tensorrt.sidecar import (
     EngineInputError,
     EngineMismatch,
     EngineSidecar,
@@ -196,7 +196,7 @@ def test_runner_infer_on_fake_device_matches_onnxruntime(built_bundle):
 def test_backend_decode_loop_on_fake_device_matches_the_onnxruntime_backend(built_bundle):
     """Prompt step, then beam-reordered steps: ping-pong caches and device-resident cross K/V."""
     from engine_fakes import FakeDevice, FakeRunner
-    from engines.backend import TensorRTBackend
+    from whisper_export.backends.tensorrt.backend import TensorRTBackend
     from whisper_export.backends.base import BackendError
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -238,7 +238,7 @@ def test_backend_decode_loop_on_fake_device_matches_the_onnxruntime_backend(buil
 
 
 def test_backend_refuses_a_bundle_without_engines(tmp_path, built_bundle):
-    from engines.backend import TensorRTBackend
+    from whisper_export.backends.tensorrt.backend import TensorRTBackend
     from whisper_export.backends.base import BackendError
     from whisper_export.bundle import Bundle, write_manifest
 
@@ -256,7 +256,7 @@ def test_backend_refuses_a_bundle_without_engines(tmp_path, built_bundle):
 def native_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     """Engines built for the GPU of this machine (whatever TensorRT module is installed)."""
     from engines.build import BuildOptions, build_engines
-    from whisper_export.export import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, export_bundle
 
     out = export_bundle(tiny_checkpoint, tmp_path_factory.mktemp("native") / "b", ExportOptions(precision="fp16"),
                         progress=lambda _: None)
@@ -266,7 +266,7 @@ def native_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.mark.gpu
 def test_gpu_backend_matches_onnxruntime_greedy_tokens(native_bundle):
-    from engines.backend import TensorRTBackend
+    from whisper_export.backends.tensorrt.backend import TensorRTBackend
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
     rng = np.random.default_rng(2)
@@ -284,7 +284,7 @@ def test_gpu_backend_matches_onnxruntime_greedy_tokens(native_bundle):
 
 @pytest.mark.gpu
 def test_gpu_compare_backends_all_pass(native_bundle):
-    from engines.compare import compare_backends, format_table
+    from whisper_export.checks.compare import compare_backends, format_table
 
     rows = compare_backends(native_bundle, ["torch", "onnxruntime", "tensorrt"])
     assert not [r for r in rows if r.status == "skipped"], format_table(rows)

@@ -26,15 +26,15 @@ def mypy_cache(tmp_path_factory) -> Path:
 
 
 def test_engines_typecheck_strictly(mypy_cache):
-    result = _mypy("engines", cache=mypy_cache)
+    result = _mypy("engines", "whisper_export/backends/tensorrt", cache=mypy_cache)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success" in result.stdout
 
 
 def test_a_misspelled_tensorrt_name_fails(mypy_cache, tmp_path):
-    bad = tmp_path / "probe.py"  # mypy resolves engines.trt_api from the repository root (its cwd)
+    bad = tmp_path / "probe.py"  # mypy resolves whisper_export.backends.tensorrt.trt_api from the repository root (its cwd)
     bad.write_text(
-        "from engines.trt_api import trt\n\n\n"
+        "from whisper_export.backends.tensorrt.trt_api import trt\n\n\n"
         "def probe() -> None:\n"
         "    logger = trt.Logger(trt.Logger.WARNING)\n"
         "    trt.Builderr(logger)\n"

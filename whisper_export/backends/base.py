@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from whisper_export.audio import N_FRAMES
+from whisper_export.backends.picking import chosen_logprobs, top_candidates
 from whisper_export.dims import ModelDims
+from whisper_export.graph_io import N_FRAMES
 
 CrossKV = Any  # backend-owned encoder output (per-layer cross-attention K/V), n_audio rows
 SelfCache = Any  # backend-owned self-attention caches, (rows, n_head, capacity, head_dim) per layer
@@ -92,8 +93,6 @@ class Backend(abc.ABC):
     @staticmethod
     def _best_of(filtered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(argmax, its log-probability) of each row of filtered logits (R, V), as sampling.GreedyDecoder."""
-        from whisper_export.sampling import chosen_logprobs
-
         best = filtered.argmax(axis=-1)
         return best, chosen_logprobs(filtered, best)
 
@@ -111,8 +110,6 @@ class Backend(abc.ABC):
         first and the lowest id first on ties, their log-probabilities under log_softmax(logits + logit_bias)
         (R, k) float32, and the updated cache: a beam search's candidates (BeamSearchDecoder.update_top). This
         default selects in numpy (sampling.top_candidates); a GPU backend selects on the device."""
-        from whisper_export.sampling import top_candidates
-
         biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
         return (*top_candidates(biased, k), cache)
 
@@ -161,8 +158,6 @@ class Backend(abc.ABC):
         filters: a beam search's candidates with timestamps. This default does it in numpy on the logits (bit for
         bit the logit filters and BeamSearchDecoder on host logits); a GPU backend on the device
         (timestamp_top.onnx)."""
-        from whisper_export.sampling import top_candidates
-
         filtered, cache = self._ruled_step(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
         return (*top_candidates(filtered, k), cache)
 

@@ -55,7 +55,7 @@ def ours_decode(backend, tokenizer, mel, options, repeats: int, one_by_one: bool
     """
     import numpy as np
 
-    from whisper_export.decoding import DecodingTask
+    from whisper_export.runtime.decoding import DecodingTask
 
     counting = CountingBackend(backend)
     groups = [mel[i : i + 1] for i in range(len(mel))] if one_by_one else [mel]

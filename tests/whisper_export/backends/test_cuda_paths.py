@@ -1,0 +1,400 @@
+"""The CUDA backend's code paths, run on onnxruntime's CPU provider with OrtValues in host memory (simulated_cuda):
+pooled buffers, captured bindings, the streamed greedy ring, one stream for every session, the small graphs that
+pick on the "device", and what happens where a bundle or the CUDA runtime lacks something. Each holds the tokens
+of the plain CPU path (speed is measured on the GPU by benchmarks/gpu_bench.py, never here)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from whisper_export.runtime.audio import log_mel_batch
+from whisper_export.bundle import Bundle
+
+
+class _CaptureRefused:
+    """A session whose runs with a CUDA graph id raise, as onnxruntime does when a capture fails at run time."""
+
+    def __init__(self, session):
+        self._session = session
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
+    def run_with_iobinding(self, binding, options=None):
+        try:
+            graph_id = options.get_run_config_entry("gpu_graph_id") if options is not None else "-1"
+        except RuntimeError:  # not set
+            graph_id = "-1"
+        if graph_id != "-1":
+            raise RuntimeError("simulated: capture refused")
+        return self._session.run_with_iobinding(binding, options)
+
+
+@pytest.fixture
+def simulated_cuda(monkeypatch):
+    """OnnxRuntimeBackend(device="cuda") runs its CUDA code path on the CPU provider, OrtValues in host memory.
+    graphs: "refused" (the capturing session does not open, as onnxruntime refuses it on a CPU), "kept" (it
+    opens; the CPU provider ignores graph ids, so every graph path runs as plain runs) or "fail" (it opens, and
+    every run with a graph id raises)."""
+    import onnxruntime as ort
+
+    from whisper_export.backends import onnxruntime as ob
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ob.OnnxRuntimeBackend, "_ort_device", "cpu")
+    original = ob.OnnxRuntimeBackend._session
+    graphs = {"mode": "refused"}
+
+    def session(self, *args, **kwargs):
+        graph = kwargs.pop("graph", False)
+        if graph and graphs["mode"] == "refused":
+            raise ob.BackendError("no CUDA graphs on the CPU provider")
+        device, self.device = self.device, "cpu"
+        try:
+            opened = original(self, *args, **kwargs)
+        finally:
+            self.device = device
+        return _CaptureRefused(opened) if graph and graphs["mode"] == "fail" else opened
+
+    monkeypatch.setattr(ob.OnnxRuntimeBackend, "_session", session)
+
+    def make(*args, graphs_mode: str = "refused", **kwargs):
+        graphs["mode"] = graphs_mode
+        return ob.OnnxRuntimeBackend(*args, **kwargs)
+
+    return make
+
+
+@pytest.mark.parametrize("graphs", ["refused", "kept", "fail"])
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_bundle_ort, english_clips, simulated_cuda):
+    """The CUDA path's pooled buffers, fixed bindings (with graphs: two plain runs, then the capturing one; a
+    capture refused at run time: plain IO binding from then on; prompts from their shape's second time on),
+    ping-pong caches (in-place ones for attention=
+    "onnxruntime", whose greedy steps stream through the host-mapped ring) and steering updates, run on the
+    CPU provider: the tokens of the plain CPU path, and the buffer sets come back to their pools."""
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
+    tokenizer = bundle.tokenizer()
+    mel = log_mel_batch(english_clips[:3])
+    with simulated_cuda(bundle, device="cuda", graphs_mode=graphs) as sim:
+        assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
+        assert sim.in_place == (variant == "onnxruntime")
+        assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
+        assert sim.greedy_queue == (2 if variant == "onnxruntime" else 0)
+        with simulated_cuda(bundle) as cpu:
+            assert cpu.greedy_queue == 0 and cpu.device == "cpu"
+            for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
+                            DecodingOptions(beam_size=3, without_timestamps=True), DecodingOptions(beam_size=3)):
+                for m in (mel, mel[1:2], mel):
+                    assert [r.tokens for r in decode(sim, tokenizer, m, options)] == \
+                           [r.tokens for r in decode(cpu, tokenizer, m, options)]
+        if graphs == "fail":
+            assert sim.graph_mode == "off" and "simulated: capture refused" in sim.graph_error
+        else:
+            assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
+            assert len(sim._steps) > 3  # bindings made once and reused
+            # a prompt shape (rows, n_new, n_logits) seen before ran on fixed buffers (captured on a GPU); the
+            # one-row prompts came once each (without, then with timestamps), so they ran as they were
+            prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
+            assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
+        # beam steps took their candidates from top_select.onnx (with timestamps: timestamp_top.onnx) on the
+        # "device", greedy steps with timestamps their tokens from timestamp_rules.onnx
+        assert sim._aux is not None and all(sim._aux.opened(name) is not None for name in ("top", "limited", "top_limited"))
+        # greedy steps streamed through the ring of each row count used
+        assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
+        # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
+        assert all(len(free) == 2 for free in sim.buffers.cache._free.values())
+        assert all(len(free) == 1 for free in sim.buffers.cross._free.values())
+
+
+def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips, simulated_cuda):
+    """decode_greedy streamed through the host-mapped ring (each step's choice written into the next step's token
+    slot, 3 steps queued, 10 steps = the ring's 5 slots twice) chooses what 10 single steps with host feedback
+    choose, with the same log-probabilities; with a stop token it ends once every row has chosen it, at most
+    the queue's 3 steps later."""
+    mel = log_mel_batch(english_clips[:3])
+    prompt = np.array([[50257, 50362]] * 3)
+    bias = np.zeros(51864, np.float32)
+    bias[[50256 + 1, 50360]] = -np.inf  # something to filter, as the decoding loop's suppress list does
+    eot = 50256
+
+    def start(backend):
+        cross = backend.encode(mel)
+        cache = backend.new_cache(3, backend.dims.n_text_ctx)
+        logits, cache = backend.decode(prompt, np.zeros(3, np.int64), np.arange(3), np.array([1]), cache, cross)
+        return logits[:, -1].argmax(-1)[:, None].astype(np.int64), cache, cross
+
+    with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
+            simulated_cuda(tiny_bundle_ort, device="cuda") as ref:
+        sim.greedy_queue, ref.greedy_queue = 3, 0
+        token, cache, cross = start(ref)
+        want_chosen, want_logprobs = [], []
+        for i in range(40):
+            best, logprob, cache = ref.decode_best(token, np.full(3, 2 + i), np.arange(3), bias, cache, cross)
+            want_chosen.append(best)
+            want_logprobs.append(logprob)
+            token = best[:, None].astype(np.int64)
+        want_chosen, want_logprobs = np.stack(want_chosen, 1), np.stack(want_logprobs, 1)
+
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
+        assert np.array_equal(chosen, want_chosen[:, :10]) and np.array_equal(logprobs, want_logprobs[:, :10])
+        assert sim.buffers.streams() == [(3, 3)]
+        # fed back: each row moves on (a stuck feed repeats one token), and the bias holds
+        assert all(len(set(row)) > 5 for row in chosen) and not np.isin(chosen, [50257, 50360]).any()
+
+        last_stop = max(list(row).index(eot) for row in want_chosen)  # every clip ends within 40 steps
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 40, stop_token=eot)
+        assert last_stop + 1 <= chosen.shape[1] <= last_stop + 1 + 3
+        assert np.array_equal(chosen, want_chosen[:, : chosen.shape[1]])
+
+        # a run interrupted with steps queued: the next run first waits for them, then streams as before
+        stream, run_step, calls = sim.buffers.stream(3, 3), sim._run_step, []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 5:  # steps 0-3 queued, 0 and 1 seen to finish
+                raise KeyboardInterrupt
+            run_step(*args, **kwargs)
+
+        token, cache, cross = start(sim)
+        sim._run_step = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        del sim._run_step
+        assert list(stream._unfinished) == [2, 3]  # queued, never waited for
+        waited, wait = [], stream.wait
+        stream.wait = lambda i: waited.append(i) or wait(i)
+        token, cache, cross = start(sim)
+        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        assert waited[:2] == [2, 3] and np.array_equal(chosen, want_chosen[:, :10])
+        del stream.wait
+
+        with pytest.raises(ValueError, match=r"expected offset \+ n_new <= cache capacity 448"):
+            sim.decode_greedy(token, np.full(3, 440), bias, cache, cross, 9)
+        with pytest.raises(ValueError, match=r"expected \(rows, 1\)"):
+            sim.decode_greedy(np.zeros((3, 2), np.int64), np.full(3, 2), bias, cache, cross, 2)
+
+
+@pytest.mark.parametrize("queue", [1, 2, 5])
+def test_streamed_decoding_keeps_tokens(queue, tiny_bundle_ort, english_clips, simulated_cuda):
+    """The decoding loop asks for the rest of a decode in one streamed call: what follows a row's eot or the
+    sample length is dropped, so every queue depth gives the tokens and log-probabilities of one step at a
+    time (queue 0)."""
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips)
+    with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as backend:
+        for options in (DecodingOptions(without_timestamps=True), DecodingOptions(without_timestamps=True, sample_len=6)):
+            backend.greedy_queue = 0
+            want = decode(backend, backend.bundle.tokenizer(), mel, options)
+            backend.greedy_queue = queue
+            got = decode(backend, backend.bundle.tokenizer(), mel, options)
+            assert [(r.tokens, r.sum_logprob) for r in got] == [(r.tokens, r.sum_logprob) for r in want]
+            if options.sample_len:
+                assert max(len(r.tokens) for r in got) == options.sample_len
+            else:
+                assert min(len(r.tokens) for r in got) > 5
+        assert (len(mel), queue) in backend.buffers.streams()
+
+
+def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clips, simulated_cuda):
+    """decode_top through top_select.onnx on the "device" (logits left in the steering buffer) returns the
+    candidates the host picks from the logits, in the same order, log-probabilities to float32 rounding; a
+    k above TOP_K falls back to the host."""
+    from whisper_export import graph_io
+
+    mel = log_mel_batch(english_clips[:2])
+    bias = np.zeros(51864, np.float32)
+    bias[[50257, 50360]] = -np.inf
+    rows = 4
+
+    def step(backend, k):
+        cross = backend.encode(mel)
+        cache = backend.new_cache(rows, 64)
+        prompt = np.array([[50257, 50362]] * rows)
+        logits, cache = backend.decode(prompt, np.zeros(rows, np.int64), np.arange(rows), np.array([1]), cache, cross)
+        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        # rows 0-1 continue audio 0, rows 2-3 audio 1, with a beam reorder before the step
+        return backend.decode_top(token, np.full(rows, 2), np.array([1, 0, 3, 2]), bias, k, cache, cross)[:2]
+
+    with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept") as sim, simulated_cuda(tiny_bundle) as cpu:
+        for k in (6, graph_io.TOP_K):
+            (top, logprobs), (want, want_logprobs) = step(sim, k), step(cpu, k)
+            assert top.shape == (rows, k) and np.array_equal(top, want)
+            np.testing.assert_allclose(logprobs, want_logprobs, rtol=0, atol=2e-5)
+        assert len(sim._aux.opened("top")) == 1  # one captured binding, reused
+        top, _ = step(sim, graph_io.TOP_K + 1)
+        assert top.shape == (rows, graph_io.TOP_K + 1) and len(sim._aux.opened("top")) == 1
+
+
+def test_one_shared_stream_waits_once_per_picked_step(tiny_bundle, english_clips, simulated_cuda, monkeypatch):
+    """With every session on one stream (user_compute_stream), a beam step's cache reorder and decoder step, and
+    a greedy step with timestamps, are only queued (run without synchronising) and the small graph that picks
+    from the step's logits waits for all of it: the tokens of waiting for every run, which the backend does
+    without a shared stream."""
+    import onnxruntime as ort
+
+    from whisper_export.backends.ort_runs import NO_SYNC
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    runs: list[tuple[str, bool]] = []  # (graph file, queued) of every IO-binding run
+    original = ort.InferenceSession.run_with_iobinding
+
+    def spy(self, binding, options=None):
+        try:
+            queued = options is not None and options.get_run_config_entry(NO_SYNC) == "1"
+        except RuntimeError:  # not set
+            queued = False
+        runs.append((os.path.basename(self._model_path), queued))
+        return original(self, binding, options)
+
+    monkeypatch.setattr(ort.InferenceSession, "run_with_iobinding", spy)
+    mel = log_mel_batch(english_clips[:2])
+    options = [DecodingOptions(), DecodingOptions(beam_size=3, without_timestamps=True)]
+    with simulated_cuda(tiny_bundle) as cpu:
+        want = [[r.tokens for r in decode(cpu, cpu.bundle.tokenizer(), mel, o)] for o in options]
+    for shared in (False, True):
+        extra = {"provider_options": {"user_compute_stream": "1"}} if shared else {}
+        with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept", **extra) as sim:
+            assert sim.shared_stream == shared
+            runs.clear()
+            assert [[r.tokens for r in decode(sim, sim.bundle.tokenizer(), mel, o)] for o in options] == want
+        queued = {name for name, q in runs if q}
+        assert queued == ({"decoder.onnx", "cache_reorder.onnx"} if shared else set()), queued
+        # whatever was queued is waited for by the next picking graph's run, before the host reads anything
+        for i, (name, q) in enumerate(runs):
+            if q:
+                later = [n for n, wait in runs[i + 1 :] if not wait]
+                assert later and later[0] in ("top_select.onnx", "timestamp_rules.onnx"), runs[i : i + 4]
+
+
+@pytest.mark.parametrize("queue", [1, 3])
+def test_streamed_timestamp_steps_equal_host_rules(queue, tiny_bundle_ort, english_clips, simulated_cuda):
+    """On one stream for every session, greedy decoding with timestamps streams through the host-mapped ring:
+    per step the decoder step and timestamp_rules.onnx are queued, the graph reading each row's timestamp state
+    from the ring and writing its choice and the next state into it. The tokens are the CPU's (rules applied to
+    host logits), the log-probabilities to float32 rounding, for every queue depth; without a shared stream the
+    steps run one at a time."""
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips)
+    options = DecodingOptions()
+    with simulated_cuda(tiny_bundle_ort) as cpu:
+        want = decode(cpu, cpu.bundle.tokenizer(), mel, options)
+    ts_begin = cpu.bundle.tokenizer().special.timestamp_begin
+    assert all(sum(t >= ts_begin for t in r.tokens) >= 2 for r in want)  # timestamps in every window
+    for shared in (True, False):
+        extra = {"provider_options": {"user_compute_stream": "1"}} if shared else {}
+        with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept", greedy_queue=queue, **extra) as sim:
+            got = decode(sim, sim.bundle.tokenizer(), mel, options)
+            ring_runs = [key for key in sim._aux.opened("limited")._bindings if key[0] == "limited-ring"]
+            assert bool(ring_runs) == shared and ((len(mel), queue) in sim.buffers.streams()) == shared
+        assert [r.tokens for r in got] == [r.tokens for r in want]
+        assert [r.sum_logprob for r in got] == pytest.approx([r.sum_logprob for r in want], rel=1e-5, abs=1e-5)
+
+
+def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bundle_ort, english_clips,
+                                                                         simulated_cuda, monkeypatch):
+    """Where the CUDA runtime gives no host-mapped memory, greedy decoding goes on one decode_best per step
+    (greedy_queue 0), with the same tokens, and greedy_error says why."""
+    from whisper_export.backends.host_mapped import HostMappedError
+    from whisper_export.backends.ort_buffers import DeviceBuffers
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    mel = log_mel_batch(english_clips[:2])
+    options = DecodingOptions(without_timestamps=True)
+    with simulated_cuda(tiny_bundle_ort, device="cuda") as backend:
+        want = [r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)]
+
+        def refuse(self, rows, queue):
+            raise HostMappedError("simulated: no CUDA runtime library")
+
+        monkeypatch.setattr(DeviceBuffers, "stream", refuse)
+        assert [r.tokens for r in decode(backend, backend.bundle.tokenizer(), mel, options)] == want
+        assert backend.greedy_queue == 0 and "simulated: no CUDA runtime" in backend.greedy_error
+
+
+def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
+                                                                     simulated_cuda):
+    """A bundle exported before top_select.onnx and timestamp_rules.onnx existed opens (the files are optional;
+    session 4's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
+    on the CUDA path work on host logits instead, with the same tokens."""
+    import json
+
+    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.options import DecodingOptions
+
+    old = tmp_path / "old-bundle"
+    shutil.copytree(tiny_bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx"):
+        (old / name).unlink()
+        del manifest["files"][name]
+    (old / "timestamp_select.onnx").write_bytes(b"session 4's graph")  # listed, never opened
+    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"session 4's graph").hexdigest()
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert Bundle.open(old).top_path is None and Bundle.open(old).limited_path is None
+    assert Bundle.open(tiny_bundle).top_path is not None and Bundle.open(tiny_bundle).limited_path is not None
+
+    mel = log_mel_batch(english_clips[:2])
+    results = []
+    for directory in (old, tiny_bundle):
+        with simulated_cuda(directory, device="cuda") as backend:
+            results.append([r.tokens for options in (DecodingOptions(beam_size=3, without_timestamps=True),
+                                                     DecodingOptions(), DecodingOptions(beam_size=3))
+                            for r in decode(backend, backend.bundle.tokenizer(), mel, options)])
+            aux = backend._aux
+            opened = tuple(aux.opened(name) is not None for name in ("top", "limited", "top_limited"))
+            assert opened == (directory == tiny_bundle,) * 3
+    assert results[0] == results[1] and all(len(tokens) > 3 for tokens in results[0])
+
+
+@pytest.mark.parametrize("beam_size", [None, 3])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_timestamp_rules_on_picked_steps_equal_filtering_the_logits(device, beam_size, tiny_bundle, english_clips,
+                                                                     simulated_cuda):
+    """Greedy and beam search with timestamps after the first sampled step go through Backend.decode_best_limited
+    / decode_top_limited (the rules of each row's timestamp state plus the timestamp preference; on the "device"
+    timestamp_rules.onnx / timestamp_top.onnx): the tokens of filtering host logits every step (the path they
+    replace), and the same sum of log-probabilities, bit for bit on the CPU, to float32 rounding through the
+    graphs."""
+    from whisper_export.runtime.decoding import DecodingTask
+    from whisper_export.runtime.options import DecodingOptions
+
+    class LogitsEveryStep(DecodingTask):
+        def _picked(self, decoder):
+            return None
+
+    mel = log_mel_batch(english_clips)
+    picking = "decode_top_limited" if beam_size else "decode_best_limited"
+    graph = "top_limited" if beam_size else "limited"
+    with simulated_cuda(tiny_bundle, device=device) as backend:
+        tokenizer, options = backend.bundle.tokenizer(), DecodingOptions(beam_size=beam_size)
+        calls = []
+        original = getattr(backend, picking)
+        setattr(backend, picking, lambda *a: calls.append(1) or original(*a))  # counts, then runs the real one
+        fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert len(calls) > 10
+        slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
+        assert (backend._aux is not None and backend._aux.opened(graph) is not None) == (device == "cuda")
+    for a, b in zip(fast, slow):
+        assert a.tokens == b.tokens and any(t >= tokenizer.special.timestamp_begin for t in a.tokens)
+        if device == "cpu":
+            assert a.sum_logprob == b.sum_logprob
+        else:
+            assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=1e-5, abs=1e-5)

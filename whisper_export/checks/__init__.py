@@ -1,0 +1,1 @@
+"""Release gates: every graph output against the PyTorch reference (check.py) and across backends (compare.py)."""

@@ -1,0 +1,303 @@
+"""The release gate: every graph output of a bundle against the PyTorch reference, plus greedy tokens.
+
+Graph checks draw fresh random inputs (the seed is printed so a failure can be replayed); token checks use
+real speech. Tolerances are per precision: fp32 must match to ~1e-4 on logits, fp16 is looser but its greedy
+tokens must be identical to the fp32 reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from whisper_export import graph_io as io
+from whisper_export.bundle import Bundle
+from whisper_export.checks.tolerances import TOLERANCES, Tolerance
+
+
+@dataclass
+class Row:
+    graph: str
+    output: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    tolerance: float
+    min_cosine: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs <= self.tolerance and self.cosine >= self.min_cosine
+
+
+@dataclass
+class CheckReport:
+    seed: int
+    precision: str
+    rows: list[Row] = field(default_factory=list)
+    tokens: list[dict] = field(default_factory=list)  # {audio, reference, bundle, identical}
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.rows) and all(t["identical"] for t in self.tokens)
+
+    def table(self) -> str:
+        lines = [f"bundle precision {self.precision}, random seed {self.seed}",
+                 f"{'graph':<8} {'output':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'tol':>8}  ok"]
+        for r in self.rows:
+            lines.append(f"{r.graph:<8} {r.output:<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.cosine:>10.6f} "
+                         f"{r.tolerance:>8.1e}  {'yes' if r.ok else 'NO'}")
+        for t in self.tokens:
+            lines.append(f"tokens  {t['audio']}: {'identical' if t['identical'] else 'DIFFERENT'} "
+                         f"({len(t['reference'])} reference, {len(t['bundle'])} bundle)")
+            if not t["identical"]:
+                lines.append(f"  reference: {t['reference']}\n  bundle:    {t['bundle']}")
+        lines.append("PASS" if self.ok else "FAIL")
+        return "\n".join(lines)
+
+
+def compare(graph: str, output: str, actual: np.ndarray, expected: np.ndarray, tol: Tolerance) -> Row:
+    a, e = np.asarray(actual, np.float64).ravel(), np.asarray(expected, np.float64).ravel()
+    if a.shape != e.shape:
+        raise ValueError(f"{graph}/{output}: received shape {np.shape(actual)}, expected {np.shape(expected)}")
+    diff = np.abs(a - e)
+    cos = float(a @ e / max(np.linalg.norm(a) * np.linalg.norm(e), 1e-30))
+    rel = float((diff / np.maximum(np.abs(e), 1e-3)).max())
+    return Row(graph, output, float(diff.max()), rel, cos, tol.bound(e), tol.min_cosine)
+
+
+def _merge(rows: list[Row], graph: str, output: str) -> list[Row]:
+    """Collapse per-step rows of one output into its worst case."""
+    if not rows:
+        return []
+    worst = max(rows, key=lambda r: r.max_abs / r.tolerance)
+    return [Row(graph, output, worst.max_abs, max(r.max_rel for r in rows),
+                min(r.cosine for r in rows), worst.tolerance, worst.min_cosine)]
+
+
+def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 20) -> list[Row]:
+    """Encoder on random mel; decoder over a teacher-forced greedy rollout from different offsets."""
+    import onnxruntime as ort
+    import torch
+
+    tol = TOLERANCES[bundle.precision]
+    dims, L = bundle.dims, bundle.dims.n_text_layer
+    dtype = io.PRECISIONS[bundle.precision]
+    rng = np.random.default_rng(seed)
+    opts = ort.SessionOptions()
+    enc = ort.InferenceSession(str(bundle.encoder_path), opts, providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(bundle.decoder_path), opts, providers=["CPUExecutionProvider"])
+
+    mel = rng.standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx)).astype(np.float32)
+    got = enc.run(io.cross_outputs(L), {io.MEL: mel})
+    with torch.no_grad():
+        ck, cv = model.encode(torch.from_numpy(mel))
+    ref_cross = [t for pair in zip(ck, cv) for t in pair]
+    rows = [compare("encoder", name, g, r.numpy(), tol)
+            for name, g, r in zip(io.cross_outputs(L), got, ref_cross)]
+
+    # each row starts at its own offset; its earlier cache slots hold the reference decoder's own keys/values
+    # for random tokens (prefilled row by row), so both sides continue from a cache the model could have made.
+    # attention="onnxruntime" (GroupQueryAttention) takes several tokens only as a prompt at offset 0
+    spread = 0 if bundle.config.get("attention") == "onnxruntime" else 3
+    offsets = np.array([spread * r for r in range(batch)], np.int64)
+    capacity = int(offsets.max()) + 4 + steps
+    shape = (batch, dims.n_text_head, capacity, dims.text_head_dim)
+    ref_cache = [torch.zeros(shape) for _ in range(2 * L)]
+    with torch.no_grad():
+        for r in np.flatnonzero(offsets):
+            prefix = torch.from_numpy(rng.integers(0, dims.n_vocab, (1, int(offsets[r]))))
+            _, k, v = model.decoder(
+                prefix, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                [c[r : r + 1] for c in ref_cache[0::2]], [c[r : r + 1] for c in ref_cache[1::2]],
+                [c[r : r + 1] for c in ck], [c[r : r + 1] for c in cv], torch.tensor([0]))
+            for i in range(L):
+                ref_cache[2 * i][r], ref_cache[2 * i + 1][r] = k[i][0], v[i][0]
+    onnx_cache = [c.numpy().astype(dtype) for c in ref_cache]
+    onnx_cross = [c.numpy().astype(dtype) for c in ref_cross]
+    tokens = rng.integers(0, dims.n_vocab, (batch, 4))
+    rows_idx = np.arange(batch)
+    selects = bundle.config.get("attention") == "onnxruntime"  # the decoder also chooses greedily (graph_io)
+    bias = _suppression(rng, dims.n_vocab)
+    logit_rows, cache_rows = [], []
+    for step in range(steps):
+        positions = np.arange(tokens.shape[1])
+        feeds = {io.TOKENS: tokens, io.OFFSETS: offsets, io.LOGIT_POSITIONS: positions,
+                 **dict(zip(io.self_inputs(L), onnx_cache)), **dict(zip(io.cross_inputs(L), onnx_cross)),
+                 **({io.LOGIT_BIAS: bias} if selects else {})}
+        out = dec.run(io.decoder_outputs(L, selects), feeds)
+        with torch.no_grad():
+            logits, k, v = model.decoder(
+                torch.from_numpy(tokens), torch.from_numpy(offsets), torch.from_numpy(rows_idx),
+                ref_cache[0::2], ref_cache[1::2], ck, cv, torch.from_numpy(positions))
+        ref_cache = [t for pair in zip(k, v) for t in pair]
+        logit_rows.append(compare("decoder", io.LOGITS, out[0], logits.numpy(), tol))
+        # the written part of each row only: slots beyond offset + n_new are unspecified (graph_io)
+        written = offsets + tokens.shape[1]
+        cache_rows += [compare("decoder", "out_self_*", _written(o, written), _written(r.numpy(), written), tol)
+                       for o, r in zip(out[1 : 1 + 2 * L], ref_cache)]
+        onnx_cache = out[1 : 1 + 2 * L]
+        offsets = offsets + tokens.shape[1]
+        tokens = logits[:, -1].argmax(-1).numpy()[:, None]  # teacher-forced by the reference
+    rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+    if selects:  # the decoder's own choice on its last step's logits
+        rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
+    picking = (check_select, check_top, check_limited, check_top_limited)  # the weightless graphs, on these logits
+    return rows + [row for check in picking for row in check(bundle, out[0], rng)]
+
+
+def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
+    """A logit bias like the filters': -inf for a random 1% of the vocabulary, else 0."""
+    return np.where(rng.random(n_vocab) < 0.01, -np.inf, 0.0).astype(np.float32)
+
+
+def _select_rows(graph: str, logits: np.ndarray, bias: np.ndarray, best: np.ndarray, logprob: np.ndarray) -> list[Row]:
+    """A greedy choice against numpy's: the token exactly, its log-probability to fp32 rounding."""
+    from whisper_export.runtime.sampling import chosen_logprobs
+
+    biased = (logits + bias).reshape(-1, logits.shape[-1])
+    want = biased.argmax(-1)
+    return [compare(graph, io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
+            compare(graph, io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"])]
+
+
+def _written(cache: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The first lengths[r] positions of every row of a (R, H, capacity, hd) cache, flattened."""
+    return np.concatenate([cache[r, :, : int(n)].ravel() for r, n in enumerate(lengths)])
+
+
+def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """greedy_select.onnx on decoder logits (R, P, V) with a random suppression bias: its token must be numpy's
+    argmax exactly, its log-probability sampling.chosen_logprobs' to fp32 rounding."""
+    import onnxruntime as ort
+
+    select = ort.InferenceSession(str(bundle.select_path), providers=["CPUExecutionProvider"])
+    bias = _suppression(rng, logits.shape[-1])
+    best, logprob = select.run([io.BEST_TOKEN, io.BEST_LOGPROB], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
+    return _select_rows("select", logits, bias, best, logprob)
+
+
+def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """top_select.onnx (when the bundle has it) on decoder logits (R, P, V) with a random suppression bias: its
+    candidates must be sampling.top_candidates' exactly (order and ties too), their log-probabilities to fp32
+    rounding."""
+    if bundle.top_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.runtime.sampling import top_candidates
+
+    top = ort.InferenceSession(str(bundle.top_path), providers=["CPUExecutionProvider"])
+    bias = _suppression(rng, logits.shape[-1])
+    tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
+    want, want_logprobs = top_candidates((logits + bias).reshape(-1, logits.shape[-1]), io.TOP_K)
+    return [compare("top", io.TOP_TOKENS, tokens.ravel(), want.ravel(), Tolerance(0.0, 0.0, 0.0)),
+            compare("top", io.TOP_LOGPROBS, logprobs.ravel(), want_logprobs.ravel(), TOLERANCES["fp32"])]
+
+
+def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """timestamp_rules.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
+    and random timestamp states: its token must be the host rules' (ApplyTimestampRules.apply_limits of
+    limits_of(state) + prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding, and
+    its next state ApplyTimestampRules.next_state's exactly."""
+    if bundle.limited_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.runtime.sampling import chosen_logprobs
+
+    rules, feeds, biased = _timestamp_case(bundle, logits, rng)
+    limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
+    best, logprob, after = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB, io.NEXT_TIMESTAMP_STATE], feeds)
+    state = feeds[io.TIMESTAMP_STATE]
+    want = biased.argmax(-1)
+    exact = Tolerance(0.0, 0.0, 0.0)
+    return [compare("limited", io.BEST_TOKEN, best.ravel(), want, exact),
+            compare("limited", io.BEST_LOGPROB, logprob.ravel(), chosen_logprobs(biased, want), TOLERANCES["fp32"]),
+            compare("limited", io.NEXT_TIMESTAMP_STATE, after.ravel(), rules.next_state(state, want).ravel(), exact)]
+
+
+def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
+    """timestamp_top.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias and
+    random timestamp states: its candidates must be sampling.top_candidates' of the host rules' filtered logits
+    exactly, their log-probabilities to fp32 rounding."""
+    if bundle.top_limited_path is None:
+        return []
+    import onnxruntime as ort
+
+    from whisper_export.runtime.sampling import top_candidates
+
+    _, feeds, biased = _timestamp_case(bundle, logits, rng)
+    top = ort.InferenceSession(str(bundle.top_limited_path), providers=["CPUExecutionProvider"])
+    tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], feeds)
+    # compared up to the allowed ones: past them the ties among -inf logits are the graph's own order
+    want, want_logprobs = top_candidates(biased, io.TOP_K)
+    allowed = np.isfinite(want_logprobs)
+    return [compare("top_limited", io.TOP_TOKENS, tokens[:, 0][allowed], want[allowed], Tolerance(0.0, 0.0, 0.0)),
+            compare("top_limited", io.TOP_LOGPROBS, logprobs[:, 0][allowed], want_logprobs[allowed], TOLERANCES["fp32"])]
+
+
+def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator):
+    """(rules, the feeds of a timestamp graph: the first logit position of logits (R, P, V), a random suppression
+    bias and random timestamp states, those logits filtered by the host rules (R, V))."""
+    from whisper_export.runtime.sampling import ApplyTimestampRules
+
+    special = bundle.tokenizer().special
+    rules = ApplyTimestampRules(special, 0, None)
+    rows, n_vocab, ts_begin = logits.shape[0], logits.shape[-1], special.timestamp_begin
+    last = rng.integers(0, 2, rows)
+    stamp = np.where(last | (rng.random(rows) < 0.5), ts_begin + rng.integers(0, 200, rows), -1)
+    state = np.stack([last, rng.integers(0, 2, rows), stamp], axis=1).astype(np.int64)
+    bias = _suppression(rng, n_vocab)
+    first = np.ascontiguousarray(logits[:, :1])
+    biased = first[:, 0] + bias
+    rules.apply_limits(biased, rules.limits_of(state))
+    rules.prefer_timestamps(biased)
+    return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
+
+
+def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:
+    """Greedy tokens of the runtime on the bundle against the torch reference, with the same suppression."""
+    import torch
+
+    from reference_model.greedy import greedy_decode
+    from whisper_export.runtime.audio import load_audio, log_mel_batch
+    from whisper_export.runtime.decoding import suppress_set
+    from whisper_export.runtime.options import DecodingOptions
+    from whisper_export.runtime.api import WhisperRuntime
+
+    tok = bundle.tokenizer()
+    sp = tok.special
+    options = DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True)
+    prompt = [*tok.sot_sequence(options.language), sp.no_timestamps]
+    sample_len = bundle.dims.n_text_ctx // 2  # DecodingOptions' default
+    results = []
+    with WhisperRuntime.load(bundle.directory) as runtime:
+        for path in audio_paths:
+            mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
+            ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len,
+                                suppress_set(tok, options), [*tok.encode(" "), sp.eot])[0]
+            got = runtime.decode(mel, options)[0].tokens
+            results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
+                            "text": tok.decode(got)})
+    return results
+
+
+def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str | None = None,
+                 seed: int | None = None) -> CheckReport:
+    """Compare a bundle with the fp32 PyTorch reference built from the checkpoint it was exported from."""
+    from reference_model import load_checkpoint
+    from reference_model.model import Whisper
+
+    bundle = Bundle.open(bundle_dir)
+    spec = model_spec or bundle.config.get("model_spec") or bundle.config["model_source"]
+    ckpt = load_checkpoint(spec)
+    if ckpt.dims != bundle.dims:
+        raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
+    model = Whisper.from_state_dict(ckpt.dims, ckpt.state)
+    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    report = CheckReport(seed, bundle.precision, check_graphs(bundle, model, seed))
+    report.tokens = check_tokens(bundle, model, list(audio))
+    return report

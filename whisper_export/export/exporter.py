@@ -1,0 +1,187 @@
+"""Export a checkpoint to a self-describing ONNX bundle, atomically (temp dir, then rename)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from whisper_export import __version__, graph_io
+from whisper_export.bundle import write_manifest
+from whisper_export.export.graphs import (
+    cache_reorder_graph,
+    decoder_graph,
+    encoder_graph,
+    greedy_select_graph,
+    timestamp_rules_graph,
+    timestamp_top_graph,
+    top_select_graph,
+)
+from whisper_export.export.graphs_ort import decoder_graph_ort
+from whisper_export.export.onnx_builder import ATTENTIONS
+
+
+def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dict) -> onnx.ModelProto:
+    """The decoder of the chosen attention: onnxruntime's fused contrib operators, or the standard graph."""
+    if attention == "onnxruntime":
+        return decoder_graph_ort(dims, state, dtype, opset, metadata)
+    return decoder_graph(dims, state, dtype, attention, opset, metadata)
+
+
+MIN_OPSET = 20  # Gelu
+ATTENTION_OPSET = 23  # the Attention operator
+# protobuf cannot serialise a model over 2 GiB; stay clear of the limit
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+class ExportError(ValueError):
+    """An export that cannot be done as asked; nothing is written."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp32"  # "fp32" | "fp16"
+    # "onnx" (opset-23 Attention) | "matmul" (MatMul/Softmax for older runtimes) | "onnxruntime" (onnxruntime's
+    # fused contrib operators: the fastest decoder step on onnxruntime-gpu, not buildable by TensorRT)
+    attention: str = "onnx"
+    opset: int = ATTENTION_OPSET
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self._verify()
+
+    def _verify(self) -> None:
+        if self.precision not in graph_io.PRECISIONS:
+            raise ValueError(f"precision: received {self.precision!r}, expected one of {sorted(graph_io.PRECISIONS)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention: received {self.attention!r}, expected one of {', '.join(ATTENTIONS)}")
+        max_opset = onnx.defs.onnx_opset_version()
+        if not MIN_OPSET <= self.opset <= max_opset:
+            raise ValueError(f"opset: received {self.opset}, expected {MIN_OPSET}..{max_opset} (installed onnx {onnx.__version__})")
+        if self.attention == "onnx" and self.opset < ATTENTION_OPSET:
+            raise ValueError(
+                f"opset: received {self.opset} with attention='onnx', expected >= {ATTENTION_OPSET} "
+                "(the Attention operator); use attention='matmul' for older opsets"
+            )
+
+
+def bundle_config(ckpt, options: ExportOptions) -> dict:
+    from whisper_export.tokenizer import WhisperTokenizer
+
+    if ckpt.tokenizer_json is None:
+        raise ExportError(f"{ckpt.source}: no tokenizer.json found; place one next to the checkpoint")
+    special = WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab).special
+    return {
+        "graph_io_version": graph_io.GRAPH_IO_VERSION,
+        "exporter": "whisper-export",
+        "exporter_version": __version__,
+        "model_name": ckpt.name,
+        "model_source": ckpt.source,
+        "model_spec": ckpt.spec,
+        "model_format": ckpt.format,
+        "dims": ckpt.dims.to_dict(),
+        "n_mels": ckpt.dims.n_mels,
+        "precision": options.precision,
+        "attention": options.attention,
+        "opset": options.opset,
+        "special_tokens": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in special.__dict__.items()
+        },
+        "alignment_heads": ckpt.extra.get("alignment_heads"),
+    }
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    size = sum(t.ByteSize() for t in model.graph.initializer)
+    if size > EXTERNAL_DATA_BYTES:
+        onnx.save_model(
+            model, path, save_as_external_data=True, all_tensors_to_one_file=True,
+            location=path.name + ".data", size_threshold=1024,
+        )
+    else:
+        onnx.save_model(model, path)
+
+
+def _check_destination(out_dir: Path, overwrite: bool) -> None:
+    parent = out_dir.parent
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"output {str(out_dir)!r} already exists; pass --overwrite or choose a new directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"output {str(out_dir)!r} is a file, expected a directory")
+    if not parent.is_dir():
+        raise ExportError(f"output {str(out_dir)!r}: parent directory {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ExportError(f"output {str(out_dir)!r}: directory {str(parent)!r} is not writable")
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def export_bundle(
+    ckpt,
+    out_dir: str | Path,
+    options: ExportOptions = ExportOptions(),
+    progress: Callable[[str], None] = _stderr,
+) -> Path:
+    """Write encoder.onnx, decoder.onnx, cache_reorder.onnx, greedy_select.onnx, top_select.onnx,
+    timestamp_rules.onnx, timestamp_top.onnx, tokenizer.json and manifest.json into out_dir (atomically)."""
+    out_dir = Path(out_dir).absolute()
+    _check_destination(out_dir, options.overwrite)
+    config = bundle_config(ckpt, options)
+    dtype = graph_io.PRECISIONS[options.precision]
+    metadata = {graph_io.METADATA_KEY: json.dumps(config, sort_keys=True)}
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise ExportError(f"output {str(out_dir)!r}: cannot write in {str(out_dir.parent)!r} ({e.strerror})") from e
+    try:
+        for name, build in ((graph_io.ENCODER_FILE, encoder_graph), (graph_io.DECODER_FILE, _decoder_graph),
+                            (graph_io.REORDER_FILE, cache_reorder_graph), (graph_io.SELECT_FILE, greedy_select_graph),
+                            (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
+                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
+            t0 = time.perf_counter()
+            progress(f"[export] building {name} ({options.precision}, attention={options.attention}, opset {options.opset})")
+            model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
+            # write every intermediate type into the graph: strongly typed builders (TensorRT) need them
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+            _save(model, tmp / name)
+            onnx.checker.check_model(str(tmp / name), full_check=True)
+            size = sum(p.stat().st_size for p in tmp.glob(name + "*")) / 1e6
+            progress(f"[export] wrote {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s")
+        shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
+        write_manifest(tmp, config)
+        if out_dir.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(trash / "old")
+            tmp.rename(out_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(f"[export] bundle ready: {out_dir}")
+    return out_dir
+
+
+def read_graph_config(path: str | Path) -> dict:
+    """The whisper_export metadata of an exported ONNX file (the bundle's config)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == graph_io.METADATA_KEY:
+            return json.loads(prop.value)
+    raise ExportError(f"{path}: no {graph_io.METADATA_KEY!r} metadata; not exported by whisper-export")
+
+
+def cast_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float32) for k, v in state.items()}

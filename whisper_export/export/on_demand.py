@@ -1,0 +1,66 @@
+"""Bundles exported on demand: ``transcribe --model M`` (or no model: the packaged tiny.en) exports once into a
+user cache and reuses it, so the onnxruntime path never needs a manual export step."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from pathlib import Path
+
+from whisper_export import __version__, graph_io
+from whisper_export.bundle import MANIFEST
+from whisper_export.hashing import cache_dir
+
+DEFAULT_MODEL = "tiny.en"  # kept equal to reference_model.sources.DEFAULT_MODEL (tests check it)
+# what an on-demand export is for each device: (precision, attention), the fastest measured there (NOTES.md,
+# "Benchmarks"): fp32 on the standard Attention operator on a CPU; fp16 on onnxruntime's fused operators, whose
+# greedy steps stream, on a GPU (its tokens equal the CPU's fp32 tokens in every GPU run)
+ON_DEMAND = {"cpu": ("fp32", "onnx"), "cuda": ("fp16", "onnxruntime")}
+
+
+def _key(model: str, precision: str, attention: str = "onnx") -> str:
+    """Changes with the checkpoint (path, size, mtime), the precision, the attention variant and the exporter."""
+    path = Path(model)
+    stamp = model
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+        stamp = str(path.absolute()) + "".join(f"|{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    variant = "" if attention == "onnx" else f"|{attention}"  # the default variant keeps its earlier keys
+    raw = f"{stamp}|{precision}{variant}|{__version__}|{graph_io.GRAPH_IO_VERSION}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def cached_bundle_dir(model: str | None, precision: str = "fp32", attention: str = "onnx") -> Path:
+    model = model or DEFAULT_MODEL
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model).name or model)
+    variant = "" if attention == "onnx" else f"-{attention}"
+    return cache_dir() / "bundles" / f"{name}-{precision}{variant}-{_key(model, precision, attention)}"
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, attention: str = "onnx") -> Path:
+    """The cached bundle of model, exported now if absent (needs the ``export`` extra: torch, onnx)."""
+    directory = cached_bundle_dir(model, precision, attention)
+    if (directory / MANIFEST).is_file():
+        return directory
+    try:
+        from reference_model import load_checkpoint
+        from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
+    except ImportError as e:
+        raise ValueError(
+            f"model {model or DEFAULT_MODEL!r}: exporting it needs the export extra ({e.name} is missing): "
+            "pip install 'whisper-export[export]', or pass --bundle DIR of an exported bundle"
+        ) from None
+    progress(f"[bundle] exporting {model or DEFAULT_MODEL} ({precision}, attention={attention}) once into {directory}")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        export_bundle(load_checkpoint(model), directory, ExportOptions(precision=precision, attention=attention),
+                      progress)
+    except ExportError:
+        if not (directory / MANIFEST).is_file():  # not a concurrent export that won the rename
+            raise
+    return directory

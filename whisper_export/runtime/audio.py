@@ -1,0 +1,319 @@
+"""Audio loading and Whisper log-mel features, in numpy only.
+
+This module is part of the runtime, which must import without torch or
+transformers; the features are checked against transformers'
+``WhisperFeatureExtractor`` in the tests instead.
+
+Shapes use ``B`` for batch, ``n_mels`` for mel bins and ``n_frames`` for
+STFT frames (``N_FRAMES`` for a 30 s window).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+# Hard-coded audio hyperparameters, as in openai-whisper's audio.py.
+SAMPLE_RATE = 16000
+N_FFT = 400
+HOP_LENGTH = 160
+CHUNK_LENGTH = 30  # seconds of audio the encoder sees at once
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s chunk
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames in a 30 s chunk (graph_io.N_FRAMES)
+
+# The encoder's stride-2 convolution halves the frame rate, so each output
+# position (and each timestamp token step) covers two mel frames.
+N_SAMPLES_PER_TOKEN = HOP_LENGTH * 2  # 320 samples = 20 ms
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 frames/s = 10 ms per frame
+TOKENS_PER_SECOND = SAMPLE_RATE // N_SAMPLES_PER_TOKEN  # 50 tokens/s = 20 ms per token
+
+# Whisper checkpoints use 80 mel bins, except large-v3(-turbo) with 128.
+SUPPORTED_N_MELS = (80, 128)
+
+# Slaney mel filters span 0 Hz up to the Nyquist frequency of 16 kHz audio.
+_MEL_MAX_FREQUENCY = SAMPLE_RATE / 2
+
+# soundfile (libsndfile) reads these natively; anything else goes through ffmpeg.
+_SOUNDFILE_FORMATS = "WAV, FLAC, OGG/Vorbis, MP3, AIFF"
+
+AudioInput = Union[str, "os.PathLike[str]", np.ndarray]
+
+
+class AudioError(ValueError):
+    """Raised for any audio input that cannot be turned into 16 kHz mono float32."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read an audio file as mono float32 in [-1, 1] at ``sample_rate``.
+
+    WAV/FLAC/OGG/MP3 are read with soundfile; other formats (m4a, webm, ...)
+    are decoded by the ``ffmpeg`` executable when it is on PATH.
+
+    Returns:
+        (n_samples,) float32
+    """
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise AudioError(f"audio file not found: received path {str(path)!r}, which does not exist")
+    if path.is_dir():
+        raise AudioError(
+            f"received directory {str(path)!r}, expected an audio file ({_SOUNDFILE_FORMATS}, or any format ffmpeg decodes)"
+        )
+
+    try:
+        audio, file_rate = _read_soundfile(path)
+    except _SoundfileCannotRead as exc:
+        # ffmpeg resamples and mixes down itself, so its output is already final.
+        audio, file_rate = _read_ffmpeg(path, sample_rate, soundfile_error=str(exc)), sample_rate
+
+    if audio.shape[0] == 0:
+        raise AudioError(f"{str(path)!r} contains no audio: received 0 samples, expected at least 1")
+    if file_rate != sample_rate:
+        audio = _resample(audio, file_rate, sample_rate)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+class _SoundfileCannotRead(Exception):
+    pass
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    """Returns ((n_samples,) float32 mono, the file's sample rate)."""
+    import soundfile  # deferred: only needed when reading files, and it loads a C library
+
+    try:
+        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except RuntimeError as exc:  # LibsndfileError is a RuntimeError
+        raise _SoundfileCannotRead(str(exc)) from exc
+    # data: (n_samples, n_channels); Whisper was trained on a plain channel average.
+    return data.mean(axis=1, dtype=np.float32), int(file_rate)
+
+
+def _read_ffmpeg(path: Path, sample_rate: int, soundfile_error: str) -> np.ndarray:
+    """Decode with ffmpeg to mono s16le at ``sample_rate``. Returns (n_samples,) float32."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise AudioError(
+            f"cannot read {str(path)!r}: soundfile reads only {_SOUNDFILE_FORMATS} "
+            f"(it said: {soundfile_error}); other formats such as m4a/aac/webm need the ffmpeg "
+            "executable, which is not on PATH. Install it (Debian/Ubuntu: `apt-get install ffmpeg`, "
+            "macOS: `brew install ffmpeg`, Windows: `winget install ffmpeg`) or convert the file to WAV/FLAC."
+        )
+    cmd = [
+        ffmpeg, "-nostdin", "-threads", "0", "-i", str(path),
+        "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sample_rate), "-",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, check=False)
+    if result.returncode != 0:
+        stderr_lines = result.stderr.decode(errors="replace").strip().splitlines()
+        reason = stderr_lines[-1] if stderr_lines else f"exit status {result.returncode}"
+        raise AudioError(
+            f"{str(path)!r} is not a readable audio file (ffmpeg: {reason}); expected "
+            f"{_SOUNDFILE_FORMATS} or another format ffmpeg decodes (mp3, m4a, webm, ...)"
+        )
+    return np.frombuffer(result.stdout, dtype=np.int16).astype(np.float32) / 32768.0
+
+
+def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """(n_in,) -> (round(n_in * to_rate / from_rate),) float32."""
+    try:
+        import soxr  # deferred: only non-16 kHz files need it
+    except ImportError as exc:
+        raise AudioError(
+            f"received audio at {from_rate} Hz, expected {to_rate} Hz; resampling needs the "
+            "`soxr` package (pip install soxr)"
+        ) from exc
+    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def as_audio(audio_or_path: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+    """Normalise a path or an in-memory waveform to (n_samples,) float32 at 16 kHz.
+
+    Arrays are not resampled: they must already be 1-D float at ``SAMPLE_RATE``.
+    ``sample_rate`` states the array's rate so that a mismatch fails loudly
+    instead of silently producing garbage transcripts; ``None`` means 16 kHz.
+    For a path the rate is read from the file header and the file is resampled.
+    """
+    if isinstance(audio_or_path, (str, os.PathLike)):
+        if sample_rate is not None and sample_rate != SAMPLE_RATE:
+            raise AudioError(
+                f"received sample rate {sample_rate} with path {os.fspath(audio_or_path)!r}, expected "
+                f"None or {SAMPLE_RATE}; a file's own rate is read from its header and resampled"
+            )
+        return load_audio(audio_or_path)
+
+    if not isinstance(audio_or_path, np.ndarray):
+        raise AudioError(
+            f"received {type(audio_or_path).__name__}, expected a file path or a 1-D float numpy array"
+        )
+    audio = audio_or_path
+    if sample_rate is not None and sample_rate != SAMPLE_RATE:
+        raise AudioError(
+            f"received sample rate {sample_rate}, expected {SAMPLE_RATE}; resample first or pass a file"
+        )
+    if audio.ndim != 1:
+        raise AudioError(
+            f"received array of shape {audio.shape}, expected 1-D (n_samples,); mix channels to mono first"
+        )
+    if not np.issubdtype(audio.dtype, np.floating):
+        raise AudioError(
+            f"received array of dtype {audio.dtype}, expected float32 in [-1, 1]; "
+            "for int16 PCM divide by 32768"
+        )
+    if audio.shape[0] == 0:
+        raise AudioError("received 0 samples, expected at least 1")
+    if not np.isfinite(audio).all():
+        raise AudioError("received audio containing NaN or inf, expected finite samples")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -> np.ndarray:
+    """Zero-pad or truncate ``array`` along ``axis`` to exactly ``length``, as the encoder expects."""
+    size = array.shape[axis]
+    if size > length:
+        return np.take(array, np.arange(length), axis=axis)
+    if size < length:
+        pad_widths = [(0, 0)] * array.ndim
+        pad_widths[axis] = (0, length - size)
+        return np.pad(array, pad_widths)
+    return array
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _hz_to_mel_slaney(freq: np.ndarray) -> np.ndarray:
+    # Slaney's scale: linear below 1 kHz, logarithmic above.
+    min_log_hz, min_log_mel, logstep = 1000.0, 15.0, 27.0 / np.log(6.4)
+    mels = 3.0 * freq / 200.0
+    log_region = freq >= min_log_hz
+    mels[log_region] = min_log_mel + np.log(freq[log_region] / min_log_hz) * logstep
+    return mels
+
+
+def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
+    min_log_hz, min_log_mel, logstep = 1000.0, 15.0, np.log(6.4) / 27.0
+    freq = 200.0 * mels / 3.0
+    log_region = mels >= min_log_mel
+    freq[log_region] = min_log_hz * np.exp(logstep * (mels[log_region] - min_log_mel))
+    return freq
+
+
+def _check_n_mels(n_mels: int) -> None:
+    if n_mels not in SUPPORTED_N_MELS:
+        raise AudioError(f"received n_mels={n_mels!r}, expected one of {SUPPORTED_N_MELS}")
+
+
+@functools.lru_cache(maxsize=None)
+def mel_filters(n_mels: int) -> np.ndarray:
+    """Slaney-normalised, Slaney-scaled triangular mel filter bank.
+
+    Same values as ``transformers.audio_utils.mel_filter_bank(1 + N_FFT // 2,
+    n_mels, 0, 8000, 16000, norm="slaney", mel_scale="slaney")`` (and librosa),
+    but transposed to whisper's layout so that ``mel_filters(n) @ power``
+    projects a spectrogram. Read-only because the result is cached.
+
+    Returns:
+        (n_mels, 1 + N_FFT // 2) float64
+    """
+    _check_n_mels(n_mels)
+    n_freqs = 1 + N_FFT // 2
+    fft_freqs = np.linspace(0, SAMPLE_RATE // 2, n_freqs)
+    mel_edges = np.linspace(
+        _hz_to_mel_slaney(np.array([0.0]))[0],
+        _hz_to_mel_slaney(np.array([_MEL_MAX_FREQUENCY]))[0],
+        n_mels + 2,
+    )
+    # Each filter i rises from edge i to its centre at edge i+1 and falls to edge i+2.
+    hz_edges = _mel_to_hz_slaney(mel_edges)
+    slopes = hz_edges[None, :] - fft_freqs[:, None]  # (n_freqs, n_mels + 2)
+    widths = np.diff(hz_edges)
+    down = -slopes[:, :-2] / widths[:-1]
+    up = slopes[:, 2:] / widths[1:]
+    weights = np.maximum(0.0, np.minimum(down, up))  # (n_freqs, n_mels)
+    # Slaney normalisation: equal area per filter, so wide high bands are not louder.
+    weights *= 2.0 / (hz_edges[2:] - hz_edges[:-2])
+    filters = np.ascontiguousarray(weights.T)
+    filters.flags.writeable = False
+    return filters
+
+
+@functools.lru_cache(maxsize=1)
+def _hann_window() -> np.ndarray:
+    # Periodic Hann (torch.hann_window default): the symmetric window of N + 1 without its last point.
+    window = np.hanning(N_FFT + 1)[:-1]
+    window.flags.writeable = False
+    return window
+
+
+def _log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """(n_samples,) float -> (n_mels, n_samples // HOP_LENGTH) float32.
+
+    Mirrors ``torch.stft(center=True, pad_mode="reflect")`` followed by
+    whisper's scaling. Computed in float64: torch works in float32, but the
+    extra precision keeps us within ~5e-5 of it while float32 FFTs here
+    would add their own, different rounding error.
+    """
+    pad = N_FFT // 2
+    padded = np.pad(audio.astype(np.float64), (pad, pad), mode="reflect")
+    # frames: (n_samples // HOP_LENGTH + 1, N_FFT), a strided view, no copy.
+    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
+    # Whisper drops the last frame so that 30 s map to exactly N_FRAMES frames.
+    frames = frames[:-1]
+    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n_frames, n_freqs)
+    power = spectrum.real**2 + spectrum.imag**2
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, n_frames)
+    log_spec = np.log10(np.maximum(mel, 1e-10))
+    # 80 dB dynamic range below the loudest bin, then roughly into [-1, 1].
+    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+
+
+def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -> np.ndarray:
+    """Whisper log-mel spectrogram of a whole waveform (any length).
+
+    Args:
+        audio: a path, or a (n_samples,) float array at 16 kHz.
+        n_mels: 80 or 128, to match the checkpoint.
+        padding: zero samples appended first; openai-whisper's long-form
+            transcription passes N_SAMPLES so the last window is complete.
+
+    Returns:
+        (n_mels, (n_samples + padding) // HOP_LENGTH) float32
+    """
+    _check_n_mels(n_mels)
+    if padding < 0:
+        raise AudioError(f"received padding={padding}, expected a non-negative number of samples")
+    waveform = as_audio(audio)
+    if padding:
+        waveform = np.pad(waveform, (0, padding))
+    return _log_mel(waveform, n_mels)
+
+
+def log_mel_batch(audios: Sequence[AudioInput], n_mels: int = 80) -> np.ndarray:
+    """Encoder input for a batch of clips of at most 30 s each.
+
+    Each clip is zero-padded or trimmed to N_SAMPLES, so the result equals
+    ``WhisperFeatureExtractor(feature_size=n_mels)(...).input_features``.
+
+    Args:
+        audios: paths and/or (n_samples,) float arrays at 16 kHz.
+
+    Returns:
+        (B, n_mels, N_FRAMES) float32
+    """
+    _check_n_mels(n_mels)
+    if len(audios) == 0:
+        raise AudioError("received an empty batch, expected at least one clip")
+    # One clip at a time: the float64 STFT of a whole batch at once is slower
+    # (memory-bound) and needs ~20 MB per clip.
+    return np.stack([_log_mel(pad_or_trim(as_audio(audio)), n_mels) for audio in audios])

@@ -1,0 +1,325 @@
+"""The small roles of the decoding loop, in numpy, shaped like openai-whisper's decoding.py.
+
+LogitFilter.apply(logits, tokens)   masks logits in place before a token is chosen
+TokenDecoder.update/finalize        chooses tokens (greedy/sampling, beam search) and collects candidates
+SequenceRanker.rank                 picks one candidate per audio
+
+Shapes: rows R = n_audio x n_group (audio-major), logits (R, n_vocab) float32, tokens (R, T) int64 holding the
+whole sequence (prompt included), sum_logprobs (R,) float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from whisper_export import graph_io
+from whisper_export.backends.picking import chosen_logprobs, log_softmax, top_candidates  # noqa: F401 - used here and re-exported
+from whisper_export.tokenizer import SpecialTokens
+
+
+# -- logit filters ------------------------------------------------------------------------------------
+
+
+class LogitFilter:
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        """logits (R, V) modified in place given tokens (R, T) so far."""
+        raise NotImplementedError
+
+    def later_bias(self, n_vocab: int) -> np.ndarray | None:
+        """What apply() does on every step after the first sampled one, as an additive (V,) float32 bias of 0
+        and -inf; None when that depends on the tokens (then the decoding loop needs the logits)."""
+        return None
+
+
+class SuppressTokens(LogitFilter):
+    def __init__(self, token_ids: Sequence[int]):
+        self.ids = np.asarray(sorted(set(token_ids)), dtype=np.int64)
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        logits[:, self.ids] = -np.inf
+
+    def later_bias(self, n_vocab: int) -> np.ndarray:
+        bias = np.zeros(n_vocab, np.float32)
+        bias[self.ids] = -np.inf
+        return bias
+
+
+class SuppressBlank(LogitFilter):
+    """A window's text never starts with a bare space or ends before it begins."""
+
+    def __init__(self, blank_ids: Sequence[int], sample_begin: int):
+        self.ids = list(blank_ids)
+        self.sample_begin = sample_begin
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        if tokens.shape[1] == self.sample_begin:
+            logits[:, self.ids] = -np.inf
+
+    def later_bias(self, n_vocab: int) -> np.ndarray:
+        return np.zeros(n_vocab, np.float32)  # it acts on the first sampled step only
+
+
+class ApplyTimestampRules(LogitFilter):
+    """Keep timestamp tokens well-formed: in pairs around text, never decreasing, the first one early.
+
+    After the first sampled step every rule but the last is a pair of limits per row (limits()): ids below
+    text_end are forbidden (0 or eot) and so are timestamps below ts_min (ALL_TIMESTAMPS forbids them all); the
+    last rule (prefer_timestamps) compares the timestamps' total probability with the best text token's. The
+    limits depend on a row's state() only (three numbers, which next_state() moves on token by token), so a
+    backend can apply the rules to logits it keeps on the device, and move the state on there
+    (Backend.decode_best_limited, decode_top_limited, decode_greedy_limited)."""
+
+    ALL_TIMESTAMPS = graph_io.ALL_TIMESTAMPS
+
+    def __init__(self, special: SpecialTokens, sample_begin: int, max_initial_timestamp_index: int | None):
+        self.special = special
+        self.sample_begin = sample_begin
+        self.max_initial_timestamp_index = max_initial_timestamp_index
+
+    def fixed_bias(self, n_vocab: int) -> np.ndarray:
+        """What apply() does whatever the tokens: <|notimestamps|> is the without_timestamps prompt's business,
+        never a sampled token."""
+        bias = np.zeros(n_vocab, np.float32)
+        bias[self.special.no_timestamps] = -np.inf
+        return bias
+
+    def state(self, tokens: np.ndarray) -> np.ndarray:
+        """Each row's timestamp state (R, 3) int64 from the tokens (R, T) so far: (the last sampled token is a
+        timestamp, the one before it is a timestamp or there is none, the last sampled timestamp or -1). The
+        limits depend on nothing else (limits_of)."""
+        ts_begin = self.special.timestamp_begin
+        sampled = tokens[:, self.sample_begin :]
+        n = sampled.shape[1]
+        state = np.zeros((tokens.shape[0], 3), np.int64)
+        state[:, 0] = sampled[:, -1] >= ts_begin if n >= 1 else 0
+        state[:, 1] = sampled[:, -2] >= ts_begin if n >= 2 else 1
+        stamps = sampled >= ts_begin
+        last = n - 1 - np.argmax(stamps[:, ::-1], axis=1) if n else np.zeros(tokens.shape[0], np.int64)
+        state[:, 2] = np.where(stamps.any(axis=1), sampled[np.arange(len(sampled)), last] if n else -1, -1)
+        return state
+
+    def next_state(self, state: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """The state (R, 3) after each row appends chosen (R,), for rows with at least one sampled token
+        already (the first sampled step, whose predecessor count matters, is never stepped this way)."""
+        is_stamp = (chosen >= self.special.timestamp_begin).astype(np.int64)
+        return np.stack([is_stamp, state[:, 0], np.where(is_stamp == 1, chosen, state[:, 2])], axis=1)
+
+    def limits_of(self, state: np.ndarray) -> np.ndarray:
+        """(text_end, ts_min) per row (R, 2) int64 from the state (R, 3): ids below text_end are forbidden (0 or
+        eot), and timestamps below ts_min (ALL_TIMESTAMPS forbids them all). int64 arithmetic only, as
+        timestamp_rules.onnx computes it."""
+        last, penultimate, stamp = state[:, 0], state[:, 1], state[:, 2]
+        text_ended = last * (1 - penultimate)  # text just ended: close it with a timestamp (or end the window)
+        closed = last * penultimate  # a segment just closed: text must follow
+        # never go back in time, and give each segment a nonzero length (no infinite loops); -1: no timestamp yet
+        floor = self.special.timestamp_begin + closed * (self.ALL_TIMESTAMPS - self.special.timestamp_begin)
+        ts_min = np.maximum(floor, stamp + 1 - text_ended)
+        return np.stack([text_ended * self.special.eot, ts_min], axis=1)
+
+    def limits(self, tokens: np.ndarray) -> np.ndarray:
+        """(text_end, ts_min) per row (R, 2) int64, from the tokens (R, T) so far."""
+        return self.limits_of(self.state(tokens))
+
+    def apply_limits(self, logits: np.ndarray, limits: np.ndarray) -> None:
+        ts_begin = self.special.timestamp_begin
+        for k, (text_end, ts_min) in enumerate(limits.tolist()):
+            logits[k, :text_end] = -np.inf
+            logits[k, ts_begin : min(ts_min, logits.shape[1])] = -np.inf
+
+    def prefer_timestamps(self, logits: np.ndarray) -> None:
+        """When the timestamps together are likelier than any single text token, emit a timestamp."""
+        ts_begin = self.special.timestamp_begin
+        logprobs = log_softmax(logits)
+        with np.errstate(divide="ignore"):
+            ts = logprobs[:, ts_begin:]
+            ts_max = ts.max(axis=-1, keepdims=True)
+            safe = np.where(np.isfinite(ts_max), ts_max, 0.0)
+            timestamp_logprob = (safe + np.log(np.exp(ts - safe).sum(axis=-1, keepdims=True)))[:, 0]
+        max_text_logprob = logprobs[:, :ts_begin].max(axis=-1)
+        logits[timestamp_logprob > max_text_logprob, :ts_begin] = -np.inf
+
+    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        ts_begin = self.special.timestamp_begin
+        logits[:, self.special.no_timestamps] = -np.inf
+        self.apply_limits(logits, self.limits(tokens))
+        if tokens.shape[1] == self.sample_begin:
+            # the first sampled token is a timestamp, and not too late a one
+            logits[:, :ts_begin] = -np.inf
+            if self.max_initial_timestamp_index is not None:
+                logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
+        self.prefer_timestamps(logits)
+
+
+# -- token decoders -----------------------------------------------------------------------------------
+
+
+class TokenDecoder:
+    def reset(self) -> None:
+        """Forget state from a previous run."""
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
+        """Append one token per row. Returns (tokens (R, T + 1), whether every audio is complete);
+        sum_logprobs (R,) is updated in place."""
+        raise NotImplementedError
+
+    def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
+        """tokens (n_audio, n_group, T), sum_logprobs (n_audio, n_group) -> candidates per audio, each a
+        token list ending in eot, and their summed log probabilities."""
+        raise NotImplementedError
+
+
+class GreedyDecoder(TokenDecoder):
+    """Argmax at temperature 0, otherwise a sample from softmax(logits / temperature)."""
+
+    def __init__(self, temperature: float, eot: int, rng: np.random.Generator | None = None):
+        self.temperature = temperature
+        self.eot = eot
+        self.rng = rng or np.random.default_rng()
+        self._buffer: np.ndarray | None = None
+
+    def _scratch(self, shape: tuple[int, ...]) -> np.ndarray:
+        """One (R, V) float32 work array, reused every step (a batch of 16 is 3.3 MB)."""
+        if self._buffer is None or self._buffer.shape != shape:
+            self._buffer = np.empty(shape, np.float32)
+        return self._buffer
+
+    def update(self, tokens, logits, sum_logprobs):
+        if self.temperature == 0:
+            next_tokens = logits.argmax(axis=-1)
+        else:
+            # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
+            gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float64) + 1e-300) + 1e-300)
+            next_tokens = (logits.astype(np.float64) / self.temperature + gumbel).argmax(axis=-1)
+        return self.update_chosen(tokens, next_tokens, chosen_logprobs(logits, next_tokens, self._scratch(logits.shape)),
+                                  sum_logprobs)
+
+    def update_chosen(self, tokens, next_tokens, current, sum_logprobs):
+        """update() once the tokens (R,) and their log-probabilities (R,) are chosen (Backend.decode_best)."""
+        finished = tokens[:, -1] == self.eot
+        sum_logprobs += np.where(finished, 0.0, current)  # a finished row's padding costs nothing
+        next_tokens = np.where(finished, self.eot, next_tokens).astype(np.int64)
+        tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
+        return tokens, bool((tokens[:, -1] == self.eot).all())
+
+    def finalize(self, tokens, sum_logprobs):
+        # every candidate ends with eot, even when sample_len ran out first
+        padded = np.concatenate([tokens, np.full(tokens.shape[:2] + (1,), self.eot, tokens.dtype)], axis=-1)
+        return [[list(map(int, seq)) for seq in group] for group in padded], sum_logprobs.tolist()
+
+
+class BeamSearchDecoder(TokenDecoder):
+    """openai-whisper's beam search: beam_size live beams per audio; stops once every audio has
+    round(beam_size * patience) finished sequences. Beams never cross audios, so the rows of an audio
+    stay together and the cache reorder (Inference.rearrange_kv_cache) stays within its block."""
+
+    def __init__(self, beam_size: int, eot: int, inference, patience: float | None = None):
+        self.beam_size = beam_size
+        self.eot = eot
+        self.inference = inference
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        if self.max_candidates <= 0:
+            raise ValueError(f"patience: received {patience} with beam_size {beam_size}, expected beam_size * patience >= 0.5")
+        self.finished_sequences: list[dict[tuple[int, ...], float]] | None = None
+
+    def reset(self) -> None:
+        self.finished_sequences = None
+
+    def update(self, tokens, logits, sum_logprobs):
+        # the k best of each row of logits are its k best log-probabilities (log_softmax shifts a row by one
+        # constant); only their log-probabilities are computed
+        top, top_logprobs = top_candidates(logits, self.candidates)
+        return self.update_top(tokens, top, top_logprobs, sum_logprobs)
+
+    @property
+    def candidates(self) -> int:
+        """Candidates per beam and step: one more than needed, as at most one of them is eot."""
+        return self.beam_size + 1
+
+    def update_top(self, tokens, top, top_logprobs, sum_logprobs):
+        """update() once each row's `candidates` best tokens (R, k) and their log-probabilities (R, k) are
+        known (Backend.decode_top), best first."""
+        rows = tokens.shape[0]
+        if rows % self.beam_size:
+            raise ValueError(f"beam search: received {rows} rows, expected a multiple of beam_size {self.beam_size}")
+        n_audio = rows // self.beam_size
+        if self.finished_sequences is None:
+            self.finished_sequences = [{} for _ in range(n_audio)]
+        next_tokens: list[tuple[int, ...]] = []
+        source_indices: list[int] = []
+        new_sums: list[float] = []
+        for i in range(n_audio):
+            scores: dict[tuple[int, ...], float] = {}
+            sources: dict[tuple[int, ...], int] = {}
+            for j in range(self.beam_size):
+                row = i * self.beam_size + j
+                prefix = tuple(tokens[row].tolist())
+                for token, logprob in zip(top[row].tolist(), top_logprobs[row]):
+                    sequence = prefix + (token,)
+                    scores[sequence] = float(sum_logprobs[row] + logprob)
+                    sources[sequence] = row
+            # keep the best beam_size unfinished candidates; finished ones go to the candidate list
+            finished: dict[tuple[int, ...], float] = {}
+            saved = 0
+            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
+                if sequence[-1] == self.eot:
+                    finished[sequence] = scores[sequence]
+                else:
+                    new_sums.append(scores[sequence])
+                    next_tokens.append(sequence)
+                    source_indices.append(sources[sequence])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            done = self.finished_sequences[i]
+            for sequence in sorted(finished, key=finished.__getitem__, reverse=True):
+                if len(done) >= self.max_candidates:
+                    break  # this audio's candidate list is full; later finishers are ignored
+                done[sequence] = finished[sequence]
+        sum_logprobs[:] = new_sums
+        self.inference.rearrange_kv_cache(source_indices)
+        completed = all(len(done) >= self.max_candidates for done in self.finished_sequences)
+        return np.asarray(next_tokens, dtype=np.int64), completed
+
+    def finalize(self, tokens, sum_logprobs):
+        assert self.finished_sequences is not None, "finalize() before update()"
+        for i, done in enumerate(self.finished_sequences):
+            if len(done) < self.beam_size:  # sample_len ran out: add the best unfinished beams
+                for j in np.argsort(sum_logprobs[i])[::-1]:
+                    done[tuple(tokens[i, j].tolist()) + (self.eot,)] = float(sum_logprobs[i, j])
+                    if len(done) >= self.beam_size:
+                        break
+        return (
+            [[list(seq) for seq in done] for done in self.finished_sequences],
+            [list(done.values()) for done in self.finished_sequences],
+        )
+
+
+# -- ranking ------------------------------------------------------------------------------------------
+
+
+class SequenceRanker:
+    def rank(self, tokens: list[list[list[int]]], sum_logprobs: list[list[float]]) -> list[int]:
+        """Index of the chosen candidate for each audio; tokens are the sampled ones, without eot."""
+        raise NotImplementedError
+
+
+class MaximumLikelihoodRanker(SequenceRanker):
+    """Highest length-normalised log probability: divided by the length (length_penalty None), or by
+    Google NMT's ((5 + length) / 6) ** alpha."""
+
+    def __init__(self, length_penalty: float | None):
+        self.length_penalty = length_penalty
+
+    def rank(self, tokens, sum_logprobs):
+        def score(logprob: float, length: int) -> float:
+            # max(.., 1): an empty candidate (possible without suppress_blank) must not divide by zero
+            penalty = max(length, 1) if self.length_penalty is None else ((5 + length) / 6) ** self.length_penalty
+            return logprob / penalty
+
+        return [
+            int(np.argmax([score(lp, len(seq)) for seq, lp in zip(seqs, lps)]))
+            for seqs, lps in zip(tokens, sum_logprobs)
+        ]
