@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_export import graph_io as io
+from whisper_export.backends.picking import TimestampRules, chosen_logprobs, top_candidates
 from whisper_export.bundle import Bundle
 from whisper_export.checks.tolerances import TOLERANCES, Tolerance
 
@@ -155,8 +156,6 @@ def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
 
 def _select_rows(graph: str, logits: np.ndarray, bias: np.ndarray, best: np.ndarray, logprob: np.ndarray) -> list[Row]:
     """A greedy choice against numpy's: the token exactly, its log-probability to fp32 rounding."""
-    from whisper_export.runtime.sampling import chosen_logprobs
-
     biased = (logits + bias).reshape(-1, logits.shape[-1])
     want = biased.argmax(-1)
     return [compare(graph, io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
@@ -170,7 +169,7 @@ def _written(cache: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """greedy_select.onnx on decoder logits (R, P, V) with a random suppression bias: its token must be numpy's
-    argmax exactly, its log-probability sampling.chosen_logprobs' to fp32 rounding."""
+    argmax exactly, its log-probability picking.chosen_logprobs' to fp32 rounding."""
     import onnxruntime as ort
 
     select = ort.InferenceSession(str(bundle.select_path), providers=["CPUExecutionProvider"])
@@ -181,13 +180,11 @@ def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -
 
 def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """top_select.onnx (when the bundle has it) on decoder logits (R, P, V) with a random suppression bias: its
-    candidates must be sampling.top_candidates' exactly (order and ties too), their log-probabilities to fp32
+    candidates must be picking.top_candidates' exactly (order and ties too), their log-probabilities to fp32
     rounding."""
     if bundle.top_path is None:
         return []
     import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import top_candidates
 
     top = ort.InferenceSession(str(bundle.top_path), providers=["CPUExecutionProvider"])
     bias = _suppression(rng, logits.shape[-1])
@@ -199,14 +196,11 @@ def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> l
 
 def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """timestamp_rules.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
-    and random timestamp states: its token must be the host rules' (ApplyTimestampRules.apply_limits of
-    limits_of(state) + prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding, and
-    its next state ApplyTimestampRules.next_state's exactly."""
+    and random timestamp states: its token must be the host rules' (TimestampRules.filter of the state, then the argmax) exactly, its log-probability to fp32 rounding, and
+    its next state TimestampRules.next_state's exactly."""
     if bundle.limited_path is None:
         return []
     import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import chosen_logprobs
 
     rules, feeds, biased = _timestamp_case(bundle, logits, rng)
     limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
@@ -221,13 +215,11 @@ def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) 
 
 def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """timestamp_top.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias and
-    random timestamp states: its candidates must be sampling.top_candidates' of the host rules' filtered logits
+    random timestamp states: its candidates must be picking.top_candidates' of the host rules' filtered logits
     exactly, their log-probabilities to fp32 rounding."""
     if bundle.top_limited_path is None:
         return []
     import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import top_candidates
 
     _, feeds, biased = _timestamp_case(bundle, logits, rng)
     top = ort.InferenceSession(str(bundle.top_limited_path), providers=["CPUExecutionProvider"])
@@ -242,10 +234,8 @@ def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generat
 def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator):
     """(rules, the feeds of a timestamp graph: the first logit position of logits (R, P, V), a random suppression
     bias and random timestamp states, those logits filtered by the host rules (R, V))."""
-    from whisper_export.runtime.sampling import ApplyTimestampRules
-
     special = bundle.tokenizer().special
-    rules = ApplyTimestampRules(special, 0, None)
+    rules = TimestampRules(special.timestamp_begin, special.eot, special.no_timestamps)
     rows, n_vocab, ts_begin = logits.shape[0], logits.shape[-1], special.timestamp_begin
     last = rng.integers(0, 2, rows)
     stamp = np.where(last | (rng.random(rows) < 0.5), ts_begin + rng.integers(0, 200, rows), -1)
@@ -253,8 +243,7 @@ def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator
     bias = _suppression(rng, n_vocab)
     first = np.ascontiguousarray(logits[:, :1])
     biased = first[:, 0] + bias
-    rules.apply_limits(biased, rules.limits_of(state))
-    rules.prefer_timestamps(biased)
+    rules.filter(biased, state)
     return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
 
 

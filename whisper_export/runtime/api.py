@@ -19,8 +19,9 @@ import numpy as np
 from whisper_export.runtime.audio import N_FRAMES, AudioInput, pad_or_trim
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle
-from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
+from whisper_export.runtime.decoding import DecodingResult, detect_language
 from whisper_export.runtime.options import DecodingOptions, split_options
+from whisper_export.runtime.scheduler import decode
 from whisper_export.tokenizer import WhisperTokenizer
 from whisper_export.runtime.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
 
@@ -140,8 +141,7 @@ class WhisperRuntime:
 
     def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, **kwargs) -> list[DecodingResult]:
         """One 30 s window per audio: mel (n_audio, n_mels, 3000) float32."""
-        options = options or DecodingOptions(**kwargs)
-        return DecodingTask(self.backend, self.tokenizer, options).run(self.backend.encode(mel), mel.shape[0])
+        return decode(self.backend, self.tokenizer, mel, options or DecodingOptions(**kwargs))
 
     def detect_language(self, audio: AudioInput) -> tuple[str, dict[str, float]]:
         """The language of the first 30 s: (code, {code: probability})."""

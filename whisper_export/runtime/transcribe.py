@@ -10,6 +10,7 @@ to smaller batches, down to one audio.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,10 @@ from whisper_export.runtime.audio import (
     log_mel_spectrogram,
     pad_or_trim,
 )
-from whisper_export.backends.base import Backend, CrossKV
-from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
+from whisper_export.backends.base import Backend
+from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
+from whisper_export.runtime.scheduler import Scheduler, Window
 from whisper_export.tokenizer import WhisperTokenizer
 
 # (audio index, frames done, frames in total) after each window
@@ -210,6 +212,9 @@ def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
 
 
 class Transcriber:
+    """Many audios at once through one scheduler: each audio's windows in order (window k + 1 is prompted with
+    the text of window k, as openai-whisper does), the windows of different audios decoded together."""
+
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer):
         self.backend, self.tokenizer = backend, tokenizer
 
@@ -235,87 +240,100 @@ class Transcriber:
         if language is None and not tok.is_multilingual:
             language = "en"
         initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
-        return self._run(audios, options, decoding, progress, language, initial)
+        return _Run(self, list(audios), options, decoding, progress, language, initial).outcomes()
 
-    def _run(self, audios, options, decoding, progress, language, initial) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
-        tok, dims = self.tokenizer, self.backend.dims
-        jobs: list[_Job] = []
-        for i, audio in enumerate(audios):
+
+class _Run:
+    """One Transcriber.run: audios opened a few at a time, their windows fed to a scheduler as they come."""
+
+    def __init__(self, transcriber: Transcriber, audios: list[AudioInput], options: TranscribeOptions,
+                 decoding: Mapping[str, Any], progress: ProgressCallback | None, language: str | None,
+                 initial: list[int]):
+        self.backend, self.tokenizer = transcriber.backend, transcriber.tokenizer
+        self.options, self.decoding, self.progress = options, decoding, progress
+        self.language, self.initial = language, initial
+        self.pending = deque(enumerate(audios))
+        self.jobs: dict[int, _Job] = {}
+        self.finished: deque[tuple[int, TranscriptionResult | Exception]] = deque()
+        self.scheduler = Scheduler(self.backend, options.batch_size)
+
+    def outcomes(self) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
+        while True:
+            self._open()
+            while self.finished:
+                yield self.finished.popleft()
+            if self.scheduler.busy:
+                self.scheduler.tick()
+            elif not self.pending:
+                assert not self.jobs, "every open audio has a window in the scheduler"
+                return
+
+    def _open(self) -> None:
+        """Keep twice the scheduler's windows of audios open (their log-mel computed), so a freed slot always
+        has a taker; a file that cannot be read is that file's outcome."""
+        dims, opened = self.backend.dims, []
+        while self.pending and len(self.jobs) < 2 * self.options.batch_size:
+            index, audio = self.pending.popleft()
             try:
                 mel = long_form_mel(audio, dims.n_mels)
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
-                yield i, e
+                self.finished.append((index, e))
                 continue
-            jobs.append(_Job(i, mel, language, initial, dims.n_text_ctx))
-            if progress:
-                progress(i, 0, jobs[-1].content_frames)
-        while True:
-            if options.skip_silence:
-                for job in jobs:
-                    if not job.done:
-                        job.skip_silence()
-            for job in [j for j in jobs if j.done]:  # only silence was left
-                jobs.remove(job)
-                yield job.index, job.result(tok)
-            active = list(jobs)
-            if not active:
-                break
-            # batch the windows whose prompts are as long as the first one's
-            key = active[0].prompt_length()
-            group = [j for j in active if j.prompt_length() == key][: options.batch_size]
-            try:
-                self._step(group, options, decoding)
-            except Exception as e:  # noqa: BLE001 - fail the group's audios, keep the rest
-                for job in group:
-                    jobs.remove(job)
-                    yield job.index, e
-                continue
-            if progress:
-                for job in group:
-                    progress(job.index, min(job.seek, job.content_frames), job.content_frames)
-            for job in group:
-                if job.done:
-                    jobs.remove(job)
-                    yield job.index, job.result(tok)
+            job = self.jobs[index] = _Job(index, mel, self.language, self.initial, dims.n_text_ctx)
+            opened.append(job)
+            if self.progress:
+                self.progress(index, 0, job.content_frames)
+        unknown = [job for job in opened if job.language is None]
+        for start in range(0, len(unknown), self.options.batch_size):
+            self._detect(unknown[start : start + self.options.batch_size])
+        for job in opened:
+            if job.index in self.jobs:
+                self._next_window(job)
 
-    def _step(self, group: list[_Job], options: TranscribeOptions, decoding: Mapping[str, Any]) -> None:
-        windows = [job.window() for job in group]
-        mel = np.stack([w for w, _ in windows])
-        cross = self.backend.encode(mel)
-        unknown = [job for job in group if job.language is None]
-        if unknown:
-            # the first 30 s decide the language of the whole audio, seen as openai-whisper sees them: the log-mel
-            # of the zero-padded audio (the decoded window is padded with 0.0 instead, which detects worse)
-            first = np.stack([pad_or_trim(job.mel, N_FRAMES) for job in unknown])
-            codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(first), len(unknown))
-            for job, code, p in zip(unknown, codes, probs):
-                job.language, job.language_probs = code, p
-        results = self._decode_with_fallback(group, mel, cross, options, decoding)
-        for job, result, (_, size) in zip(group, results, windows):
-            job.consume(result, size, self.tokenizer, options)
+    def _detect(self, jobs: list[_Job]) -> None:
+        """The first 30 s decide the language of the whole audio, seen as openai-whisper sees them: the log-mel
+        of the zero-padded audio (the decoded window is padded with 0.0 instead, which detects worse)."""
+        first = np.stack([pad_or_trim(job.mel, N_FRAMES) for job in jobs])
+        try:
+            codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(first), len(jobs))
+        except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
+            for job in jobs:
+                self._fail(job, e)
+            return
+        for job, code, p in zip(jobs, codes, probs):
+            job.language, job.language_probs = code, p
 
-    def _decode_with_fallback(
-        self, group: list[_Job], mel: np.ndarray, cross: CrossKV, options: TranscribeOptions, decoding: Mapping[str, Any]
-    ) -> list[DecodingResult]:
-        """Decode at the first temperature; retry the windows that fail the quality checks hotter."""
-        results: list[DecodingResult | None] = [None] * len(group)
-        pending = list(range(len(group)))
-        for temperature in options.temperatures:
-            task = DecodingTask(self.backend, self.tokenizer, decoding_at(decoding, temperature))
-            decoded = task.run(
-                cross,
-                len(pending),
-                languages=[group[k].language for k in pending],
-                prompts=[group[k].prompt() for k in pending],
-            )
-            retry = []
-            for k, result in zip(pending, decoded):
-                results[k] = result
-                if needs_fallback(result, options):
-                    retry.append(k)
-            if not retry:
-                break
-            if len(retry) != len(pending):
-                cross = self.backend.encode(np.ascontiguousarray(mel[retry]))  # cross K/V rows = the audios left
-            pending = retry
-        return results  # type: ignore[return-value]
+    def _next_window(self, job: _Job) -> None:
+        if self.options.skip_silence and not job.done:
+            job.skip_silence()
+        if job.done:
+            del self.jobs[job.index]
+            self.finished.append((job.index, job.result(self.tokenizer)))
+            return
+        mel, size = job.window()
+        self._submit(job, mel, size, 0)
+
+    def _submit(self, job: _Job, mel: np.ndarray, size: int, attempt: int) -> None:
+        temperature = self.options.temperatures[attempt]
+        decode = WindowDecode(self.tokenizer, self.backend.dims, decoding_at(self.decoding, temperature),
+                              job.language or "en", job.prompt())
+        self.scheduler.submit(Window(mel, decode, self._done, lambda _w, e: self._fail(job, e),
+                                     tag=(job, size, attempt)))
+
+    def _done(self, window: Window) -> None:
+        job, size, attempt = window.tag
+        try:
+            result = window.decode.result()
+            if needs_fallback(result, self.options) and attempt + 1 < len(self.options.temperatures):
+                self._submit(job, window.mel, size, attempt + 1)  # only this window, hotter
+                return
+            job.consume(result, size, self.tokenizer, self.options)
+            if self.progress:
+                self.progress(job.index, min(job.seek, job.content_frames), job.content_frames)
+            self._next_window(job)
+        except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
+            self._fail(job, e)
+
+    def _fail(self, job: _Job, error: Exception) -> None:
+        if self.jobs.pop(job.index, None) is not None:
+            self.finished.append((job.index, error))
