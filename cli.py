@@ -139,6 +139,8 @@ def export_cmd(
         export_bundle(load_checkpoint(model), out, options)
     except _user_errors() as e:
         fail(str(e))
+    except OSError as e:  # a disk that filled up while writing: nothing was replaced
+        fail(f"export to {str(out)!r} failed, an existing bundle there is unchanged: {e.strerror or e}", 1)
 
 
 @app.command()

@@ -200,6 +200,7 @@ def export_bundle(
             progress(f"[export] wrote {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s")
         shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
         write_manifest(tmp, config)
+        check_destination(out_dir, options.overwrite)  # again: the directory may have changed meanwhile
         _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
