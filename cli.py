@@ -6,21 +6,95 @@ starts fast and never imports torch.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime.")
+# stdout closed (a pipe whose reader left) or full (> /dev/full): one line on stderr and this exit code
+EXIT_OUTPUT_LOST = 1
+
+
+class _WatchedStdout(io.FileIO):
+    """stdout's file descriptor, remembering the first write that failed (click and rich each handle a
+    broken pipe their own way, silently; this tells that output was lost whatever handled it)."""
+
+    error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def _watch_stdout() -> _WatchedStdout | None:
+    try:
+        fd = sys.stdout.fileno()
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded, already closed): leave it
+        return None
+    raw = _WatchedStdout(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=sys.stdout.encoding, errors=sys.stdout.errors,
+                                  line_buffering=sys.stdout.line_buffering)
+    return raw
+
+
+class _App(typer.Typer):
+    """The typer app; calling it (the console script does) turns an output that cannot be written into one
+    line on stderr and EXIT_OUTPUT_LOST, instead of a traceback or a silent exit."""
+
+    def __call__(self, *args, **kwargs):
+        stdout = _watch_stdout()
+        try:
+            code = super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            code = e.code
+        except OSError as e:  # escaped a command: stdout full, or a disk full while writing an output
+            if stdout is None or stdout.error is None:
+                _say(f"error: {' '.join(str(e).split())}")
+                return 1
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        if stdout is not None and stdout.error is not None:
+            return _output_lost(stdout.error)
+        return code
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def _output_lost(e: OSError) -> int:
+    _say(f"error: cannot write to stdout ({e.strerror or e}); the output is lost")
+    # nothing more can reach stdout: point it at /dev/null so the interpreter's final flush does not fail
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_OUTPUT_LOST
+
+
+app = _App(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+           help="Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime.")
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="packaged name (tiny.en, base), CTranslate2/HF dir or OpenAI .pt; default tiny.en")]
 
 
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -56,14 +130,17 @@ def export_cmd(
 ) -> None:
     """Export the encoder and decoder-with-past graphs into a self-describing bundle."""
     from reference_model import load_checkpoint
-    from whisper_export.export.exporter import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, check_destination, export_bundle
 
     try:
         options = ExportOptions(precision="fp16" if fp16 else "fp32", attention=attention, opset=opset, overwrite=overwrite)
+        check_destination(out, overwrite)  # before minutes of loading and exporting
         typer.echo(f"[export] loading {model or 'tiny.en'}", err=True)
         export_bundle(load_checkpoint(model), out, options)
     except _user_errors() as e:
         fail(str(e))
+    except OSError as e:  # a disk that filled up while writing: nothing was replaced
+        fail(f"export to {str(out)!r} failed, an existing bundle there is unchanged: {e.strerror or e}", 1)
 
 
 @app.command()
@@ -75,10 +152,13 @@ def check(
     backends: Annotated[Optional[str], typer.Option(help="compare across backends, e.g. torch,onnxruntime,tensorrt")] = None,
 ) -> None:
     """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens; exit 1 if over tolerance."""
+    from whisper_export.bundle import BundleError
     from whisper_export.checks.check import check_bundle
 
     try:
         report = check_bundle(bundle, audio or [], model, seed)
+    except BundleError as e:  # a bad bundle: 1, as from transcribe
+        fail(str(e), 1)
     except _user_errors() as e:
         fail(str(e))
     typer.echo(report.table())
@@ -86,7 +166,10 @@ def check(
     if backends:
         from whisper_export.checks.compare import compare_backends, format_table
 
-        rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
+        try:
+            rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
+        except BundleError as e:
+            fail(str(e), 1)
         typer.echo(format_table(rows))
         ok = ok and all(r.ok for r in rows)
     if not ok:
@@ -112,8 +195,8 @@ def _register_optional() -> None:
 _register_optional()
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    return app()
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_bundle_problems(tiny_bundle, good, tmp_path):
             if f.name == skip:
                 continue
             if f.suffix == ".onnx":
-                (dst / f.name).symlink_to(f)
+                (dst / f.name).hardlink_to(f)
             else:
                 (dst / f.name).write_bytes(f.read_bytes() + (b"\n" if f.name == corrupt else b""))
         return dst

@@ -49,7 +49,13 @@ class FileResult:
         return self.result
 
 
+class RuntimeClosedError(RuntimeError):
+    """A WhisperRuntime used after close() (its sessions and device memory are gone)."""
+
+
 class WhisperRuntime:
+    _closed = False
+
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer):
         if tokenizer.n_vocab != backend.dims.n_vocab:
             raise ValueError(f"tokenizer: received n_vocab {tokenizer.n_vocab}, expected the model's {backend.dims.n_vocab}")
@@ -130,6 +136,7 @@ class WhisperRuntime:
         """(index into audios, its FileResult) for each input as soon as it is done, in the order they finish:
         a caller can write each file's outputs at once, so an interrupted run keeps the files already done.
         Options are checked before the first is yielded (ValueError/TypeError for all)."""
+        self._check_open()
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
         for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress):
@@ -141,10 +148,12 @@ class WhisperRuntime:
 
     def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, **kwargs) -> list[DecodingResult]:
         """One 30 s window per audio: mel (n_audio, n_mels, 3000) float32."""
+        self._check_open()
         return decode(self.backend, self.tokenizer, mel, options or DecodingOptions(**kwargs))
 
     def detect_language(self, audio: AudioInput) -> tuple[str, dict[str, float]]:
         """The language of the first 30 s: (code, {code: probability})."""
+        self._check_open()
         if not self.tokenizer.is_multilingual:
             raise ValueError(
                 f"detect_language: received an English-only model (n_vocab={self.tokenizer.n_vocab}), "
@@ -158,7 +167,16 @@ class WhisperRuntime:
     # -- lifetime -------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.backend.close()
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError(
+                f"received a call on a closed {self!r}, expected an open runtime: load a new one with "
+                "WhisperRuntime.load(...) (close() and the end of a with block free its sessions)"
+            )
 
     def __enter__(self) -> "WhisperRuntime":
         return self

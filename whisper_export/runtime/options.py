@@ -127,6 +127,10 @@ class TranscribeOptions:
     # begins 15 s into a window gets a segment starting 14 s early; skipping near-digital silence (60 dB
     # under the loudest frame) keeps segment starts on the speech and never decodes pure silence.
     skip_silence: bool = False
+    # Not in openai-whisper: seconds of audio at most per file, read from its header before anything is decoded
+    # (None: no limit); a longer file fails alone with AudioError, so a mistaken or hostile input cannot keep
+    # a batch busy for days
+    max_duration: float | None = 86400.0
 
     def __post_init__(self) -> None:
         self._verify()
@@ -143,6 +147,9 @@ class TranscribeOptions:
                 raise ValueError(f"{name}: received {value!r}, expected None or a float")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size: received {self.batch_size!r}, expected an int >= 1")
+        d = self.max_duration
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < float("inf")):
+            raise ValueError(f"max_duration: received {d!r}, expected None or seconds > 0 (finite)")
 
     @property
     def temperatures(self) -> tuple[float, ...]:

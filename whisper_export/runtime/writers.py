@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+from whisper_export.atomic import write_text_atomic
 from whisper_export.runtime.transcribe import TranscriptionResult
 
 FORMATS = ("txt", "json", "srt", "vtt")
@@ -70,7 +71,8 @@ def expand_formats(output_format: str) -> tuple[str, ...]:
 
 
 def write_result(result: TranscriptionResult, output_dir: str | Path, stem: str, formats: Iterable[str]) -> list[Path]:
-    """Write <output_dir>/<stem>.<fmt> for each format; returns the paths written."""
+    """Write <output_dir>/<stem>.<fmt> for each format, each atomically (a symlink there is replaced, not
+    followed; a failed write leaves the old file); returns the paths written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -78,6 +80,6 @@ def write_result(result: TranscriptionResult, output_dir: str | Path, stem: str,
         if fmt not in RENDERERS:
             raise ValueError(f"output format: received {fmt!r}, expected one of {', '.join(FORMATS)}")
         path = output_dir / f"{stem}.{fmt}"
-        path.write_text(RENDERERS[fmt](result), encoding="utf-8")
+        write_text_atomic(path, RENDERERS[fmt](result))
         written.append(path)
     return written
