@@ -169,8 +169,8 @@ _TRANSCRIBE = {f.name for f in fields(TranscribeOptions)}
 
 def split_options(options: Mapping[str, Any]) -> tuple[TranscribeOptions, dict[str, Any]]:
     """Route keyword options to TranscribeOptions and the DecodingOptions keywords; `temperature` is the
-    fallback schedule. The decoding options are checked at every temperature now, so beam_size=0 fails here
-    rather than after the audio has been read.
+    fallback schedule. The decoding options are checked at every temperature here, so beam_size=0 fails
+    before any audio is read.
     """
     unknown = sorted(set(options) - _DECODING - _TRANSCRIBE)
     if unknown:
