@@ -22,7 +22,14 @@ from whisper_export.bundle import Bundle
 from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
 from whisper_export.runtime.options import DecodingOptions, split_options
 from whisper_export.tokenizer import WhisperTokenizer
-from whisper_export.runtime.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
+from whisper_export.runtime.transcribe import (
+    ProgressCallback,
+    Segment,
+    SegmentCallback,
+    Transcriber,
+    TranscriptionResult,
+    long_form_mel,
+)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -124,14 +131,16 @@ class WhisperRuntime:
         return results  # type: ignore[return-value]
 
     def transcribe_iter(
-        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None, **options
+        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None, **options
     ) -> Iterator[tuple[int, FileResult]]:
         """(index into audios, its FileResult) for each input as soon as it is done, in the order they finish:
         a caller can write each file's outputs at once, so an interrupted run keeps the files already done.
+        on_segment(index, segment) is called as each segment is decoded (openai-whisper's verbose output).
         Options are checked before the first is yielded (ValueError/TypeError for all)."""
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
-        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress):
+        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress, on_segment):
             source = audios[index]
             if isinstance(outcome, Exception):
                 yield index, FileResult(source, error=outcome)

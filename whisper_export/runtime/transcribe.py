@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from whisper_export.runtime.audio import (
+    FRAMES_PER_SECOND,
     HOP_LENGTH,
     N_FRAMES,
     N_SAMPLES,
@@ -33,6 +34,8 @@ from whisper_export.tokenizer import WhisperTokenizer
 
 # (audio index, frames done, frames in total) after each window
 ProgressCallback = Callable[[int, int, int], None]
+# (audio index, the segment) as each segment is appended, in order (openai-whisper's verbose output)
+SegmentCallback = Callable[[int, "Segment"], None]
 
 # skip_silence: a frame is sound when its loudest mel bin is within 60 dB of the file's loudest and above
 # an absolute floor, about 70 dB under full-scale speech (log-mel units: 1.0 = 40 dB; digital silence sits
@@ -90,13 +93,23 @@ class TranscriptionResult:
 class _Job:
     """One audio's progress through its windows: openai-whisper's transcribe() locals."""
 
-    def __init__(self, index: int, mel: np.ndarray, language: str | None, initial_prompt: list[int], n_ctx: int):
+    def __init__(self, index: int, mel: np.ndarray, language: str | None, initial_prompt: list[int], n_ctx: int,
+                 clips: Sequence[tuple[float, float | None]] = ((0.0, None),),
+                 on_segment: SegmentCallback | None = None, carry_initial_prompt: bool = False):
         self.index = index
         self.mel = mel  # (n_mels, content_frames + N_FRAMES)
         self.content_frames = mel.shape[-1] - N_FRAMES
         self.language = language
         self.language_probs: dict[str, float] | None = None
-        self.seek = 0
+        # clip_timestamps as frame spans [start, end) still ahead, cut to the audio: seek stays inside them
+        last = self.content_frames
+        self.clips = [
+            (round(start * FRAMES_PER_SECOND), last if end is None else min(round(end * FRAMES_PER_SECOND), last))
+            for start, end in clips
+        ]
+        self.on_segment = on_segment
+        self.carry_initial_prompt = carry_initial_prompt
+        self.seek = self.clips[0][0] if self.clips else 0
         self.all_tokens = list(initial_prompt)
         self.n_initial = len(initial_prompt)
         self.prompt_reset_since = 0
@@ -106,9 +119,20 @@ class _Job:
 
     @property
     def done(self) -> bool:
-        return self.seek >= self.content_frames
+        self._enter_clip()
+        return not self.clips
+
+    def _enter_clip(self) -> None:
+        """openai-whisper's clip rule: a seek past its clip's end moves on to the next clip's start."""
+        while self.clips and self.seek >= self.clips[0][1]:
+            self.clips.pop(0)
+        if self.clips:
+            self.seek = max(self.seek, self.clips[0][0])
 
     def prompt(self) -> list[int]:
+        if self.carry_initial_prompt:  # openai-whisper's: the initial prompt, then the latest text that fits
+            rest = self.all_tokens[max(self.n_initial, self.prompt_reset_since) :]
+            return self.all_tokens[: self.n_initial] + rest[-(self.max_prompt - self.n_initial) :]
         return self.all_tokens[self.prompt_reset_since :]
 
     def prompt_length(self) -> int:
@@ -128,7 +152,8 @@ class _Job:
             self.seek += max(int(ahead[0]) - SILENCE_LEAD_FRAMES, 0)
 
     def window(self) -> tuple[np.ndarray, int]:
-        size = min(N_FRAMES, self.content_frames - self.seek)
+        self._enter_clip()
+        size = min(N_FRAMES, self.clips[0][1] - self.seek)
         return pad_or_trim(self.mel[:, self.seek : self.seek + size], N_FRAMES), size
 
     def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions) -> None:
@@ -185,6 +210,8 @@ class _Job:
                 len(self.segments), window_seek, start, end, text, piece_tokens,
                 result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob,
             ))
+            if self.on_segment is not None:
+                self.on_segment(self.index, self.segments[-1])
             self.all_tokens.extend(piece_tokens)
         if not options.condition_on_previous_text or result.temperature > 0.5:
             # text sampled hot is a poor prompt: start the next window afresh
@@ -219,9 +246,11 @@ class Transcriber:
         options: TranscribeOptions,
         decoding: Mapping[str, Any],
         progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
     ) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
         """(input index, its result or the exception that stopped it), each as soon as that audio is done, in
-        the order they finish (the others go on). Option errors that concern every audio raise before the first."""
+        the order they finish (the others go on). Option errors that concern every audio raise before the first.
+        on_segment is called with (input index, segment) as each segment is made."""
         tok = self.tokenizer
         if decoding.get("prompt") is not None:
             # each window's prompt is the text so far; a fixed one would be silently replaced
@@ -235,9 +264,10 @@ class Transcriber:
         if language is None and not tok.is_multilingual:
             language = "en"
         initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
-        return self._run(audios, options, decoding, progress, language, initial)
+        return self._run(audios, options, decoding, progress, language, initial, on_segment)
 
-    def _run(self, audios, options, decoding, progress, language, initial) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
+    def _run(self, audios, options, decoding, progress, language, initial,
+             on_segment=None) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
         tok, dims = self.tokenizer, self.backend.dims
         jobs: list[_Job] = []
         for i, audio in enumerate(audios):
@@ -246,7 +276,8 @@ class Transcriber:
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
                 yield i, e
                 continue
-            jobs.append(_Job(i, mel, language, initial, dims.n_text_ctx))
+            jobs.append(_Job(i, mel, language, initial, dims.n_text_ctx, options.clips(), on_segment,
+                             options.carry_initial_prompt))
             if progress:
                 progress(i, 0, jobs[-1].content_frames)
         while True:
