@@ -67,11 +67,11 @@ def test_bad_file_fails_alone_and_the_others_are_written(tiny_bundle, good, tmp_
 @pytest.mark.parametrize(
     "args, code, fragment",
     [
-        (["--language", "xx"], 2, "language: received 'xx'"),
+        (["--language", "xx"], 2, "--language: received 'xx'"),
         (["--language", "de"], 2, "received language 'de' for an English-only model"),
         (["--beam-size", "0"], 2, "--beam-size: received 0"),
         (["--output-format", "docx", "-o", "out"], 2, "output format: received 'docx'"),
-        (["--task", "summarize"], 2, "task: received 'summarize'"),
+        (["--task", "summarize"], 2, "--task: received 'summarize'"),
     ],
 )
 def test_bad_options_fail_up_front(tiny_bundle, good, args, code, fragment):

@@ -41,13 +41,15 @@ OPTIONS: list[FieldOption] = [
 _WRITER_FIELDS = {o.name for o in OPTIONS if o.owner == "WriterOptions"}
 
 
-def _optional_float(value: str | None) -> float | None:
-    if value is None or value.strip().lower() == "none":
+def _number(flag: str, value: str | None, kind: type = float, optional: bool = False):
+    """The value of a hand-written option given as text (one-line error, as for the generated ones)."""
+    if value is None or optional and value.strip().lower() == "none":
         return None
     try:
-        return float(value)
+        return kind(value)
     except ValueError:
-        raise ValueError(f"--temperature-increment-on-fallback: received {value!r}, expected a number or None") from None
+        expected = {int: "an int", float: "a number"}[kind] + (" or None" if optional else "")
+        raise ValueError(f"{flag}: received {value!r}, expected {expected}") from None
 
 
 def _explicit(
@@ -58,9 +60,9 @@ def _explicit(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     output_format: Annotated[str, typer.Option("--output-format", "-f", help=f"{', '.join(FORMATS)} or all")] = "txt",
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="write files here instead of printing text; created if missing")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads, at most the logical CPUs (default: physical cores)")] = None,
+    threads: Annotated[Optional[str], typer.Option(metavar="INT", help="CPU threads, at most the logical CPUs (default: physical cores)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--no-verbose", help="print each segment with its times on stderr as it is decoded")] = False,
-    temperature: Annotated[float, typer.Option(help="temperature of the first try; 0: greedy or beam search")] = 0.0,
+    temperature: Annotated[str, typer.Option(metavar="FLOAT", help="temperature of the first try; 0: greedy or beam search")] = "0.0",
     temperature_increment_on_fallback: Annotated[Optional[str], typer.Option(
         "--temperature-increment-on-fallback", metavar="FLOAT|None", show_default=True,
         help="a window that fails the thresholds is tried again this much hotter, up to 1.0; None: no fallback",
@@ -76,7 +78,7 @@ def transcribe(**params: Any) -> None:
         options, writer_options = _checked_options(params)
         formats = _checked_output(params["output_format"], params["output_dir"])
     except (ValueError, TypeError, OSError) as e:
-        error(str(e))
+        error(_as_flag(str(e)))
         raise typer.Exit(2)
     runtime = _load_runtime(params)
     reporter = Reporter(audio, output_names(audio), params["output_dir"], formats, _writer_kwargs(writer_options))
@@ -120,8 +122,10 @@ def _checked_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
     if values.get("beam_size") == 1:
         values["beam_size"] = None  # one beam chooses as greedy decoding does; greedy is the faster path
     values["temperature"] = fallback_temperatures(
-        params["temperature"], _optional_float(params["temperature_increment_on_fallback"]))
-    threads, cpus = params["threads"], os.cpu_count() or 1
+        _number("--temperature", params["temperature"]),
+        _number("--temperature-increment-on-fallback", params["temperature_increment_on_fallback"], optional=True))
+    threads = params["threads"] = _number("--threads", params["threads"], int)
+    cpus = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cpus:
         raise ValueError(f"--threads: received {threads}, expected an int from 1 to {cpus} (this machine's logical CPUs)")
     if params["backend"] not in ("onnxruntime", "tensorrt", "torch"):
@@ -137,6 +141,13 @@ def _checked_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         WriterOptions(**writer_values)  # its _verify, before any audio is read
     split_options(values)
     return values, writer_values
+
+
+def _as_flag(message: str) -> str:
+    """A message about a field ("beam_size: received 16, ...") names the option the user typed (--beam-size)."""
+    name, colon, rest = message.partition(":")
+    known = {o.name for o in OPTIONS} | {"temperature", "temperature_increment_on_fallback"}
+    return f"--{name.replace('_', '-')}:{rest}" if colon and name in known else message
 
 
 def _checked_output(output_format: str, output_dir: Path | None) -> tuple[str, ...]:
