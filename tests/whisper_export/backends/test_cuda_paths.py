@@ -358,7 +358,7 @@ def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bu
 def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
                                                                      simulated_cuda):
     """A bundle exported before top_select.onnx and timestamp_rules.onnx existed opens (the files are optional;
-    session 4's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
+    an older exporter's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
     on the CUDA path work on host logits instead, with the same tokens."""
     import json
 
@@ -371,8 +371,8 @@ def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, 
     for name in ("top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx"):
         (old / name).unlink()
         del manifest["files"][name]
-    (old / "timestamp_select.onnx").write_bytes(b"session 4's graph")  # listed, never opened
-    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"session 4's graph").hexdigest()
+    (old / "timestamp_select.onnx").write_bytes(b"an older exporter's graph")  # listed, never opened
+    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"an older exporter's graph").hexdigest()
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert Bundle.open(old).top_path is None and Bundle.open(old).limited_path is None
     assert Bundle.open(tiny_bundle).top_path is not None and Bundle.open(tiny_bundle).limited_path is not None
