@@ -155,6 +155,14 @@ class WhisperRuntime:
             else:
                 yield index, FileResult(source, result=outcome)
 
+    def service(self, *, batch_size: int = 8, max_pending: int | None = None):
+        """A TranscriptionService on this runtime: transcriptions submitted from any thread, decoded together by
+        one worker thread (runtime/service.py); close it before the runtime."""
+        from whisper_export.runtime.service import TranscriptionService
+
+        self._check_open()
+        return TranscriptionService(self, batch_size=batch_size, max_pending=max_pending)
+
     def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, **kwargs) -> list[DecodingResult]:
         """One 30 s window per audio: mel (n_audio, n_mels, 3000) float32."""
         self._check_open()

@@ -78,6 +78,15 @@ class Scheduler:
     def submit(self, window: Window) -> None:
         self.queue.append(window)
 
+    def cancel(self, matches: Callable[[Any], bool]) -> None:
+        """Drop the windows whose tag matches: waiting ones, and live ones, whose slots are free at once (their
+        rows are stepped as free rows until a window takes them)."""
+        self.queue = deque(w for w in self.queue if not matches(w.tag))
+        for pool in self.pools.values():
+            for slot, window in enumerate(pool.windows):
+                if window is not None and matches(window.tag):
+                    pool.windows[slot] = None
+
     @property
     def busy(self) -> bool:
         return bool(self.queue) or any(pool.live() for pool in self.pools.values())
