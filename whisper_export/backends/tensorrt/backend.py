@@ -15,6 +15,7 @@ the step. Buffers are freed when their handle is garbage-collected, and all of t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class TensorRTBackend(Backend):
     """bundle: a directory (or Bundle) with encoder.engine and decoder.engine built by whisper-export build."""
 
     steps_whole_pool = True  # the scheduler steps every row of a pool, so steps need no staging
+    max_rows: int  # the decoder engine's profile: rows of one step at most
 
     def __init__(self, bundle: Bundle | str | os.PathLike[str], device: DeviceApi | None = None,
                  runner_factory: Any = EngineRunner) -> None:
@@ -128,7 +130,7 @@ class TensorRTBackend(Backend):
         self._track(cross, [t.buffer for t in cross.tensors])
         return cross
 
-    def encode(self, mel: np.ndarray, into: _Cross | None = None, slots=None) -> _Cross:
+    def encode(self, mel: np.ndarray, into: _Cross | None = None, slots: Sequence[int] | None = None) -> _Cross:
         written = self.check_encode(mel, into, slots, _Cross)
         profile, shapes = self.encoder.plan({io.MEL: (mel.shape, mel.dtype)})
         mel_t = self._upload(io.MEL, mel, self.encoder)
