@@ -35,6 +35,9 @@ from whisper_export.runtime.audio_files import AudioHeader, check_header, pcm_bl
 
 # long_form_mel's STFT runs over the audio and this many zero samples; every later frame is its last one
 TAIL_SAMPLES = 10 * HOP_LENGTH
+# audio up to this many frames (2 min) keeps its first pass's frames, so its windows need no second pass; that
+# is most of the work of a short clip, and at most 7.7 MB (80 mels, float64) per open audio
+KEEP_FRAMES = 12_000
 _ARRAY_BLOCK = 1 << 18  # samples of an in-memory waveform handed on at a time
 
 
@@ -79,9 +82,14 @@ class MelSource:
         peak = -np.inf
         frame_max = []
         n_samples = 0
+        kept: list[tuple[int, np.ndarray]] | None = []
         for start, log_spec, n_samples in _log10_blocks(self._samples(), self.n_mels):
             peak = max(peak, float(log_spec.max()))
             frame_max.append(log_spec.max(axis=0))
+            if kept is not None:
+                kept.append((start, log_spec))
+                if start + log_spec.shape[1] > KEEP_FRAMES:
+                    kept = None
         if n_samples == 0:
             raise AudioError(f"{self.name} contains no audio: received 0 samples, expected at least 1")
         self.n_samples = n_samples
@@ -90,11 +98,17 @@ class MelSource:
         self.duration = n_samples / SAMPLE_RATE
         self._peak = peak
         self._frame_max = np.concatenate(frame_max)[: self.content_frames]
+        self._complete = kept is not None  # every frame is in the cache: no second pass
+        if kept is not None:
+            self._cache = [(start, scale_log_mel(log_spec, peak)) for start, log_spec in kept]
 
     def _frames(self, start: int, stop: int) -> np.ndarray:
         """Scaled frames start..stop (0 <= start <= stop <= computed_frames): (n_mels, stop - start) float32."""
         if not self._cache or start < self._cache[0][0]:
             self._restart()
+        elif self._complete:  # a short audio: every frame kept from the first pass
+            return np.concatenate([block[:, max(start - first, 0) : max(stop - first, 0)]
+                                   for first, block in self._cache], axis=1)
         parts = []
         while True:
             # drop blocks wholly before start; a window never reaches back past its own start
@@ -113,7 +127,7 @@ class MelSource:
 
     def _restart(self) -> None:
         self._close_blocks()
-        self._cache = []
+        self._cache, self._complete = [], False
         self._blocks = _log10_blocks(self._samples(), self.n_mels)
         self._advance()
 

@@ -96,6 +96,7 @@ class TranscriptionService:
             for future in futures:
                 future.cancel()
         self._thread.join()
+        self.loop.close()
 
     def __enter__(self) -> "TranscriptionService":
         return self
@@ -124,6 +125,7 @@ class TranscriptionService:
                 outcomes = self.loop.step()
             except Exception as error:  # noqa: BLE001 - the loop itself broke: fail what is pending, go on
                 outcomes = [(key, error) for key in list(self._futures)]
+                self.loop.close()
                 self.loop = TranscriptionLoop(self.loop.backend, self.loop.tokenizer, self.loop.scheduler.max_windows)
             for key, outcome in outcomes:
                 self._settle(key, outcome)

@@ -10,6 +10,7 @@ result as soon as it is done (step); Transcriber.run drives it over a list of fi
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,10 @@ from whisper_export.runtime.mel_source import MelSource
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
 from whisper_export.runtime.scheduler import Scheduler, Window
 from whisper_export.tokenizer import WhisperTokenizer
+
+# threads that read audio and compute the log-mel's first pass while the decoder runs (numpy's FFT and the
+# decoders release the GIL)
+READER_THREADS = 4
 
 __all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
            "ProgressCallback", "SegmentCallback"]
@@ -60,7 +65,7 @@ def long_form_mel(audio: AudioInput, n_mels: int) -> np.ndarray:
 
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     """An audio added to the loop, not yet opened."""
 
@@ -89,6 +94,8 @@ class TranscriptionLoop:
         self.backend, self.tokenizer = backend, tokenizer
         self.scheduler = Scheduler(backend, max_windows)
         self.waiting: deque[_Request] = deque()
+        self.opening: list[tuple[_Request, Future]] = []  # audios being read by the reader threads
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="whisper-export-audio")
         self.active: dict[Hashable, _Active] = {}
         self.finished: deque[tuple[Hashable, TranscriptionResult | Exception]] = deque()
 
@@ -121,6 +128,11 @@ class TranscriptionLoop:
             if request.key == key:
                 self.waiting.remove(request)
                 return True
+        for request, future in self.opening:
+            if request.key == key:
+                self.opening.remove((request, future))
+                future.add_done_callback(lambda f: f.exception() is None and f.result().close())
+                return True
         active = self.active.pop(key, None)
         if active is None:
             return False
@@ -130,7 +142,11 @@ class TranscriptionLoop:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.active or self.finished)
+        return bool(self.waiting or self.opening or self.active or self.finished)
+
+    def close(self) -> None:
+        """Stop the reader threads (after the audios they are reading)."""
+        self._readers.shutdown(wait=True, cancel_futures=True)
 
     def step(self) -> list[tuple[Hashable, TranscriptionResult | Exception]]:
         self._open()
@@ -143,13 +159,22 @@ class TranscriptionLoop:
     # -- audios in -----------------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        """Keep twice the scheduler's windows of audios open (their log-mel's first pass done), so a freed slot
-        always has a taker; a file that cannot be read is that file's outcome."""
-        opened = []
-        while self.waiting and len(self.active) < 2 * self.scheduler.max_windows:
+        """Keep twice the scheduler's windows of audios open, so a freed slot always has a taker. Audios are
+        opened (read, and their log-mel's first pass done) by a few threads while the decoder runs; a file that
+        cannot be read is that file's outcome."""
+        while self.waiting and len(self.active) + len(self.opening) < 2 * self.scheduler.max_windows:
             request = self.waiting.popleft()
+            n_mels = self.backend.dims.n_mels
+            self.opening.append((request, self._readers.submit(MelSource, request.audio, n_mels,
+                                                                max_duration=request.options.max_duration)))
+        # wait only when there is nothing to decode meanwhile
+        if self.opening and not self.scheduler.busy:
+            wait([f for _, f in self.opening], return_when=FIRST_COMPLETED)
+        opened = []
+        for request, future in [(r, f) for r, f in self.opening if f.done()]:
+            self.opening.remove((request, future))
             try:
-                source = MelSource(request.audio, self.backend.dims.n_mels, max_duration=request.options.max_duration)
+                source = future.result()
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
                 self.finished.append((request.key, e))
                 continue
@@ -251,5 +276,8 @@ class Transcriber:
 
 
 def _drain(loop: TranscriptionLoop) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
-    while loop.busy:
-        yield from loop.step()  # type: ignore[misc]
+    try:
+        while loop.busy:
+            yield from loop.step()  # type: ignore[misc]
+    finally:
+        loop.close()

@@ -18,6 +18,15 @@ from whisper_export.runtime.transcribe import long_form_mel
 ROOT = Path(__file__).resolve().parents[3]
 
 
+@pytest.fixture(params=["kept", "streamed"], autouse=True)
+def first_pass(request, monkeypatch):
+    """Every test twice: short audio keeping its first pass's frames (the default up to KEEP_FRAMES), and every
+    audio streamed through the second pass (KEEP_FRAMES 0), which long files take."""
+    if request.param == "streamed":
+        monkeypatch.setattr("whisper_export.runtime.mel_source.KEEP_FRAMES", 0)
+    return request.param
+
+
 def assert_same_as_long_form(source, n_mels: int, seeks=None) -> None:
     """Every window (at the given seeks, default each 30 s as the transcription steps), the language window and
     the frame levels equal what runtime.transcribe computes from long_form_mel (the _Job.window rule)."""
