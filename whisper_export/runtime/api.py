@@ -23,6 +23,7 @@ from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect
 from whisper_export.runtime.options import DecodingOptions, split_options
 from whisper_export.tokenizer import WhisperTokenizer
 from whisper_export.runtime.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
+from whisper_export.runtime.vad_transcribe import transcribe_speech
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -131,7 +132,11 @@ class WhisperRuntime:
         Options are checked before the first is yielded (ValueError/TypeError for all)."""
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
-        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress):
+        if transcribe_options.vad:  # speech chunks, decoded as independent audios by the same transcriber
+            outcomes = transcribe_speech(self._transcriber, audios, transcribe_options, decoding, progress)
+        else:
+            outcomes = self._transcriber.run(audios, transcribe_options, decoding, progress)
+        for index, outcome in outcomes:
             source = audios[index]
             if isinstance(outcome, Exception):
                 yield index, FileResult(source, error=outcome)

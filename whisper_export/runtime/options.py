@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from whisper_export.runtime.vad import VadOptions
 from whisper_export.tokenizer import LANGUAGES, TASKS, TO_LANGUAGE_CODE
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -127,6 +128,11 @@ class TranscribeOptions:
     # begins 15 s into a window gets a segment starting 14 s early; skipping near-digital silence (60 dB
     # under the loudest frame) keeps segment starts on the speech and never decodes pure silence.
     skip_silence: bool = False
+    # Not in openai-whisper: decode only the speech that Silero VAD finds (runtime/vad.py), cut into chunks
+    # of at most 30 s that are decoded together up to batch_size, each on its own: no conditioning on earlier
+    # chunks, whatever condition_on_previous_text says (runtime/vad_transcribe.py)
+    vad: bool = False
+    vad_options: VadOptions | None = None  # with vad: the speech detection; None: VadOptions()
 
     def __post_init__(self) -> None:
         self._verify()
@@ -143,6 +149,13 @@ class TranscribeOptions:
                 raise ValueError(f"{name}: received {value!r}, expected None or a float")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size: received {self.batch_size!r}, expected an int >= 1")
+        if not isinstance(self.vad, bool):
+            raise ValueError(f"vad: received {self.vad!r}, expected True or False")
+        if self.vad_options is not None:
+            if not isinstance(self.vad_options, VadOptions):
+                raise ValueError(f"vad_options: received {self.vad_options!r}, expected None or a VadOptions")
+            if not self.vad:
+                raise ValueError(f"vad_options: received {self.vad_options!r} with vad=False, expected vad=True")
 
     @property
     def temperatures(self) -> tuple[float, ...]:
