@@ -163,11 +163,11 @@ class SileroVad:
         return np.concatenate(probs).astype(np.float32, copy=False)
 
 
-@functools.lru_cache(maxsize=1)
-def silero_vad() -> SileroVad:
-    """The process's one VAD session (checked against the pin on first use). onnxruntime's default threads:
-    it runs before the audio's decoding, not beside it."""
-    return SileroVad(silero_model_path())
+@functools.lru_cache(maxsize=2)
+def silero_vad(threads: int | None = None) -> SileroVad:
+    """The process's VAD session for a thread count (None: onnxruntime's default, one per physical core),
+    made and checked against the pin on first use, then reused."""
+    return SileroVad(silero_model_path(), threads)
 
 
 # -- probabilities to regions ---------------------------------------------------------------------------

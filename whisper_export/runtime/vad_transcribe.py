@@ -144,7 +144,7 @@ def transcribe_speech(
     Option errors (and a missing or changed VAD model) raise before any audio is read."""
     chunk_options = dataclasses.replace(options, vad=False, vad_options=None, condition_on_previous_text=False)
     transcriber.run([], chunk_options, decoding)  # the transcriber's own option checks, on no audio
-    vad = silero_vad()
+    vad = silero_vad(getattr(transcriber.backend, "threads", None))  # the decoder's CPU threads, where it has any
     return _transcribe_speech(transcriber, audios, chunk_options, options.vad_options or VadOptions(), decoding, progress, vad)
 
 
