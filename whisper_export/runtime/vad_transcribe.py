@@ -149,6 +149,7 @@ def transcribe_speech(
 
 
 def _transcribe_speech(transcriber, audios, chunk_options, vad_options, decoding, progress, vad):
+    """Speech and chunks of every file, then each file's language where it is unknown, then the decoding."""
     tok = transcriber.tokenizer
     language = decoding.get("language") or (None if tok.is_multilingual else "en")
     files: list[_File] = []
@@ -171,7 +172,13 @@ def _transcribe_speech(transcriber, audios, chunk_options, vad_options, decoding
             yield i, TranscriptionResult("", language or "en", [], None)
     unknown = [f for f in files if f.language is None]
     for start in range(0, len(unknown), chunk_options.batch_size):
-        _detect_language(transcriber, unknown[start : start + chunk_options.batch_size])
+        batch = unknown[start : start + chunk_options.batch_size]
+        try:
+            _detect_language(transcriber, batch)
+        except Exception as e:  # noqa: BLE001 - fail these files, keep the rest
+            for file in batch:
+                files.remove(file)
+                yield file.index, e
     yield from _decode_chunks(transcriber, files, chunk_options, decoding, progress)
 
 
