@@ -196,6 +196,7 @@ def report(args, duration: float, reference: str, inproc: dict, whole: dict) -> 
     for mode in ("sequential", "vad"):
         rows[mode] = {
             "in_process_s": round(inproc[mode]["seconds"], 3),
+            "in_process_all_s": [round(x, 3) for x in inproc[mode]["all_seconds"]],
             "in_process_rtf": round(duration / inproc[mode]["seconds"], 1),
             "whole_process_s": round(whole[mode]["seconds"], 3),
             "whole_process_rtf": round(duration / whole[mode]["seconds"], 1),
