@@ -31,6 +31,7 @@ from whisper_export.runtime.transcribe import (
     Transcriber,
     TranscriptionResult,
 )
+from whisper_export.runtime.vad_transcribe import transcribe_speech
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -148,7 +149,11 @@ class WhisperRuntime:
         self._check_open()
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
-        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress, on_segment):
+        if transcribe_options.vad:  # speech chunks, decoded as independent audios by the same transcriber
+            outcomes = transcribe_speech(self._transcriber, audios, transcribe_options, decoding, progress)
+        else:
+            outcomes = self._transcriber.run(audios, transcribe_options, decoding, progress, on_segment)
+        for index, outcome in outcomes:
             source = audios[index]
             if isinstance(outcome, Exception):
                 yield index, FileResult(source, error=outcome)

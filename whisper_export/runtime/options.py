@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from whisper_export import graph_io
+from whisper_export.runtime.vad import VadOptions
 from whisper_export.tokenizer import LANGUAGES, TASKS, TO_LANGUAGE_CODE
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -196,6 +197,13 @@ class TranscribeOptions:
     # a batch busy for days
     max_duration: float | None = described(
         86400.0, "seconds of audio at most per file, checked from its header before decoding (None: no limit)")
+    # Not in openai-whisper: decode only the speech that Silero VAD finds (runtime/vad.py), cut into chunks
+    # of at most 30 s that are decoded together up to batch_size, each on its own: no conditioning on earlier
+    # chunks, whatever condition_on_previous_text says (runtime/vad_transcribe.py)
+    vad: bool = described(False, "decode only the speech Silero VAD finds, in chunks of at most 30 s decoded "
+                                 "together and each on its own (not in openai-whisper; see README)")
+    vad_options: VadOptions | None = described(None, "the speech detection's settings; None: VadOptions()",
+                                               cli=False)
 
     def __post_init__(self) -> None:
         self._verify()
@@ -216,6 +224,13 @@ class TranscribeOptions:
         d = self.max_duration
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < float("inf")):
             raise ValueError(f"max_duration: received {d!r}, expected None or seconds > 0 (finite)")
+        if not isinstance(self.vad, bool):
+            raise ValueError(f"vad: received {self.vad!r}, expected True or False")
+        if self.vad_options is not None:
+            if not isinstance(self.vad_options, VadOptions):
+                raise ValueError(f"vad_options: received {self.vad_options!r}, expected None or a VadOptions")
+            if not self.vad:
+                raise ValueError(f"vad_options: received {self.vad_options!r} with vad=False, expected vad=True")
 
     @property
     def temperatures(self) -> tuple[float, ...]:
