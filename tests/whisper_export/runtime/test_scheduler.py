@@ -4,6 +4,7 @@ admitted as others finish and stepped together at different offsets, give exactl
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from whisper_export.bundle import Bundle
 from whisper_export.runtime.audio import log_mel_batch
@@ -67,3 +68,25 @@ def test_a_failed_call_fails_its_windows_only(tiny_bundle, english_clips):
         scheduler.run()
     assert isinstance(outcomes[1], ValueError) and "in_mel" in str(outcomes[1])
     assert not isinstance(outcomes[0], Exception) and outcomes[0].text
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_mixed_windows_in_one_continuous_batch_on_a_gpu(variant, tiny_bundle_fp16, tiny_checkpoint, tmp_path,
+                                                          english_clips):
+    """The must-show on a real CUDA device: fp16 bundles of both attention kinds (the on-demand GPU bundle is the
+    onnxruntime one), captured graphs and streamed greedy steps on, every window's tokens together = alone."""
+    import onnxruntime as ort
+
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.export.exporter import ExportOptions, export_bundle
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with CUDAExecutionProvider is not installed")
+    directory = tiny_bundle_fp16 if variant == "onnx" else export_bundle(
+        tiny_checkpoint, tmp_path / "ort", ExportOptions(precision="fp16", attention="onnxruntime"),
+        progress=lambda _: None)
+    bundle = Bundle.open(directory)
+    with OnnxRuntimeBackend(bundle, device="cuda") as gpu:
+        assert gpu.graph_mode != "off", gpu.graph_error
+        check_mixed_batch(gpu, bundle.tokenizer(), english_clips)
