@@ -1,9 +1,12 @@
 """`whisper-export serve`: OpenAI's audio API over one model (cli.py registers `serve` as a command).
 
-The decoding options every request starts from are the transcribe command's, made from the same dataclass fields
-(field_options.py) with the same defaults, so a request and `whisper-export transcribe` with the same options give
-the same text; the fields a request sets itself (language, prompt, temperature, the task) and the server's own
-settings (--batch-size, --max-duration) are left out.
+The decoding options every request starts from are options of their own, made from the same dataclass fields as
+the transcribe command's (field_options.py), so a request and `whisper-export transcribe` with the same options
+give the same text; the fields a request sets itself (language, prompt, temperature, the task) and the server's
+own settings (--batch-size, --max-duration) are left out. Their defaults are the dataclasses' (openai-whisper's
+transcribe() defaults, as WhisperRuntime.transcribe: greedy decoding), not transcribe's command-line ones
+(openai-whisper's CLI: --beam-size 5 --best-of 5): a request maps to a transcribe() call, and on a CPU the
+continuous batcher gains from decoding greedy windows together (benchmarks/serve_load.py; NOTES.md).
 
 Exit codes: 0 stopped by SIGTERM or SIGINT after answering every request it took; 1 the bundle could not be loaded
 or the address could not be bound; 2 invalid options (before anything is loaded).
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -30,7 +34,9 @@ from whisper_export.serve.settings import (
     ServeSettings,
 )
 
-OPTIONS: list[FieldOption] = [o for o in (*field_options(DecodingOptions), *field_options(TranscribeOptions))
+_FIELDS = {f.name: f for cls in (DecodingOptions, TranscribeOptions) for f in fields(cls)}
+OPTIONS: list[FieldOption] = [replace(o, default=_FIELDS[o.name].default)
+                              for o in (*field_options(DecodingOptions), *field_options(TranscribeOptions))
                               if o.name not in PER_REQUEST_FIELDS]
 API_KEY_ENV = "WHISPER_EXPORT_API_KEY"
 
@@ -38,7 +44,7 @@ API_KEY_ENV = "WHISPER_EXPORT_API_KEY"
 def _explicit(
     bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="exported bundle directory")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="checkpoint (name or path) when no --bundle: exported once into ~/.cache/whisper-export; default tiny.en")] = None,
-    backend: Annotated[str, typer.Option(help="onnxruntime or tensorrt (a bundle with engines)")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="onnxruntime, tensorrt (a bundle with engines) or torch (a checkpoint)")] = "onnxruntime",
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     threads: Annotated[Optional[str], typer.Option(metavar="INT", help="CPU threads, at most the logical CPUs (default: physical cores)")] = None,
     host: Annotated[str, typer.Option(help="address to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
@@ -89,8 +95,8 @@ def _settings(params: dict[str, Any]) -> ServeSettings:
     cpus = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cpus:
         raise ValueError(f"--threads: received {threads}, expected an int from 1 to {cpus} (this machine's logical CPUs)")
-    if params["backend"] not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"--backend: received {params['backend']!r}, expected onnxruntime or tensorrt")
+    if params["backend"] not in ("onnxruntime", "tensorrt", "torch"):
+        raise ValueError(f"--backend: received {params['backend']!r}, expected onnxruntime, tensorrt or torch")
     if params["device"] not in ("cpu", "cuda"):
         raise ValueError(f"--device: received {params['device']!r}, expected cpu or cuda")
     if params["bundle"] is not None and params["model"] is not None:

@@ -158,17 +158,21 @@ class _Endpoints:
         try:
             await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            future.cancel()
+            self._cancel(future)
             raise
         finally:
             gone.cancel()
         if not waiting.done():
-            future.cancel()
+            self._cancel(future)
             raise ClientGone
         try:
             return waiting.result()
         except ValueError as e:  # AudioError, an option this audio cannot take (BundleError: no align.onnx)
             raise option_error(e) from None
+
+    def _cancel(self, future: Future) -> None:
+        if future.cancel():  # False once its result is in: nothing was left to stop
+            self.metrics.cancelled.inc()
 
     def models(self, request: Request) -> JSONResponse:
         self._authorize(request)

@@ -3,6 +3,7 @@
 whisper_export_requests_total{endpoint, status}      answers by HTTP status (499: the client left first)
 whisper_export_request_seconds{endpoint}             latency histogram, upload received to answer ready
 whisper_export_audio_seconds_total{endpoint}         seconds of audio transcribed (answered 200)
+whisper_export_transcriptions_cancelled_total       transcriptions cancelled before their result (client gone)
 whisper_export_requests_in_flight                    requests admitted and not answered (--max-queue bounds it)
 whisper_export_transcriptions_pending                transcriptions in the service (waiting or decoding)
 whisper_export_batch_windows                         30 s windows being decoded now (batch occupancy)
@@ -28,6 +29,9 @@ class Metrics:
                                  ("endpoint",), buckets=LATENCY_BUCKETS, registry=registry)
         self.audio = Counter("whisper_export_audio_seconds", "seconds of audio transcribed",
                              ("endpoint",), registry=registry)
+        self.cancelled = Counter("whisper_export_transcriptions_cancelled",
+                                 "transcriptions cancelled before their result, their windows dropped from the batch",
+                                 registry=registry)
         self.in_flight = Gauge("whisper_export_requests_in_flight", "requests admitted and not answered",
                                registry=registry)
         Gauge("whisper_export_transcriptions_pending", "transcriptions waiting for or in the batcher",

@@ -117,6 +117,7 @@ def test_a_client_that_disconnects_has_its_transcription_cancelled(runtime, long
         wait_for(lambda: metric(url, "whisper_export_requests_total", status="499") == 1, timeout=30,
                  what="the request to be counted as abandoned")
         assert metric(url, "whisper_export_requests_total", status="200") == 0
+        assert metric(url, "whisper_export_transcriptions_cancelled_total") == 1  # before its result was in
         wait_for(lambda: metric(url, "whisper_export_transcriptions_pending") == 0
                  and metric(url, "whisper_export_batch_windows") == 0, timeout=30, what="the batcher to empty")
         good = clips["en_fox.wav"]["path"].read_bytes()
