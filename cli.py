@@ -1,4 +1,4 @@
-"""``whisper-export``: info, models, export, build, check, transcribe, bench.
+"""``whisper-export``: info, models, export, build, check, transcribe, bench, serve.
 
 Heavy modules (torch, onnx, tensorrt) are imported inside commands so that ``transcribe`` from a bundle
 starts fast and never imports torch.
@@ -223,6 +223,9 @@ def _register_optional() -> None:
     from whisper_export.commands.bench import bench
 
     app.command("bench")(bench)
+    from whisper_export.commands.serve import serve
+
+    app.command("serve")(serve)
 
 
 _register_optional()
