@@ -157,6 +157,7 @@ def export_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="bundle directory to create")],
     model: ModelOpt = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="fp16 weights/activations; LayerNorm, softmax, logits in fp32")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="int8 MatMul/Gemm weights (the token embedding too), float32 activations, caches and logits; onnxruntime only (no TensorRT engines)")] = False,
     opset: Annotated[int, typer.Option(help="ONNX opset (>= 23 for the Attention operator)")] = 23,
     attention: Annotated[str, typer.Option(help="'onnx' (opset-23 Attention; TensorRT), 'matmul' (MatMul/Softmax fallback) or 'onnxruntime' (onnxruntime's fused contrib ops: fastest on onnxruntime-gpu, not buildable by TensorRT)")] = "onnx",
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
@@ -166,7 +167,8 @@ def export_cmd(
     from whisper_export.export.exporter import ExportOptions, check_destination, export_bundle
 
     try:
-        options = ExportOptions(precision="fp16" if fp16 else "fp32", attention=attention, opset=opset, overwrite=overwrite)
+        options = ExportOptions(precision="fp16" if fp16 else "fp32", attention=attention, opset=opset, overwrite=overwrite,
+                                quantize="int8" if int8 else "none")
         check_destination(out, overwrite)  # before minutes of loading and exporting
         typer.echo(f"[export] loading {model or 'tiny.en'}", err=True)
         export_bundle(load_checkpoint(model), out, options)
@@ -183,12 +185,20 @@ def check(
     model: ModelOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of the random graph inputs (default: fresh)")] = None,
     backends: Annotated[Optional[str], typer.Option(help="compare across backends, e.g. torch,onnxruntime,tensorrt")] = None,
+    wer: Annotated[Optional[Path], typer.Option("--wer", help="REFS.tsv of audio<TAB>reference text: the bundle's WER against the fp32 torch reference's")] = None,
+    max_wer_increase: Annotated[float, typer.Option(help="with --wer: the most the bundle's WER may exceed the reference's (0.005 = half a point)")] = 0.005,
+    normalizer: Annotated[str, typer.Option(help="with --wer: 'english' or 'basic' (openai-whisper's text normalisers)")] = "english",
 ) -> None:
-    """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens; exit 1 if over tolerance."""
+    """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens, and with --wer the
+    word error rate on real references; exit 1 if over tolerance."""
     from whisper_export.bundle import BundleError
     from whisper_export.checks.check import check_bundle
 
     try:
+        if wer is not None:  # checked before the long graph checks
+            from whisper_export.checks.wer import WerGate
+
+            gate = WerGate(wer, max_wer_increase, normalizer)
         report = check_bundle(bundle, audio or [], model, seed)
     except BundleError as e:  # the code transcribe gives for a bundle it cannot load
         fail(str(e), 1)
@@ -196,6 +206,15 @@ def check(
         fail(str(e))
     typer.echo(report.table())
     ok = report.ok
+    if wer is not None:
+        from whisper_export.checks.wer import check_wer
+
+        try:
+            wer_report = check_wer(bundle, gate, model)
+        except _user_errors() as e:
+            fail(str(e))
+        typer.echo(wer_report.table())
+        ok = ok and wer_report.ok
     if backends:
         from whisper_export.checks.compare import compare_backends, format_table
 

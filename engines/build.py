@@ -161,6 +161,21 @@ def check_precision(info: trt_api.TrtModuleInfo, precision: str, require_fused_a
         )
 
 
+def check_buildable(bundle: Bundle) -> None:
+    """TargetError for a bundle whose graphs TensorRT cannot build: onnxruntime's contrib operators
+    (attention='onnxruntime'), or 8-bit weights (export --int8: MatMulInteger on dynamically quantized
+    activations, or onnxruntime's MatMulNBits, neither of which TensorRT parses)."""
+    if bundle.config.get("attention") == "onnxruntime":
+        raise TargetError(
+            f"{bundle.directory}: received a bundle exported with attention='onnxruntime' (onnxruntime contrib "
+            "operators, which TensorRT does not parse), expected attention='onnx'; re-export it with --attention onnx")
+    if bundle.config.get("quantize"):
+        raise TargetError(
+            f"{bundle.directory}: received a bundle of int{bundle.config['quantize']['bits']} weights (export --int8: "
+            f"{bundle.config['quantize']['form']} for onnxruntime, which TensorRT does not parse), expected float "
+            "weights; export without --int8 (--fp16 for TensorRT) to build engines")
+
+
 def _dtype_name(dtype: trt.DataType) -> str:
     try:
         import numpy as np
@@ -213,10 +228,7 @@ def build_engines(
     """Build the engines of an exported bundle; see the module docstring for the checks and the files."""
     t_start = time.perf_counter()
     bundle = Bundle.open(Path(bundle_dir))
-    if bundle.config.get("attention") == "onnxruntime":
-        raise TargetError(
-            f"{bundle.directory}: received a bundle exported with attention='onnxruntime' (onnxruntime contrib "
-            "operators, which TensorRT does not parse), expected attention='onnx'; re-export it with --attention onnx")
+    check_buildable(bundle)
     dims = bundle.dims
     limits = options.limits.resolved(dims)  # ProfileError before anything else
     profiles: dict[str, list[Profile]] = {

@@ -72,7 +72,7 @@ def build(
     """
     from whisper_export.backends.tensorrt import trt_api
     from engines.attention import FusedAttentionError
-    from engines.build import BuildOptions, TargetError, build_engines, check_precision, check_target
+    from engines.build import BuildOptions, TargetError, build_engines, check_buildable, check_precision, check_target
     from whisper_export.backends.tensorrt.cuda import probe_device
     from engines.loaders import EngineBuildError, OnnxParseError
     from whisper_export.backends.tensorrt.profiles import EngineLimits, ProfileError
@@ -96,7 +96,8 @@ def build(
             raise typer.Exit(EXIT_USAGE)
         try:
             existing = Bundle.open(out)
-        except BundleError as e:
+            check_buildable(existing)
+        except (BundleError, TargetError) as e:
             _err(str(e))
             raise typer.Exit(EXIT_USAGE) from None
         dims, precision, ckpt = existing.dims, existing.precision, None

@@ -76,12 +76,37 @@ def read_model_bin(data: bytes | memoryview, source: str) -> dict[str, np.ndarra
     return variables
 
 
+def dequantize(variables: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Integer weights (the int8, int8_float16, int8_float32, int8_bfloat16 and int16 layouts) as float32.
+
+    CTranslate2 stores ``W`` as ``round(W * scale)`` with ``W_scale`` beside it, one scale per output channel
+    (row) or one for the tensor, so ``W = stored / scale``. Tied weights are aliases of one array (the decoder's
+    projection is its embedding), so each is dequantized once.
+    """
+    out = dict(variables)
+    done: dict[int, np.ndarray] = {}
+    for name, array in variables.items():
+        scale = variables.get(f"{name}_scale")
+        if scale is None or not np.issubdtype(array.dtype, np.integer):
+            continue
+        scale = np.asarray(scale, np.float32)
+        if scale.size not in (1, array.shape[0]) or not np.all(np.isfinite(scale)) or np.any(scale == 0):
+            raise CheckpointError(
+                f"{source}: {name}_scale: received shape {scale.shape} (finite, nonzero: "
+                f"{bool(np.all(np.isfinite(scale)) and not np.any(scale == 0))}), expected {array.shape[0]} or 1 "
+                "finite nonzero values for the integer weight"
+            )
+        if id(array) not in done:
+            per_row = scale.reshape((-1,) + (1,) * (array.ndim - 1)) if scale.size > 1 else scale.reshape(())
+            done[id(array)] = array.astype(np.float32) / per_row
+        out[name] = done[id(array)]
+    for name, array in variables.items():  # aliases of a dequantized weight (no scale of their own)
+        if id(array) in done:
+            out[name] = done[id(array)]
+    return out
+
+
 def _linear(v: dict, prefix: str) -> tuple[np.ndarray, np.ndarray | None]:
-    if f"{prefix}/weight_scale" in v:
-        raise CheckpointError(
-            f"{prefix}: int8-quantized CTranslate2 weights are not supported; "
-            "convert with --quantization float16 or float32"
-        )
     return v[f"{prefix}/weight"], v.get(f"{prefix}/bias")
 
 
@@ -190,6 +215,6 @@ def load_ctranslate2(
     """Load a CTranslate2 checkpoint whose weights may be split across files (concatenated in order)."""
     source = str(weight_files[0].parent if len(weight_files) == 1 else weight_files[0])
     data = b"".join(p.read_bytes() for p in weight_files)
-    dims, state = to_canonical(read_model_bin(data, source), source)
+    dims, state = to_canonical(dequantize(read_model_bin(data, source), source), source)
     extra = read_json(config_json) if config_json and config_json.is_file() else {}
     return Checkpoint(dims, state, name, "ctranslate2", source, tokenizer_json, extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,26 @@ def tiny_bundle_fp16(tmp_path_factory, tiny_checkpoint) -> Path:
 def tiny_bundle_ort(tmp_path_factory, tiny_checkpoint) -> Path:
     """tiny.en fp32 on onnxruntime's fused contrib operators (attention="onnxruntime", graphs_ort.py)."""
     return _export(tiny_checkpoint, tmp_path_factory.mktemp("bundles"), "tiny-ort", attention="onnxruntime")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_damaged(tiny_checkpoint):
+    """tiny.en with Gaussian noise of the weights' own size added to the decoder's first MLP; its spec still
+    names tiny.en, so checks of its bundles compare them with the intact model."""
+    import numpy as np
+
+    rng = np.random.default_rng(17)
+    state = dict(tiny_checkpoint.state)
+    for name in ("decoder.blocks.0.mlp.0.weight", "decoder.blocks.0.mlp.2.weight"):
+        w = np.asarray(state[name], np.float32)
+        state[name] = w + rng.standard_normal(w.shape).astype(np.float32) * w.std()
+    return replace(tiny_checkpoint, state=state)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_int8(tmp_path_factory, tiny_checkpoint) -> Path:
+    """tiny.en with int8 MatMul/Gemm weights (export --int8, export/quantize.py)."""
+    return _export(tiny_checkpoint, tmp_path_factory.mktemp("bundles"), "tiny-int8", quantize="int8")
 
 
 @pytest.fixture(scope="session")

@@ -69,7 +69,8 @@ pid = os.posix_spawn(argv[0], argv, os.environ)
 _, status, usage = os.wait4(pid, 0)
 wall = time.perf_counter() - t
 with open(report, "w") as f:
-    json.dump({"wall": wall, "returncode": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, f)
+    json.dump({"wall": wall, "returncode": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss,
+               "cpu": usage.ru_utime + usage.ru_stime}, f)
 """
 
 
@@ -91,7 +92,7 @@ def run_child_rusage(argv: list[str], env: dict[str, str] | None = None, cwd: st
         except (OSError, ValueError):
             r = {"wall": float("nan"), "returncode": launcher.returncode or 1, "maxrss_kib": 0}
     return {"wall": r["wall"], "returncode": r["returncode"], "maxrss_mib": r["maxrss_kib"] / 1024,
-            "stdout": stdout, "stderr": stderr[-2000:]}
+            "cpu_s": r.get("cpu", float("nan")), "stdout": stdout, "stderr": stderr[-2000:]}
 
 
 def _parse_child_json(stdout: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Graph checks draw fresh random inputs (the seed is printed so a failure can be replayed); token checks use
 real speech. Tolerances are per precision: fp32 must match to ~1e-4 on logits, fp16 is looser but its greedy
-tokens must be identical to the fp32 reference.
+tokens must be identical to the fp32 reference; a bundle of int8 weights is held to a cosine floor and a greedy
+token agreement instead (tolerances.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from whisper_export import graph_io as io
 from whisper_export.backends.picking import TimestampRules, chosen_logprobs, top_candidates
 from whisper_export.bundle import Bundle, BundleError
-from whisper_export.checks.tolerances import TOLERANCES, Tolerance
+from whisper_export.checks.tolerances import TOLERANCES, Tolerance, bundle_tolerance
 
 
 @dataclass
@@ -38,21 +39,23 @@ class CheckReport:
     seed: int
     precision: str
     rows: list[Row] = field(default_factory=list)
-    tokens: list[dict] = field(default_factory=list)  # {audio, reference, bundle, identical}
+    tokens: list[dict] = field(default_factory=list)  # {audio, reference, bundle, identical, agreement, ok}
+    weights: str = "float"
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.rows) and all(t["identical"] for t in self.tokens)
+        return all(r.ok for r in self.rows) and all(t["ok"] for t in self.tokens)
 
     def table(self) -> str:
-        lines = [f"bundle precision {self.precision}, random seed {self.seed}",
+        lines = [f"bundle precision {self.precision}, {self.weights} weights, random seed {self.seed}",
                  f"{'graph':<8} {'output':<18} {'max_abs':>10} {'max_rel':>10} {'cosine':>10} {'tol':>8}  ok"]
         for r in self.rows:
             lines.append(f"{r.graph:<8} {r.output:<18} {r.max_abs:>10.2e} {r.max_rel:>10.2e} {r.cosine:>10.6f} "
                          f"{r.tolerance:>8.1e}  {'yes' if r.ok else 'NO'}")
         for t in self.tokens:
-            lines.append(f"tokens  {t['audio']}: {'identical' if t['identical'] else 'DIFFERENT'} "
-                         f"({len(t['reference'])} reference, {len(t['bundle'])} bundle)")
+            verdict = "identical" if t["identical"] else f"DIFFERENT, agreement {t['agreement']:.3f}"
+            lines.append(f"tokens  {t['audio']}: {verdict} ({len(t['reference'])} reference, {len(t['bundle'])} "
+                         f"bundle){'' if t['ok'] else '  NO'}")
             if not t["identical"]:
                 lines.append(f"  reference: {t['reference']}\n  bundle:    {t['bundle']}")
         lines.append("PASS" if self.ok else "FAIL")
@@ -95,7 +98,7 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     import onnxruntime as ort
     import torch
 
-    tol = TOLERANCES[bundle.precision]
+    tol = bundle_tolerance(bundle.config)
     dims, L = bundle.dims, bundle.dims.n_text_layer
     dtype = io.PRECISIONS[bundle.precision]
     rng = np.random.default_rng(seed)
@@ -254,7 +257,10 @@ def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator
 
 
 def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:
-    """Greedy tokens of the runtime on the bundle against the torch reference, with the same suppression."""
+    """Greedy tokens of the runtime on the bundle against the torch reference, with the same suppression, and
+    each clip's greedy-token agreement: the share of the reference's choices (its tokens and final eot) that
+    the bundle's decoder also makes when fed the reference's tokens before each (1.0 exactly when the tokens
+    are identical); at least the bundle tolerance's min_token_agreement passes."""
     import torch
 
     from reference_model.greedy import greedy_decode
@@ -268,16 +274,39 @@ def check_tokens(bundle: Bundle, model, audio_paths: list[Path]) -> list[dict]:
     options = DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True)
     prompt = [*tok.sot_sequence(options.language), sp.no_timestamps]
     sample_len = bundle.dims.n_text_ctx // 2  # DecodingOptions' default
+    suppress, at_begin = suppress_set(tok, options), [*tok.encode(" "), sp.eot]
+    min_agreement = bundle_tolerance(bundle.config).min_token_agreement
     results = []
     with WhisperRuntime.load(bundle.directory) as runtime:
         for path in audio_paths:
             mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
-            ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len,
-                                suppress_set(tok, options), [*tok.encode(" "), sp.eot])[0]
+            ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len, suppress, at_begin)[0]
             got = runtime.decode(mel, options)[0].tokens
+            logits = teacher_forced_logits(bundle, mel, prompt + ref)[len(prompt) - 1:]  # (len(ref) + 1, V)
+            logits[:, list(suppress)] = -np.inf
+            logits[0, at_begin] = -np.inf
+            agreement = float(np.mean(logits.argmax(-1) == np.asarray(ref + [sp.eot])))
             results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
-                            "text": tok.decode(got)})
+                            "agreement": agreement, "ok": agreement >= min_agreement, "text": tok.decode(got)})
     return results
+
+
+def teacher_forced_logits(bundle: Bundle, mel: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """The bundle decoder's logits (n, V) at every position of one step over tokens (n) on its encoder's output
+    of mel (1, n_mels, 3000): the graphs through onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    dims, layers = bundle.dims, bundle.dims.n_text_layer
+    encoder = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
+    decoder = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
+    cross = encoder.run(io.cross_outputs(layers), {io.MEL: mel})
+    cache = np.zeros((1, dims.n_text_head, len(tokens), dims.text_head_dim), io.PRECISIONS[bundle.precision])
+    selects = bundle.config.get("attention") == "onnxruntime"  # the decoder also chooses greedily (graph_io)
+    feeds = {io.TOKENS: np.asarray([tokens], np.int64), io.OFFSETS: np.zeros(1, np.int64),
+             io.LOGIT_POSITIONS: np.arange(len(tokens), dtype=np.int64),
+             **{name: cache for name in io.self_inputs(layers)}, **dict(zip(io.cross_inputs(layers), cross)),
+             **({io.LOGIT_BIAS: np.zeros(dims.n_vocab, np.float32)} if selects else {})}
+    return decoder.run([io.LOGITS], feeds)[0][0]
 
 
 def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str | None = None,
@@ -296,6 +325,8 @@ def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str
         raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
     model = Whisper.from_state_dict(ckpt.dims, ckpt.state)
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
-    report = CheckReport(seed, bundle.precision, check_graphs(bundle, model, seed))
+    quantize = bundle.config.get("quantize")
+    report = CheckReport(seed, bundle.precision, check_graphs(bundle, model, seed),
+                         weights=f"int{quantize['bits']}" if quantize else "float")
     report.tokens = check_tokens(bundle, model, list(audio))
     return report

@@ -26,7 +26,7 @@ import numpy as np
 
 from whisper_export import graph_io as io
 from whisper_export.bundle import Bundle
-from whisper_export.checks.tolerances import TOLERANCES
+from whisper_export.checks.tolerances import bundle_tolerance
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -262,7 +262,7 @@ def compare_backends(
     if unknown or not backends:
         raise ValueError(f"backends: received {list(backends)}, expected a non-empty subset of {list(BACKENDS)}")
     bundle = Bundle.open(Path(bundle_dir))
-    tol = TOLERANCES[bundle.precision]
+    tol = bundle_tolerance(bundle.config)
     feeds = make_feeds(bundle, seed)
 
     rows: list[CompareRow] = []

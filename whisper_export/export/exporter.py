@@ -27,6 +27,7 @@ from whisper_export.export.graphs import (
 )
 from whisper_export.export.graphs_ort import decoder_graph_ort
 from whisper_export.export.onnx_builder import ATTENTIONS
+from whisper_export.export.quantize import QUANTIZE
 
 
 def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dict) -> onnx.ModelProto:
@@ -54,6 +55,9 @@ class ExportOptions:
     attention: str = "onnx"
     opset: int = ATTENTION_OPSET
     overwrite: bool = False
+    # "none" | "int8" | "int8-nbits": 8-bit MatMul/Gemm weights (export/quantize.py); activations, caches and
+    # logits stay float, so the bundle's precision names their dtype and the runtime is unchanged
+    quantize: str = "none"
 
     def __post_init__(self) -> None:
         self._verify()
@@ -63,6 +67,12 @@ class ExportOptions:
             raise ValueError(f"precision: received {self.precision!r}, expected one of {sorted(graph_io.PRECISIONS)}")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"attention: received {self.attention!r}, expected one of {', '.join(ATTENTIONS)}")
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize: received {self.quantize!r}, expected one of {', '.join(QUANTIZE)}")
+        weights = QUANTIZE[self.quantize]
+        if weights is not None and weights.form == "matmul_integer" and self.precision != "fp32":
+            raise ValueError(f"precision: received {self.precision!r} with quantize={self.quantize!r}, expected "
+                             "'fp32' (its activations are quantized from float32)")
         max_opset = onnx.defs.onnx_opset_version()
         if not MIN_OPSET <= self.opset <= max_opset:
             raise ValueError(f"opset: received {self.opset}, expected {MIN_OPSET}..{max_opset} (installed onnx {onnx.__version__})")
@@ -92,6 +102,7 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
         "precision": options.precision,
         "attention": options.attention,
         "opset": options.opset,
+        "quantize": QUANTIZE[options.quantize].to_dict() if QUANTIZE[options.quantize] else None,
         "special_tokens": {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in special.__dict__.items()
         },
@@ -189,7 +200,9 @@ def export_bundle(
                             (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
                             (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
             t0 = time.perf_counter()
-            progress(f"[export] building {name} ({options.precision}, attention={options.attention}, opset {options.opset})")
+            weights = "" if options.quantize == "none" else f", {options.quantize} weights"
+            progress(f"[export] building {name} ({options.precision}{weights}, attention={options.attention}, "
+                     f"opset {options.opset})")
             model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
             # write every intermediate type into the graph: strongly typed builders (TensorRT) need them
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)

@@ -11,12 +11,13 @@ from onnx import TensorProto
 from whisper_export import graph_io as io
 from whisper_export.dims import ModelDims
 from whisper_export.export.onnx_builder import GraphBuilder, Layers
+from whisper_export.export.quantize import quantizer_for
 
 
 def encoder_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
-    g = GraphBuilder("whisper_encoder", dtype)
+    g = GraphBuilder("whisper_encoder", dtype, quantizer_for(metadata))
     nn = Layers(g, state, attention, dims.n_audio_state)
     n_frames = 2 * dims.n_audio_ctx
     mel = g.input(io.MEL, TensorProto.FLOAT, ["batch", dims.n_mels, n_frames])
@@ -68,10 +69,15 @@ class DecoderIO:
 
     def embeddings(self, g: GraphBuilder, state: dict[str, np.ndarray]) -> tuple[str, str, str]:
         """(token embeddings (R, n, D), positional embeddings (R, n, D), the token embedding's initializer for
-        the tied logits)."""
-        emb = g.weight("decoder.token_embedding.weight", state["decoder.token_embedding.weight"])
+        the tied logits; with a quantizer, its handle)."""
+        table = state["decoder.token_embedding.weight"]
+        if g.quantizer is not None:
+            tok, emb = g.quantizer.embedding(g, "decoder.token_embedding.weight", table, self.tokens)
+        else:
+            emb = g.weight("decoder.token_embedding.weight", table)
+            tok = g.op("Gather", [emb, self.tokens])
         pos_emb = g.weight("decoder.positional_embedding", state["decoder.positional_embedding"])
-        return g.op("Gather", [emb, self.tokens]), g.op("Gather", [pos_emb, self.positions]), emb
+        return tok, g.op("Gather", [pos_emb, self.positions]), emb
 
     def embed(self, g: GraphBuilder, state: dict[str, np.ndarray]) -> tuple[str, str]:
         """(x (R, n, D): token + positional embedding, the token embedding's initializer for the tied logits)."""
@@ -83,7 +89,10 @@ class DecoderIO:
         types."""
         x = g.op("Gather", [x, self.logit_positions], axis=1)  # (R, P, D)
         flat = g.op("Reshape", [x, g.const([-1, dims.n_text_state])])  # (R * P, D)
-        logits = g.op("Gemm", [flat, emb], transB=1)  # tied projection, (R * P, V)
+        if g.quantizer is not None:
+            logits = g.quantizer.logits(g, flat, emb)
+        else:
+            logits = g.op("Gemm", [flat, emb], transB=1)  # tied projection, (R * P, V)
         out_shape = g.op("Concat", [g.op("Shape", [x], start=0, end=2), g.const([dims.n_vocab])], axis=0)
         logits = g.op("Reshape", [logits, out_shape])  # (R, P, V)
         if g.elem != TensorProto.FLOAT:
@@ -97,7 +106,7 @@ class DecoderIO:
 def decoder_graph(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, attention: str, opset: int, metadata: dict
 ) -> onnx.ModelProto:
-    g = GraphBuilder("whisper_decoder", dtype)
+    g = GraphBuilder("whisper_decoder", dtype, quantizer_for(metadata))
     nn = Layers(g, state, attention, dims.n_text_state)
     n_head, hd = dims.n_text_head, dims.text_head_dim
     io_ = DecoderIO(g, dims)

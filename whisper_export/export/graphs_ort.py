@@ -27,6 +27,7 @@ from whisper_export import graph_io as io
 from whisper_export.dims import ModelDims
 from whisper_export.export.graphs import DecoderIO, greedy_choice
 from whisper_export.export.onnx_builder import GraphBuilder, Layers
+from whisper_export.export.quantize import quantizer_for
 
 
 class _Residual:
@@ -55,7 +56,7 @@ class _Residual:
 def decoder_graph_ort(
     dims: ModelDims, state: dict[str, np.ndarray], dtype, opset: int, metadata: dict
 ) -> onnx.ModelProto:
-    g = GraphBuilder("whisper_decoder", dtype)
+    g = GraphBuilder("whisper_decoder", dtype, quantizer_for(metadata))
     nn = Layers(g, state, "onnxruntime", dims.n_text_state)
     n_head, hd = dims.n_text_head, dims.text_head_dim
     io_ = DecoderIO(g, dims)

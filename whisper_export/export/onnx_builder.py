@@ -16,8 +16,10 @@ ATTENTIONS = ("onnx", "matmul", "onnxruntime")
 class GraphBuilder:
     """Accumulates nodes and initializers; ``dtype`` is the activation/weight precision of the graph."""
 
-    def __init__(self, name: str, dtype: type[np.floating]):
+    def __init__(self, name: str, dtype: type[np.floating], quantizer=None):
+        """quantizer: an export.quantize.Quantizer for integer MatMul/Gemm weights, or None (float weights)."""
         self.name = name
+        self.quantizer = quantizer
         self.dtype = np.dtype(dtype)
         self.elem = ONNX_DTYPE[self.dtype]
         self.nodes: list[onnx.NodeProto] = []
@@ -102,7 +104,7 @@ class Layers:
         g, state = self.g, self.state
         scales = [q_scale] + [1.0] * (len(prefixes) - 1)
         w = np.concatenate([state[f"{p}.weight"].T * s for p, s in zip(prefixes, scales)], axis=1)
-        y = g.op("MatMul", [x, g.weight(f"{'+'.join(prefixes)}.weight_t", w)])
+        y = self.matmul(x, f"{'+'.join(prefixes)}.weight_t", w)
         if any(f"{p}.bias" in state for p in prefixes):
             b = np.concatenate([state.get(f"{p}.bias", np.zeros(state[f"{p}.weight"].shape[0], np.float32)) * s
                                 for p, s in zip(prefixes, scales)])
@@ -111,8 +113,14 @@ class Layers:
 
     def projection(self, x: str, prefix: str) -> tuple[str, str]:
         """(x @ W.T, b): the bias left for a consumer that adds it in its own kernel (SkipLayerNormalization)."""
-        y = self.g.op("MatMul", [x, self.g.weight(f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)])
+        y = self.matmul(x, f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)
         return y, self.g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])
+
+    def matmul(self, x: str, hint: str, w_t: np.ndarray) -> str:
+        """x @ w_t for a weight w_t (K, N): a float initializer, or the builder's quantized form."""
+        if self.g.quantizer is not None:
+            return self.g.quantizer.matmul(self.g, x, hint, w_t)
+        return self.g.op("MatMul", [x, self.g.weight(hint, w_t)])
 
     def layer_norm(self, x: str, prefix: str) -> str:
         """LayerNormalization with fp32 statistics (stash_type=1) whatever the graph precision.
