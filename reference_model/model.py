@@ -239,8 +239,13 @@ class Whisper(nn.Module):
     def from_state_dict(
         cls, dims: ModelDims, state: dict, attn_impl: AttentionImpl = "sdpa"
     ) -> "Whisper":
-        """Build from a canonical state dict of numpy arrays or tensors (any float dtype), in fp32."""
-        model = cls(dims, attn_impl)
+        """Build from a canonical state dict of numpy arrays or tensors (any float dtype), in fp32.
+
+        The module is made on the meta device and takes the fp32 copies as its parameters, so a large-v3 costs one
+        fp32 copy of its weights (6.2 GB), not two, and no time in random initialisation.
+        """
+        with torch.device("meta"):
+            model = cls(dims, attn_impl)
         tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=True)
         return model.eval()

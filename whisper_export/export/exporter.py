@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from whisper_export import __version__, graph_io
@@ -27,7 +26,7 @@ from whisper_export.export.graphs import (
     top_select_graph,
 )
 from whisper_export.export.graphs_ort import decoder_graph_ort
-from whisper_export.export.onnx_builder import ATTENTIONS
+from whisper_export.export.onnx_builder import ATTENTIONS, WeightFile, streamed_weights
 
 
 def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dict) -> onnx.ModelProto:
@@ -39,7 +38,7 @@ def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dic
 
 MIN_OPSET = 20  # Gelu
 ATTENTION_OPSET = 23  # the Attention operator
-# protobuf cannot serialise a model over 2 GiB; stay clear of the limit
+# protobuf cannot serialise a model over 2 GiB; graphs with more weight bytes keep them in <graph>.onnx.data
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
@@ -75,11 +74,7 @@ class ExportOptions:
 
 
 def bundle_config(ckpt, options: ExportOptions) -> dict:
-    from whisper_export.tokenizer import WhisperTokenizer
-
-    if ckpt.tokenizer_json is None:
-        raise ExportError(f"{ckpt.source}: no tokenizer.json found; place one next to the checkpoint")
-    special = WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab).special
+    special = ckpt.tokenizer().special
     return {
         "graph_io_version": graph_io.GRAPH_IO_VERSION,
         "exporter": "whisper-export",
@@ -100,15 +95,20 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
     }
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(
-            model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-            location=path.name + ".data", size_threshold=1024,
-        )
+def _save(model: onnx.ModelProto, path: Path, weights: WeightFile) -> None:
+    """The graph beside its streamed weights when they are over protobuf's limit, else one self-contained file."""
+    if weights.nbytes <= EXTERNAL_DATA_BYTES:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        weights.path.unlink()
+    onnx.save_model(model, path)
+
+
+def _write_tokenizer(ckpt, path: Path) -> None:
+    """The checkpoint's own tokenizer.json, else the built-in vocabulary written as one."""
+    if ckpt.tokenizer_json is not None:
+        shutil.copy(ckpt.tokenizer_json, path)
     else:
-        onnx.save_model(model, path)
+        path.write_text(ckpt.tokenizer().to_json_str(), encoding="utf-8")
 
 
 def _check_destination(out_dir: Path, overwrite: bool) -> None:
@@ -151,14 +151,15 @@ def export_bundle(
                             (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
             t0 = time.perf_counter()
             progress(f"[export] building {name} ({options.precision}, attention={options.attention}, opset {options.opset})")
-            model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
+            with streamed_weights(tmp / f"{name}.data") as weights:  # the graph holds references, not weights
+                model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
             # write every intermediate type into the graph: strongly typed builders (TensorRT) need them
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-            _save(model, tmp / name)
+            _save(model, tmp / name, weights)
             onnx.checker.check_model(str(tmp / name), full_check=True)
             size = sum(p.stat().st_size for p in tmp.glob(name + "*")) / 1e6
             progress(f"[export] wrote {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s")
-        shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
+        _write_tokenizer(ckpt, tmp / "tokenizer.json")
         write_manifest(tmp, config)
         if out_dir.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
@@ -182,6 +183,3 @@ def read_graph_config(path: str | Path) -> dict:
             return json.loads(prop.value)
     raise ExportError(f"{path}: no {graph_io.METADATA_KEY!r} metadata; not exported by whisper-export")
 
-
-def cast_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, np.float32) for k, v in state.items()}
