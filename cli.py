@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,12 +74,17 @@ def check(
     model: ModelOpt = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of the random graph inputs (default: fresh)")] = None,
     backends: Annotated[Optional[str], typer.Option(help="compare across backends, e.g. torch,onnxruntime,tensorrt")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="bounded cost for large models: one encoder window, 4 decoder steps, 16 greedy tokens per clip")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="teacher-forced decoder steps compared (default 20, 4 with --quick)")] = None,
 ) -> None:
     """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens; exit 1 if over tolerance."""
-    from whisper_export.checks.check import check_bundle
+    from whisper_export.checks.check import CheckOptions, check_bundle
 
     try:
-        report = check_bundle(bundle, audio or [], model, seed)
+        options = CheckOptions.quick() if quick else CheckOptions()
+        if steps is not None:
+            options = replace(options, steps=steps)
+        report = check_bundle(bundle, audio or [], model, seed, options)
     except _user_errors() as e:
         fail(str(e))
     typer.echo(report.table())
