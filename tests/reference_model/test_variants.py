@@ -135,3 +135,22 @@ def test_truncated_safetensors_names_the_tensor(turbo_hf, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-1000])
     with pytest.raises(CheckpointError, match=r"model.safetensors: tensor '.*': bytes .* expected .* inside the file"):
         load_checkpoint(directory)
+
+
+def test_reference_keeping_fp16_weights_computes_the_fp32_reference_exactly(turbo_hf):
+    """check.py's reference for fp16 checkpoints: the same outputs, bit for bit, from half the weight memory."""
+    from reference_model.model import Whisper
+
+    state = load_checkpoint(turbo_hf).state
+    fp32, kept = Whisper.from_state_dict(TURBO, state), Whisper.from_state_dict(TURBO, state, keep_fp16=True)
+    stored = {t.dtype for t in kept.state_dict().values()}
+    assert stored == {torch.float16}
+    mel, tokens = torch.randn(2, TURBO.n_mels, 3000), torch.randint(0, 50000, (2, 5))
+    with torch.no_grad():
+        outputs = []
+        for model in (fp32, kept):
+            ck, cv = model.encode(mel)
+            sk, sv = model.empty_cache(2)
+            logits, k, v = model.decoder(tokens, torch.zeros(2, dtype=torch.long), torch.arange(2), sk, sv, ck, cv)
+            outputs.append([*ck, *cv, logits, *k, *v])
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(*outputs))

@@ -324,8 +324,9 @@ def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str
     ckpt = load_checkpoint(spec)
     if ckpt.dims != bundle.dims:
         raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
-    model = Whisper.from_state_dict(ckpt.dims, ckpt.state)
-    del ckpt  # the reference holds its own fp32 copy of the weights
+    # fp16 weights stay fp16, widened at each use: the same fp32 reference in half the memory (large-v3: 3.1 GB)
+    model = Whisper.from_state_dict(ckpt.dims, ckpt.state, keep_fp16=True)
+    del ckpt  # the reference holds its own copy of the weights
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
     report = CheckReport(seed, bundle.precision, check_graphs(bundle, model, seed, options.batch, options.steps))
     report.tokens = check_tokens(bundle, model, list(audio), options.max_tokens)

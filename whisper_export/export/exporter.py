@@ -38,8 +38,10 @@ def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dic
 
 MIN_OPSET = 20  # Gelu
 ATTENTION_OPSET = 23  # the Attention operator
-# protobuf cannot serialise a model over 2 GiB; graphs with more weight bytes keep them in <graph>.onnx.data
-EXTERNAL_DATA_BYTES = 1_800_000_000
+# a graph with more weight bytes keeps them in <graph>.onnx.data, as streamed there: protobuf cannot hold 2 GiB,
+# and below that, inlining costs the exporter two more copies of the graph's weights (the proto and its
+# serialisation; large-v3's fp16 graphs are 1.5 and 1.6 GB)
+EXTERNAL_DATA_BYTES = 1_000_000_000
 
 
 class ExportError(ValueError):
