@@ -10,6 +10,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -188,18 +189,23 @@ def check(
     wer: Annotated[Optional[Path], typer.Option("--wer", help="REFS.tsv of audio<TAB>reference text: the bundle's WER against the fp32 torch reference's")] = None,
     max_wer_increase: Annotated[float, typer.Option(help="with --wer: the most the bundle's WER may exceed the reference's (0.005 = half a point)")] = 0.005,
     normalizer: Annotated[str, typer.Option(help="with --wer: 'english' or 'basic' (openai-whisper's text normalisers)")] = "english",
+    quick: Annotated[bool, typer.Option("--quick", help="bounded cost for large models: one encoder window, 4 decoder steps, 16 greedy tokens per clip")] = False,
+    steps: Annotated[Optional[int], typer.Option(help="teacher-forced decoder steps compared (default 20, 4 with --quick)")] = None,
 ) -> None:
     """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens, and with --wer the
     word error rate on real references; exit 1 if over tolerance."""
     from whisper_export.bundle import BundleError
-    from whisper_export.checks.check import check_bundle
+    from whisper_export.checks.check import CheckOptions, check_bundle
 
     try:
         if wer is not None:  # checked before the long graph checks
             from whisper_export.checks.wer import WerGate
 
             gate = WerGate(wer, max_wer_increase, normalizer)
-        report = check_bundle(bundle, audio or [], model, seed)
+        options = CheckOptions.quick() if quick else CheckOptions()
+        if steps is not None:
+            options = replace(options, steps=steps)
+        report = check_bundle(bundle, audio or [], model, seed, options)
     except BundleError as e:  # the code transcribe gives for a bundle it cannot load
         fail(str(e), 1)
     except _user_errors() as e:

@@ -22,20 +22,28 @@ class Checkpoint:
     name: str  # e.g. "tiny.en"
     format: str  # "ctranslate2" | "huggingface" | "openai"
     source: str  # where it was read from
-    tokenizer_json: Path | None = None
+    tokenizer_json: Path | None = None  # None: Whisper's built-in vocabulary (whisper_export/vocabulary.py)
     # alignment heads, suppress ids, ... as the source provides them (CTranslate2's config.json)
     extra: dict = field(default_factory=dict, repr=False)
     # what load_checkpoint was given (a packaged name or an absolute path): enough to load it again
     spec: str = ""
 
+    def tokenizer(self):
+        """A WhisperTokenizer: the checkpoint's tokenizer.json, else Whisper's built-in vocabulary of its n_vocab."""
+        from whisper_export.tokenizer import WhisperTokenizer
+
+        return WhisperTokenizer.for_checkpoint(self.tokenizer_json, self.dims.n_vocab)
+
     def describe(self) -> dict:
+        from whisper_export.vocabulary import vocabulary
+
         return {
             "name": self.name,
             "format": self.format,
             "source": self.source,
             "spec": self.spec,
             "dims": self.dims.to_dict(),
-            "tokenizer": str(self.tokenizer_json) if self.tokenizer_json else None,
+            "tokenizer": str(self.tokenizer_json) if self.tokenizer_json else vocabulary(self.dims.n_vocab).describe(),
             "parameters": int(sum(v.size for v in self.state.values())),
         }
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from reference_model.checkpoint import Checkpoint, CheckpointError, expected_shapes, read_json
 from reference_model.checkpoint import verify_state
+from reference_model.weight_files import read_safetensors, read_torch_file, sharded_files, tensor_as_numpy
 from whisper_export.dims import ModelDims
 
 # canonical (openai-whisper) name fragment -> transformers name fragment, applied in order
@@ -66,29 +67,34 @@ def _dims_from_config(cfg: dict, source: str) -> ModelDims:
         raise CheckpointError(f"{source}/config.json: inconsistent model dims: {e}") from e
 
 
+# a directory's weights, first match wins: one file, or a shard index naming several
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for name in _WEIGHT_FILES:
+        path = directory / name
+        if path.is_file():
+            return sharded_files(path) if name.endswith(".index.json") else [path]
+    return []
+
+
 def _read_weights(directory: Path) -> dict[str, np.ndarray]:
-    st = directory / "model.safetensors"
-    if st.is_file():
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(st))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise CheckpointError(f"{st}: cannot read safetensors ({e})") from e
-    import torch
-
-    pt = directory / "pytorch_model.bin"
-    try:
-        raw = torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{pt}: cannot read ({e})") from e
-    return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy() for k, v in raw.items()}
+    """Every tensor of the directory's weight files, in its stored precision and memory-mapped (weight_files.py)."""
+    weights: dict[str, np.ndarray] = {}
+    for path in _weight_files(directory):
+        if path.suffix == ".safetensors":
+            weights.update(read_safetensors(path))
+        else:
+            raw = read_torch_file(path)
+            if not isinstance(raw, dict):
+                raise CheckpointError(f"{path}: received a {type(raw).__name__}, expected a dict of tensors")
+            weights.update({k: tensor_as_numpy(v) for k, v in raw.items()})
+    return weights
 
 
 def is_hf_dir(directory: Path) -> bool:
-    return (directory / "config.json").is_file() and (
-        (directory / "model.safetensors").is_file() or (directory / "pytorch_model.bin").is_file()
-    )
+    return (directory / "config.json").is_file() and bool(_weight_files(directory))
 
 
 def load_huggingface(directory: Path, name: str | None = None) -> Checkpoint:

@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from reference_model.checkpoint import Checkpoint, CheckpointError, verify_state
+from reference_model.weight_files import read_torch_file, tensor_as_numpy
 from whisper_export.dims import ModelDims
 
 
 def load_openai(path: Path, tokenizer_json: Path | None) -> Checkpoint:
-    import torch
-
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as an OpenAI Whisper .pt file ({e})") from e
+    """The weights stay in the file's precision (OpenAI's are fp16) and memory-mapped (weight_files.py)."""
+    raw = read_torch_file(path)
     if not isinstance(raw, dict) or "dims" not in raw or "model_state_dict" not in raw:
         keys = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path}: received keys {keys}, expected 'dims' and 'model_state_dict'")
@@ -22,7 +19,7 @@ def load_openai(path: Path, tokenizer_json: Path | None) -> Checkpoint:
         dims = ModelDims.from_dict(raw["dims"])
     except ValueError as e:
         raise CheckpointError(f"{path}: inconsistent model dims: {e}") from e
-    state = {k: v.float().numpy() for k, v in raw["model_state_dict"].items()}
+    state = {k: tensor_as_numpy(v) for k, v in raw["model_state_dict"].items()}
     if "encoder.positional_embedding" not in state:
         # openai-whisper recomputes this buffer; some exports drop it from the state dict
         from reference_model.model import sinusoids

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from reference_model.checkpoint import Checkpoint, CheckpointError
 from reference_model.ctranslate2 import ctranslate2_files, load_ctranslate2
+from reference_model.generation import check_generation_settings
 from reference_model.huggingface import is_hf_dir, load_huggingface
 from reference_model.openai import load_openai
 from whisper_export.hashing import sha256_file
@@ -76,18 +77,6 @@ PACKAGED = {
 }
 
 
-def packaged_tokenizer(n_vocab: int) -> Path | None:
-    """A tokenizer.json matching a vocabulary size, for checkpoints that ship none (OpenAI .pt files)."""
-    for model in PACKAGED.values():
-        want = 51864 if model.name.endswith(".en") else 51865
-        if want == n_vocab:
-            try:
-                return model._verified(*model.tokenizer)
-            except CheckpointError:
-                continue
-    return None
-
-
 def load_checkpoint(spec: str | Path | None = None) -> Checkpoint:
     """A packaged model name ("tiny.en", "base"), a CTranslate2 or Hugging Face directory, or an OpenAI .pt."""
     spec = DEFAULT_MODEL if spec is None else spec
@@ -108,18 +97,17 @@ def _load_path(path: Path) -> Checkpoint:
         files = ctranslate2_files(path)
         if files:
             tok, cfg = path / "tokenizer.json", path / "config.json"
-            return load_ctranslate2(files, path.name, tok if tok.is_file() else None, cfg)
+            ckpt = load_ctranslate2(files, path.name, tok if tok.is_file() else None, cfg)
+            check_generation_settings(ckpt, path)
+            return ckpt
         if is_hf_dir(path):
-            return load_huggingface(path)
+            ckpt = load_huggingface(path)
+            check_generation_settings(ckpt, path)
+            return ckpt
         listing = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
             f"{path}: not a checkpoint directory (contains {listing}); expected model.bin or "
             "model.bin.part1.. (CTranslate2), or config.json + model.safetensors/pytorch_model.bin (Hugging Face)"
         )
     tok = path.with_name("tokenizer.json")
-    ckpt = load_openai(path, tok if tok.is_file() else None)
-    if ckpt.tokenizer_json is None:
-        found = packaged_tokenizer(ckpt.dims.n_vocab)
-        if found:
-            ckpt = replace(ckpt, tokenizer_json=found)
-    return ckpt
+    return load_openai(path, tok if tok.is_file() else None)

@@ -1,4 +1,5 @@
-"""Whisper tokenizer for the numpy runtime, backed by a HuggingFace ``tokenizer.json``.
+"""Whisper tokenizer for the numpy runtime, backed by a HuggingFace ``tokenizer.json`` or, for checkpoints
+without tokenizer files, by Whisper's own vocabulary shipped in this package (``vocabulary.py``).
 
 Kept free of torch and transformers so the runtime installs small: only the stdlib,
 numpy and ``tokenizers`` are imported here.
@@ -13,7 +14,7 @@ multilingual (tiny..v2)    51865    50257  99           50364
 large-v3 / v3-turbo        51866    50257  100 (+yue)   50365
 =========================  =======  =====  ===========  ===============
 
-So ids are never hard-coded: they are read by name from ``tokenizer.json`` and then
+So ids are never hard-coded: they are read by name from the tokenizer and then
 cross-checked against ``n_vocab`` (the size of the decoder's logits), which catches a
 tokenizer shipped with the wrong checkpoint before it produces garbage text.
 """
@@ -29,12 +30,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from whisper_export.languages import LANGUAGES, TO_LANGUAGE_CODE  # noqa: F401  (re-exported)
+from whisper_export.vocabulary import N_TIMESTAMPS as _N_TIMESTAMPS
+from whisper_export.vocabulary import builtin_tokenizer, vocabulary
 
 TASKS = ("transcribe", "translate")
-
-# n_vocab -> number of language tokens in that family (see the module docstring).
-_LANGUAGE_COUNT_BY_N_VOCAB = {51864: 99, 51865: 99, 51866: 100}
-_N_TIMESTAMPS = 1501  # 0.00 s .. 30.00 s in 0.02 s steps
 SECONDS_PER_TIMESTAMP = 0.02
 
 
@@ -56,11 +55,7 @@ class SpecialTokens:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer, n_vocab: int) -> SpecialTokens:
-        if n_vocab not in _LANGUAGE_COUNT_BY_N_VOCAB:
-            raise ValueError(
-                f"received n_vocab={n_vocab}, expected one of "
-                f"{sorted(_LANGUAGE_COUNT_BY_N_VOCAB)} (English-only, multilingual, large-v3)"
-            )
+        vocabulary(n_vocab)  # a supported size, or ValueError naming the valid ones
 
         def require(*names: str) -> int:
             # Several names cover renames across releases (e.g. nocaptions -> nospeech).
@@ -98,7 +93,7 @@ class SpecialTokens:
                 f"for this tokenizer (timestamp_begin={self.timestamp_begin} + {_N_TIMESTAMPS} "
                 f"timestamp tokens): the tokenizer does not belong to this model"
             )
-        expected_languages = _LANGUAGE_COUNT_BY_N_VOCAB[n_vocab]
+        expected_languages = vocabulary(n_vocab).n_languages
         if len(self.language_tokens) != expected_languages:
             raise ValueError(
                 f"received {len(self.language_tokens)} language tokens with n_vocab={n_vocab}, "
@@ -161,6 +156,20 @@ class WhisperTokenizer:
     @classmethod
     def from_json_str(cls, json_str: str, n_vocab: int) -> WhisperTokenizer:
         return cls(Tokenizer.from_str(json_str), n_vocab)
+
+    @classmethod
+    def builtin(cls, n_vocab: int) -> WhisperTokenizer:
+        """Whisper's own vocabulary for n_vocab (openai-whisper's BPE ranks and special-token layout)."""
+        return cls(builtin_tokenizer(n_vocab), n_vocab)
+
+    @classmethod
+    def for_checkpoint(cls, tokenizer_json: str | Path | None, n_vocab: int) -> WhisperTokenizer:
+        """The checkpoint's tokenizer.json when it has one, else the built-in vocabulary of its n_vocab."""
+        return cls.builtin(n_vocab) if tokenizer_json is None else cls.from_file(tokenizer_json, n_vocab)
+
+    def to_json_str(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text (what a bundle ships)."""
+        return self._tokenizer.to_str()
 
     @property
     def n_vocab(self) -> int:

@@ -87,11 +87,7 @@ class TorchBackend(Backend):
         return logits.numpy()
 
     def tokenizer(self):
-        from whisper_export.tokenizer import WhisperTokenizer
-
-        if self.checkpoint.tokenizer_json is None:
-            raise ValueError(f"{self.checkpoint.source}: received a checkpoint without tokenizer.json, expected one next to it")
-        return WhisperTokenizer.from_file(self.checkpoint.tokenizer_json, self.dims.n_vocab)
+        return self.checkpoint.tokenizer()
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -175,10 +175,7 @@ def run_bench(files: list[Path], bundle: Path | None, model_spec: str | None, de
             results["torch"]["load_s"] = _now() - t
             tokenizer = tokenizer or backends["torch"].tokenizer()
     if tokenizer is None:
-        from whisper_export.tokenizer import WhisperTokenizer
-
-        ckpt = get_checkpoint()
-        tokenizer = WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab)
+        tokenizer = get_checkpoint().tokenizer()
     n_mels = next(iter(backends.values())).dims.n_mels if backends else get_checkpoint().dims.n_mels
     from whisper_export.runtime.audio import N_FRAMES, pad_or_trim
 

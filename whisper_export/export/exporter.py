@@ -26,7 +26,7 @@ from whisper_export.export.graphs import (
     top_select_graph,
 )
 from whisper_export.export.graphs_ort import decoder_graph_ort
-from whisper_export.export.onnx_builder import ATTENTIONS
+from whisper_export.export.onnx_builder import ATTENTIONS, WeightFile, streamed_weights
 from whisper_export.export.quantize import QUANTIZE
 
 
@@ -39,8 +39,10 @@ def _decoder_graph(dims, state, dtype, attention: str, opset: int, metadata: dic
 
 MIN_OPSET = 20  # Gelu
 ATTENTION_OPSET = 23  # the Attention operator
-# protobuf cannot serialise a model over 2 GiB; stay clear of the limit
-EXTERNAL_DATA_BYTES = 1_800_000_000
+# a graph with more weight bytes keeps them in <graph>.onnx.data, as streamed there: protobuf cannot hold 2 GiB,
+# and below that, inlining costs the exporter two more copies of the graph's weights (the proto and its
+# serialisation; large-v3's fp16 graphs are 1.5 and 1.6 GB)
+EXTERNAL_DATA_BYTES = 1_000_000_000
 
 
 class ExportError(ValueError):
@@ -84,11 +86,7 @@ class ExportOptions:
 
 
 def bundle_config(ckpt, options: ExportOptions) -> dict:
-    from whisper_export.tokenizer import WhisperTokenizer
-
-    if ckpt.tokenizer_json is None:
-        raise ExportError(f"{ckpt.source}: no tokenizer.json found; place one next to the checkpoint")
-    special = WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab).special
+    special = ckpt.tokenizer().special
     return {
         "graph_io_version": graph_io.GRAPH_IO_VERSION,
         "exporter": "whisper-export",
@@ -110,15 +108,20 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
     }
 
 
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    size = sum(t.ByteSize() for t in model.graph.initializer)
-    if size > EXTERNAL_DATA_BYTES:
-        onnx.save_model(
-            model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-            location=path.name + ".data", size_threshold=1024,
-        )
+def _save(model: onnx.ModelProto, path: Path, weights: WeightFile) -> None:
+    """The graph beside its streamed weights when they are over protobuf's limit, else one self-contained file."""
+    if weights.nbytes <= EXTERNAL_DATA_BYTES:
+        onnx.load_external_data_for_model(model, str(path.parent))
+        weights.path.unlink()
+    onnx.save_model(model, path)
+
+
+def _write_tokenizer(ckpt, path: Path) -> None:
+    """The checkpoint's own tokenizer.json, else the built-in vocabulary written as one."""
+    if ckpt.tokenizer_json is not None:
+        shutil.copy(ckpt.tokenizer_json, path)
     else:
-        onnx.save_model(model, path)
+        path.write_text(ckpt.tokenizer().to_json_str(), encoding="utf-8")
 
 
 def check_destination(out_dir: str | Path, overwrite: bool) -> None:
@@ -200,17 +203,18 @@ def export_bundle(
                             (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
                             (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
             t0 = time.perf_counter()
-            weights = "" if options.quantize == "none" else f", {options.quantize} weights"
-            progress(f"[export] building {name} ({options.precision}{weights}, attention={options.attention}, "
+            weights_kind = "" if options.quantize == "none" else f", {options.quantize} weights"
+            progress(f"[export] building {name} ({options.precision}{weights_kind}, attention={options.attention}, "
                      f"opset {options.opset})")
-            model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
+            with streamed_weights(tmp / f"{name}.data") as weights:  # the graph holds references, not weights
+                model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
             # write every intermediate type into the graph: strongly typed builders (TensorRT) need them
             model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-            _save(model, tmp / name)
+            _save(model, tmp / name, weights)
             onnx.checker.check_model(str(tmp / name), full_check=True)
             size = sum(p.stat().st_size for p in tmp.glob(name + "*")) / 1e6
             progress(f"[export] wrote {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s")
-        shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
+        _write_tokenizer(ckpt, tmp / "tokenizer.json")
         write_manifest(tmp, config)
         check_destination(out_dir, options.overwrite)  # again: the directory may have changed meanwhile
         _swap_in(tmp, out_dir)

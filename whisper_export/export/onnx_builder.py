@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,6 +15,48 @@ from onnx import TensorProto, helper, numpy_helper
 ONNX_DTYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
 ORT_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators (attention="onnxruntime")
 ATTENTIONS = ("onnx", "matmul", "onnxruntime")
+
+
+class WeightFile:
+    """One ONNX external-data file written while a graph is built: each initializer's bytes are appended as it is
+    made, and the graph keeps only a reference (location, offset, length), so a graph's weights are never all in
+    memory and never serialised into a protobuf (large-v3's fp32 decoder alone is 3.6 GB, over protobuf's 2 GiB)."""
+
+    ALIGNMENT = 65536  # offsets onnxruntime can memory-map (the allocation granularity on every platform)
+
+    def __init__(self, path: Path, min_bytes: int = 1024):
+        self.path, self.min_bytes, self.nbytes = Path(path), min_bytes, 0
+        self._file = open(self.path, "wb")
+
+    def write(self, name: str, arr: np.ndarray) -> onnx.TensorProto:
+        offset = -(-self.nbytes // self.ALIGNMENT) * self.ALIGNMENT
+        self._file.write(b"\0" * (offset - self.nbytes))
+        self._file.write(memoryview(arr).cast("B"))  # C-contiguous (weight() makes it so): no copy
+        self.nbytes = offset + arr.nbytes
+        tensor = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=arr.shape,
+                                  data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", str(offset)), ("length", str(arr.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        return tensor
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_WEIGHT_SINK: ContextVar[WeightFile | None] = ContextVar("whisper_export_weight_sink", default=None)
+
+
+@contextmanager
+def streamed_weights(path: Path, min_bytes: int = 1024) -> Iterator[WeightFile]:
+    """Within the block, every GraphBuilder writes its initializers of at least min_bytes to the file at path
+    (smaller ones, the shape constants shape inference reads, stay in the graph)."""
+    sink = WeightFile(path, min_bytes)
+    token = _WEIGHT_SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _WEIGHT_SINK.reset(token)
+        sink.close()
 
 
 class GraphBuilder:
@@ -35,10 +81,15 @@ class GraphBuilder:
         return hint if n == 0 else f"{hint}_{n}"
 
     def weight(self, hint: str, array: np.ndarray, dtype: np.dtype | None = None) -> str:
-        """A float initializer, stored in the graph precision unless dtype says otherwise."""
+        """A float initializer, stored in the graph precision unless dtype says otherwise; inside
+        ``streamed_weights`` its bytes go to that data file at once (a reference stays in the graph)."""
         name = self.fresh(hint)
         arr = np.ascontiguousarray(np.asarray(array, dtype=dtype or self.dtype))
-        self.initializers.append(numpy_helper.from_array(arr, name))
+        sink = _WEIGHT_SINK.get()
+        if sink is not None and arr.nbytes >= sink.min_bytes:
+            self.initializers.append(sink.write(name, arr))
+        else:
+            self.initializers.append(numpy_helper.from_array(arr, name))
         return name
 
     def const(self, values, dtype=np.int64) -> str:

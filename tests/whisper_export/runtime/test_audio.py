@@ -76,6 +76,16 @@ def test_mel_filters_match_transformers(n_mels: int) -> None:
     np.testing.assert_allclose(mel_filters(n_mels), expected.T, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_match_openai_whisper_npz(n_mels: int) -> None:
+    """openai-whisper's stored filter banks (assets/mel_filters.npz, float32), 80 and large-v3's 128 bins."""
+    whisper = pytest.importorskip("whisper")
+
+    stored = np.load(Path(whisper.__file__).parent / "assets" / "mel_filters.npz")[f"mel_{n_mels}"]
+    assert stored.shape == mel_filters(n_mels).shape
+    np.testing.assert_allclose(mel_filters(n_mels), stored, rtol=0, atol=1e-6)
+
+
 def _noise() -> np.ndarray:
     # Fresh every run: parity must not depend on one lucky seed.
     return (np.random.default_rng().standard_normal(7 * SAMPLE_RATE) * 0.1).astype(np.float32)
