@@ -310,10 +310,12 @@ def check_tokens(bundle: Bundle, model, audio_paths: list[Path], max_tokens: int
             mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
             ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len, suppress, at_begin)[0]
             got = runtime.decode(mel, options)[0].tokens
-            logits = teacher_forced_logits(bundle, mel, prompt + ref)[len(prompt) - 1:]  # (len(ref) + 1, V)
+            # the reference's choices: its tokens, and eot unless it stopped at the cap
+            choices = ref + ([sp.eot] if len(ref) < sample_len else [])
+            logits = teacher_forced_logits(bundle, mel, prompt + ref)[len(prompt) - 1:][:len(choices)]
             logits[:, list(suppress)] = -np.inf
             logits[0, at_begin] = -np.inf
-            agreement = float(np.mean(logits.argmax(-1) == np.asarray(ref + [sp.eot])))
+            agreement = float(np.mean(logits.argmax(-1) == np.asarray(choices)))
             results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
                             "agreement": agreement, "ok": agreement >= min_agreement, "text": tok.decode(got)})
     return results
