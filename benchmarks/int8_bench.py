@@ -8,12 +8,14 @@ int8-bench/) and redone only when missing:
 1. clips: --clips English clips of 2-20 s synthesised with espeak-ng (several voices and speeds; sox to 16 kHz
    mono) from benchmarks/data/int8_sentences.txt (seeded), and refs.tsv (audio<TAB>text) beside them;
 2. per model: our float and int8 bundles (CPU: fp32 and ``export --int8``; CUDA: fp16 and quantize="int8-nbits",
-   both on onnxruntime's fused operators) and the same packaged weights as an int8 CTranslate2 model for faster-whisper (saved as a Hugging Face directory, then ctranslate2's converter,
-   quantization="int8");
+   both on onnxruntime's fused operators) and the same packaged weights as CTranslate2 models for faster-whisper
+   (saved as a Hugging Face directory, then ctranslate2's converter: quantization="int8", and "float32" with
+   --float-baseline);
 3. whole-process runs, interleaved round-robin (--repeats rounds): ``whisper-export transcribe`` on the bundle
-   (greedy, temperature 0, no timestamps, --threads) and faster-whisper (compute_type int8 on a CPU,
-   int8_float16 on CUDA; cpu_threads, beam_size 1, temperature 0, no timestamps, no conditioning on previous
-   text), each started by a launcher that reads its wall time and peak RSS from wait4;
+   (greedy, temperature 0, no timestamps, --threads, --batch-size) and faster-whisper (compute_type int8 on a CPU,
+   int8_float16 on CUDA; float32 / float16 for the float baseline; cpu_threads, beam_size 1, temperature 0, no
+   timestamps, no conditioning on previous text), each started by a launcher that reads its wall time and peak
+   RSS from wait4;
 4. WER of each system against the references (openai-whisper's English normaliser, runtime/normalizers.py),
    bundle sizes, and a table with the ratios against faster-whisper int8 of the same round.
 Needs espeak-ng and sox (apt-get install -y espeak-ng sox), faster-whisper, ctranslate2, transformers, and for
@@ -128,21 +130,21 @@ def export_bundles(model: str, work: Path, device: str) -> dict[str, Path]:
     return out
 
 
-def ctranslate2_int8(model: str, work: Path) -> Path:
-    """Our packaged weights as an int8 CTranslate2 model (what faster-whisper users convert)."""
+def ctranslate2_model(model: str, work: Path, quantization: str) -> Path:
+    """Our packaged weights as a CTranslate2 model of that quantization (what faster-whisper users convert)."""
     import ctranslate2
 
     from reference_model import load_checkpoint
     from reference_model.huggingface import save_huggingface
 
-    target = work / f"ct2-{model}-int8"
+    target = work / f"ct2-{model}-{quantization}"
     if not (target / "model.bin").is_file():
-        _log(f"converting {model} to CTranslate2 int8")
+        _log(f"converting {model} to CTranslate2 {quantization}")
         hf = work / f"hf-{model}"
         if not (hf / "config.json").is_file():
             save_huggingface(load_checkpoint(model), hf)
         ctranslate2.converters.TransformersConverter(str(hf), copy_files=["tokenizer.json"]).convert(
-            str(target), quantization="int8", force=True)
+            str(target), quantization=quantization, force=True)
     return target
 
 
@@ -150,26 +152,33 @@ def size_mb(directory: Path) -> float:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) / 1e6
 
 
-def commands(model: str, bundles: dict[str, Path], ct2: Path, files: list[str], threads: int, device: str,
-             english_only: bool) -> dict[str, list[str]]:
+def commands(bundles: dict[str, Path], ct2: dict[str, Path], files: list[str], threads: int, device: str,
+             english_only: bool, batch_size: int) -> dict[str, list[str]]:
+    """ct2: CTranslate2 models by compute type of faster-whisper ("int8", and "float32" for the float baseline)."""
     language = [] if english_only else ["--language", "en"]
     ours = {f"ours-{v}": [sys.executable, "-m", "cli", "transcribe", *files, "--bundle", str(b), "--beam-size", "1",
                           "--without-timestamps", "--temperature", "0", "--threads", str(threads), "--device", device,
-                          *language] for v, b in bundles.items()}
-    fw_args = {"model": str(ct2), "files": files, "threads": threads, "device": device,
-               "compute_type": "int8" if device == "cpu" else "int8_float16",
-               "language": None if english_only else "en"}
-    return {**ours, "faster-whisper-int8": [sys.executable, "-c", FASTER_WHISPER_CHILD, json.dumps(fw_args)]}
+                          "--batch-size", str(batch_size), *language] for v, b in bundles.items()}
+    theirs = {}
+    for compute_type, path in ct2.items():
+        on_device = compute_type if device == "cpu" else {"int8": "int8_float16", "float32": "float16"}[compute_type]
+        fw_args = {"model": str(path), "files": files, "threads": threads, "device": device,
+                   "compute_type": on_device, "language": None if english_only else "en"}
+        theirs[f"faster-whisper-{compute_type}"] = [sys.executable, "-c", FASTER_WHISPER_CHILD, json.dumps(fw_args)]
+    return {**ours, **theirs}
 
 
 def texts_of(name: str, stdout: str) -> list[str]:
     if name.startswith("ours"):
-        lines = stdout.split("\n")  # one line per file, in order; an empty transcript is an empty line
-        return lines[:-1] if stdout.endswith("\n") else lines
+        # one line per file, in order, as path<TAB>text when there are several files; an empty transcript is empty
+        lines = stdout.split("\n")
+        lines = lines[:-1] if stdout.endswith("\n") else lines
+        return [line.split("\t", 1)[1] if "\t" in line else line for line in lines]
     return json.loads(stdout.strip().splitlines()[-1])["texts"]
 
 
-def measure(model: str, refs_tsv: Path, work: Path, threads: int, device: str, repeats: int) -> dict:
+def measure(model: str, refs_tsv: Path, work: Path, threads: int, device: str, repeats: int, batch_size: int,
+            float_baseline: bool) -> dict:
     from whisper_export.bench.process import run_child_rusage
     from whisper_export.checks.wer import corpus_wer, read_references
     from whisper_export.runtime.normalizers import EnglishTextNormalizer
@@ -177,9 +186,9 @@ def measure(model: str, refs_tsv: Path, work: Path, threads: int, device: str, r
     refs = read_references(refs_tsv)
     files = [str(r.audio) for r in refs]
     bundles = export_bundles(model, work, device)
-    ct2 = ctranslate2_int8(model, work)
+    ct2 = {q: ctranslate2_model(model, work, q) for q in ("int8", "float32")[:1 + float_baseline]}
     english_only = model.endswith(".en")
-    argvs = commands(model, bundles, ct2, files, threads, device, english_only)
+    argvs = commands(bundles, ct2, files, threads, device, english_only, batch_size)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     runs: dict[str, list[dict]] = {name: [] for name in argvs}
     for round_ in range(repeats):
@@ -200,7 +209,8 @@ def measure(model: str, refs_tsv: Path, work: Path, threads: int, device: str, r
             "cpu_s": statistics.median(r["cpu_s"] for r in rs),
             "peak_rss_mib": max(r["maxrss_mib"] for r in rs), "wer": corpus_wer(truth, [normalize(t) for t in texts]),
             "texts": texts}
-    result["sizes_mb"] = {**{f"ours-{v}": size_mb(b) for v, b in bundles.items()}, "faster-whisper-int8": size_mb(ct2)}
+    result["sizes_mb"] = {**{f"ours-{v}": size_mb(b) for v, b in bundles.items()},
+                          **{f"faster-whisper-{q}": size_mb(path) for q, path in ct2.items()}}
     return result
 
 
@@ -231,6 +241,9 @@ def main() -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--work", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("int8_bench.json"))
+    p.add_argument("--batch-size", type=int, default=8, help="ours: files decoded together (the CLI's default)")
+    p.add_argument("--float-baseline", action="store_true",
+                   help="also faster-whisper on float32 weights (float16 on CUDA): issue 14's CPU comparison")
     args = p.parse_args()
     if args.clips < 1 or args.repeats < 1 or args.threads < 1:
         p.error(f"--clips {args.clips} / --repeats {args.repeats} / --threads {args.threads}: expected >= 1")
@@ -240,9 +253,10 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit, "device": args.device, "load_start": os.getloadavg(),
-              "threads": args.threads, "repeats": args.repeats, "refs": str(refs), "results": {}}
+              "threads": args.threads, "batch_size": args.batch_size, "repeats": args.repeats, "refs": str(refs), "results": {}}
     for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        report["results"][model] = measure(model, refs, work, args.threads, args.device, args.repeats)
+        report["results"][model] = measure(model, refs, work, args.threads, args.device, args.repeats,
+                                           args.batch_size, args.float_baseline)
         args.out.write_text(json.dumps(report, indent=2))
     report["load_end"] = os.getloadavg()
     report["table"] = table(report["results"])
