@@ -96,8 +96,11 @@ class RowSink:
             self.summary.written += 1
             self.summary.errors += row["error"] is not None
             self.summary.audio_seconds += row["duration"] or 0.0
+        while len(self.pending) >= self.job.rows_per_part:
+            rows, self.pending = self.pending[:self.job.rows_per_part], self.pending[self.job.rows_per_part:]
+            self.store.write(rows)
         now = time.monotonic()
-        if len(self.pending) >= self.job.rows_per_part or now - self.flushed >= self.job.part_seconds:
+        if now - self.flushed >= self.job.part_seconds:
             self.flush()
         if now - self.shown >= self.progress_seconds:
             self.progress()
