@@ -39,7 +39,9 @@ class RuntimeActor:
         self.schema = schema(words)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        decoded = [{"path": str(p), "audio": bytes(a) if a is not None else b"", "error": e}
+        # a column with no error in a block comes as nulls Ray may hand over as NaN: only a string is an error
+        decoded = [{"path": str(p), "audio": a if isinstance(a, bytes) else b"",
+                    "error": e if isinstance(e, str) else None}
                    for p, a, e in zip(batch["path"], batch["audio"], batch["error"])]
         return pa.Table.from_pylist(transcribe_rows(self.runtime, decoded, self.options, self.words),
                                     schema=self.schema)
