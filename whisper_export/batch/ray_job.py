@@ -5,8 +5,9 @@
 Each actor of the pool holds one WhisperRuntime (one GPU each with device cuda, else cpus_per_actor CPUs and as
 many threads). The rows stream back to the driver, whose RowSink writes them as atomic part files (job.py): one
 writer, so a path is written once even when a batch is retried, and a killed run leaves only complete parts.
-An actor that dies (a crash, a lost node, ray.kill) is restarted by Ray (max_restarts) and the batches it held are
-run again (max_task_retries); a failed decoding task is retried as Ray Data retries every task.
+An actor that dies (a crash, a lost node, ray.kill) is restarted by Ray and the batches it held are run again: Ray
+Data gives its pool actors max_restarts=-1 and max_task_retries=-1 (the kill test shows it); a failed decoding task
+is retried as Ray Data retries every task.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from whisper_export.batch.store import schema
 # CPUs a decoding task reserves: reading and resampling is light next to a runtime, and a whole CPU per task
 # would keep them waiting behind the actors on a small node
 DECODE_CPUS = 0.5
-# restarts of a dead actor and retries of its batches: unlimited (Ray Data's default, stated so it stays so)
-UNLIMITED = -1
 
 
 class RuntimeActor:
@@ -85,7 +84,7 @@ def run_on_ray(todo: list[str], job: BatchJob, sink: RowSink) -> None:
         dataset = dataset.map_batches(
             RuntimeActor, fn_constructor_kwargs={"load": load, "options": job.options, "words": job.words},
             batch_size=job.files_per_batch, batch_format="numpy", zero_copy_batch=True, compute=ray.data.ActorPoolStrategy(size=actors),
-            max_restarts=UNLIMITED, max_task_retries=UNLIMITED, **resources)
+            **resources)
         for table in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             sink.add(table.to_pylist())
     finally:
