@@ -8,8 +8,12 @@ transcribe() defaults, as WhisperRuntime.transcribe: greedy decoding), not trans
 (openai-whisper's CLI: --beam-size 5 --best-of 5): a request maps to a transcribe() call, and on a CPU the
 continuous batcher gains from decoding greedy windows together (benchmarks/serve_load.py; NOTES.md).
 
+With --ray the same app runs on Ray Serve (serve/ray_serve.py): --replicas runtimes behind Ray Serve's proxy on
+--host/--port; SIGTERM or SIGINT deletes the deployment.
+
 Exit codes: 0 stopped by SIGTERM or SIGINT after answering every request it took; 1 the bundle could not be loaded
-or the address could not be bound; 2 invalid options (before anything is loaded).
+or the address could not be bound (with --ray: the deployment failed); 2 invalid options (before anything is
+loaded).
 """
 
 from __future__ import annotations
@@ -106,12 +110,12 @@ def _serve_on_ray(params: dict[str, Any], settings: ServeSettings) -> None:
     except ImportError as e:
         error(f"serve --ray needs the ray and serve extras ({e.name} is missing): pip install 'whisper-export[ray,serve]'")
         raise typer.Exit(2)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     load = {"bundle_dir": params["bundle"], "model": params["model"], "backend": params["backend"],
             "device": params["device"], "threads": params["threads"]}
     ray.init(address=None if params["ray"] == "local" else params["ray"], logging_level="warning")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, whose own SIGTERM handler aborts the process
+        signal.signal(sig, lambda *_: stop.set())
     try:
         url = deploy(load, settings, params["replicas"])
     except Exception as e:  # noqa: BLE001 - a replica that cannot load its runtime fails the deployment

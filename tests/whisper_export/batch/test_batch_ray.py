@@ -4,10 +4,15 @@ an actor killed mid-run, texts equal to WhisperRuntime.transcribe's with the sam
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import soundfile
 
@@ -16,6 +21,7 @@ from whisper_export.batch import read_output
 from whisper_export.batch.job import BatchJob, run_batch
 from whisper_export.runtime import WhisperRuntime
 
+REPO = Path(__file__).resolve().parents[3]
 # transcribe()'s own defaults (greedy, the fallback temperatures), as the reference is run with
 OPTIONS: dict = {}
 
@@ -34,22 +40,28 @@ def _job(out: Path, bundle: Path, address: str, **kw) -> BatchJob:
 @pytest.mark.slow
 def test_a_hundred_inputs_and_a_corrupt_one_give_one_row_each(tmp_path, ray_cluster, tiny_bundle, clips,
                                                               reference_texts):
+    """The command with --ray ADDRESS (a driver of its own on the session's cluster), a JSONL of 102 clips, a
+    corrupt file and a missing one."""
     made = make_inputs(tmp_path / "in", clips, copies=34)  # 102 clips and a corrupt file
     missing = tmp_path / "in" / "never-recorded.wav"
     listing = tmp_path / "inputs.jsonl"
     listing.write_text("".join(json.dumps({"path": str(p), "speaker": i}) + "\n"
                                for i, p in enumerate([*made, missing])))
-    from whisper_export.batch.inputs import list_inputs
+    paths = [str(p) for p in [*made, missing]]
 
-    paths = list_inputs(listing)
-    assert len(paths) == 104
-
-    summary = run_batch(paths, _job(tmp_path / "out", tiny_bundle, ray_cluster, files_per_batch=8,
-                                    rows_per_part=32))
+    # --beam-size 1 --best-of None: transcribe()'s defaults, which the reference ran with
+    done = subprocess.run([sys.executable, "-m", "cli", "batch", str(listing), "--out", str(tmp_path / "out"),
+                           "--ray", ray_cluster, "--bundle", str(tiny_bundle), "--actors", "1", "--cpus-per-actor",
+                           "1", "--files-per-batch", "8", "--rows-per-part", "32", "--beam-size", "1", "--best-of",
+                           "None"], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"\[batch\] 104/104 rows \(2 errors\), [0-9.]+ h of audio in \d+ s: [0-9.]+ audio h/h",
+                     done.stderr), done.stderr
 
     rows = read_output(tmp_path / "out").to_pylist()
-    assert sorted(r["path"] for r in rows) == sorted(paths)  # each input once: none lost, none twice
-    assert (summary.written, summary.errors) == (104, 2)
+    written = [p for part in (tmp_path / "out").glob("part-*.parquet") for p in pq.read_table(part)["path"].to_pylist()]
+    assert sorted(written) == sorted(paths)  # each input once in the files: none lost, none twice
     by_path = {r["path"]: r for r in rows}
     for bad in (made[-1], missing):
         row = by_path[str(bad)]
@@ -105,8 +117,6 @@ def test_an_actor_killed_mid_run_is_restarted_and_every_input_written_once(tmp_p
     assert _runtime_actors()[killed[0]]["NumRestarts"] >= 1  # Ray restarted it, and the run went on
     rows = read_output(out).to_pylist()
     assert sorted(r["path"] for r in rows) == sorted(paths)
-    import pyarrow.parquet as pq
-
     written = [path for part in sorted(out.glob("part-*.parquet")) for path in pq.read_table(part)["path"].to_pylist()]
     assert sorted(written) == sorted(paths)  # exactly once in the files themselves, not only after read_output
     assert all(r["error"] is None and r["text"] == reference_texts[clip_of(r["path"])] for r in rows)
