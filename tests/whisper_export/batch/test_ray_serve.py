@@ -65,3 +65,17 @@ def test_serve_on_ray_answers_the_openai_client_and_stops_on_sigterm(ray_cluster
         if process.poll() is None:
             process.kill()
         serve.shutdown()  # the controller and proxy: the CPUs go back to the other tests
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicas", "2"], "error: --replicas: received 2, expected it only with --ray"),
+    (["--ray", "local", "--replicas", "0"], "error: --replicas: received 0, expected an int >= 1"),
+    (["--ray", "local", "--port", "0"], "error: --port: received 0 with --ray, expected the port Ray Serve's proxy"),
+])
+def test_serve_ray_options_fail_in_one_line_before_anything_starts(args, message):
+    from typer.testing import CliRunner
+
+    import cli
+
+    result = CliRunner().invoke(cli.app, ["serve", *args])
+    assert result.exit_code == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
