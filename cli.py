@@ -1,4 +1,4 @@
-"""``whisper-export``: info, models, export, build, check, transcribe, bench, serve.
+"""``whisper-export``: info, models, export, build, check, transcribe, bench, serve, batch.
 
 Heavy modules (torch, onnx, tensorrt) are imported inside commands so that ``transcribe`` from a bundle
 starts fast and never imports torch.
@@ -251,6 +251,9 @@ def _register_optional() -> None:
     from whisper_export.commands.serve import serve
 
     app.command("serve")(serve)
+    from whisper_export.commands.batch import batch
+
+    app.command("batch")(batch)
 
 
 _register_optional()

@@ -8,14 +8,21 @@ transcribe() defaults, as WhisperRuntime.transcribe: greedy decoding), not trans
 (openai-whisper's CLI: --beam-size 5 --best-of 5): a request maps to a transcribe() call, and on a CPU the
 continuous batcher gains from decoding greedy windows together (benchmarks/serve_load.py; NOTES.md).
 
+With --ray the same app runs on Ray Serve (serve/ray_serve.py): --replicas runtimes behind Ray Serve's proxy on
+--host/--port; SIGTERM or SIGINT deletes the deployment.
+
 Exit codes: 0 stopped by SIGTERM or SIGINT after answering every request it took; 1 the bundle could not be loaded
-or the address could not be bound; 2 invalid options (before anything is loaded).
+or the address could not be bound (with --ray: the deployment failed); 2 invalid options (before anything is
+loaded).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import signal
+import sys
+import threading
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -59,6 +66,8 @@ def _explicit(
         "--temperature-increment-on-fallback", metavar="FLOAT|None", show_default=True,
         help="a request's temperature t is the fallback schedule t, t + this, ... up to 1.0; None: t alone",
     )] = str(DEFAULT_TEMPERATURE_INCREMENT),
+    ray: Annotated[Optional[str], typer.Option("--ray", metavar="ADDRESS|local", help="serve on a Ray cluster with Ray Serve (its address, auto, or local: start one here); --host/--port are then its HTTP proxy's")] = None,
+    replicas: Annotated[Optional[str], typer.Option(metavar="INT", help="with --ray: replicas, each one runtime (one GPU each with --device cuda); default 1")] = None,
 ) -> None:
     """Only the signature is used: the options of `serve` that are not options-dataclass fields."""
 
@@ -71,6 +80,9 @@ def serve(**params: Any) -> None:
     except (ValueError, TypeError) as e:
         error(_as_flag(str(e)))
         raise typer.Exit(2)
+    if params["ray"] is not None:
+        _serve_on_ray(params, settings)
+        return
     try:
         from whisper_export.serve.server import bind, serve as run
     except ImportError as e:
@@ -88,6 +100,38 @@ def serve(**params: Any) -> None:
 serve.__signature__ = command_signature(inspect.signature(_explicit, eval_str=True), OPTIONS)  # type: ignore[attr-defined]
 
 
+def _serve_on_ray(params: dict[str, Any], settings: ServeSettings) -> None:
+    """The app on Ray Serve until SIGTERM/SIGINT; then the deployment is deleted (its replicas drain) and this
+    returns (exit 0)."""
+    try:
+        import ray
+
+        from whisper_export.serve.ray_serve import deploy, undeploy
+    except ImportError as e:
+        error(f"serve --ray needs the ray and serve extras ({e.name} is missing): pip install 'whisper-export[ray,serve]'")
+        raise typer.Exit(2)
+    load = {"bundle_dir": params["bundle"], "model": params["model"], "backend": params["backend"],
+            "device": params["device"], "threads": params["threads"]}
+    ray.init(address=None if params["ray"] == "local" else params["ray"], logging_level="warning")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, whose own SIGTERM handler aborts the process
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        url = deploy(load, settings, params["replicas"])
+    except Exception as e:  # noqa: BLE001 - a replica that cannot load its runtime fails the deployment
+        error(f"the deployment on Ray Serve failed: {' '.join(str(e).split())[:500]}")
+        ray.shutdown()
+        raise typer.Exit(1)
+    print(f"[serve] {settings.model_id} on {url} via Ray Serve ({params['replicas']} replica(s))",
+          file=sys.stderr, flush=True)
+    try:
+        stop.wait()
+    finally:
+        undeploy()
+        ray.shutdown()
+    print("[serve] stopped", file=sys.stderr, flush=True)
+
+
 def _settings(params: dict[str, Any]) -> ServeSettings:
     """The server's settings from the command line's text; ValueError naming the option otherwise."""
     defaults = {o.name: o.parse(params.pop(o.name)) for o in OPTIONS}
@@ -103,6 +147,14 @@ def _settings(params: dict[str, Any]) -> ServeSettings:
         raise ValueError(f"received both --bundle {params['bundle']} and --model {params['model']}, expected one of them")
     if params["backend"] == "tensorrt" and params["bundle"] is None:
         raise ValueError("--backend tensorrt: received no --bundle, expected one built by 'whisper-export build --out DIR'")
+    params["replicas"] = _number("--replicas", params["replicas"], int)
+    if params["ray"] is None and params["replicas"] is not None:
+        raise ValueError(f"--replicas: received {params['replicas']}, expected it only with --ray")
+    params["replicas"] = 1 if params["replicas"] is None else params["replicas"]
+    if params["replicas"] < 1:
+        raise ValueError(f"--replicas: received {params['replicas']}, expected an int >= 1")
+    if params["ray"] is not None and _number("--port", params["port"], int) == 0:
+        raise ValueError("--port: received 0 with --ray, expected the port Ray Serve's proxy listens on")
     bundle = params["bundle"]
     model_id = params["model_id"] or (Path(bundle).resolve().name if bundle is not None else params["model"] or "tiny.en")
     return ServeSettings(
@@ -125,7 +177,7 @@ def _as_flag(message: str) -> str:
     return message
 
 
-_SETTING_FLAGS = {"host", "port", "batch_size", "max_upload_mb", "max_duration", "max_queue", "api_key",
+_SETTING_FLAGS = {"host", "port", "replicas", "batch_size", "max_upload_mb", "max_duration", "max_queue", "api_key",
                   "model_id", "temperature_increment_on_fallback"}
 
 __all__ = ["serve", "OPTIONS"]

@@ -116,14 +116,25 @@ def _run(runtime, audio: list[Path], options: dict, reporter: Reporter, progress
         reporter.deliver(index, item)
 
 
-def _checked_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(runtime keyword options, WriterOptions keywords), every value checked (ValueError otherwise)."""
-    values = {o.name: o.parse(params.pop(o.name)) for o in OPTIONS}
+def _checked_options(params: dict[str, Any], options: list[FieldOption] = OPTIONS) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(runtime keyword options, WriterOptions keywords), every value checked (ValueError otherwise); options:
+    the command's field options (another command's may leave the writer's out)."""
+    values = {o.name: o.parse(params.pop(o.name)) for o in options}
     if values.get("beam_size") == 1:
         values["beam_size"] = None  # one beam chooses as greedy decoding does; greedy is the faster path
     values["temperature"] = fallback_temperatures(
         _number("--temperature", params["temperature"]),
         _number("--temperature-increment-on-fallback", params["temperature_increment_on_fallback"], optional=True))
+    _checked_model(params)
+    writer_values = {k: values.pop(k) for k in _WRITER_FIELDS if k in values}
+    if WriterOptions is not None:
+        WriterOptions(**writer_values)  # its _verify, before any audio is read
+    split_options(values)
+    return values, writer_values
+
+
+def _checked_model(params: dict[str, Any]) -> None:
+    """--threads (made an int in params), --backend, --device, --bundle/--model checked (ValueError otherwise)."""
     threads = params["threads"] = _number("--threads", params["threads"], int)
     cpus = os.cpu_count() or 1
     if threads is not None and not 1 <= threads <= cpus:
@@ -136,11 +147,6 @@ def _checked_options(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, 
         raise ValueError(f"received both --bundle {params['bundle']} and --model {params['model']}, expected one of them")
     if params["backend"] == "tensorrt" and params["bundle"] is None:
         raise ValueError("--backend tensorrt: received no --bundle, expected one built by 'whisper-export build --out DIR'")
-    writer_values = {k: values.pop(k) for k in _WRITER_FIELDS}
-    if WriterOptions is not None:
-        WriterOptions(**writer_values)  # its _verify, before any audio is read
-    split_options(values)
-    return values, writer_values
 
 
 def _as_flag(message: str) -> str:
