@@ -130,6 +130,7 @@ class OnnxRuntimeBackend(DevicePicking):
         self._dec_out = graph_io.decoder_outputs(n_layer, self.selects)
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._aux: AuxGraphs | None = None  # CUDA: the bundle's small graphs (ort_aux.py)
+        self._align: Any = None  # align.onnx's runner (ort_align.py), opened by the first align()
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
         # streamed greedy steps need the choice inside the decoder's graph; elsewhere one step at a time
         self.greedy_queue = greedy_queue if device == "cuda" and self.selects else 0
@@ -398,12 +399,23 @@ class OnnxRuntimeBackend(DevicePicking):
         cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
         self._steps.run((cross_id, *cache.sets_key(), *key), bind_all, wait)
 
+    def align(self, cross: _Cross, audio_rows, tokens, lengths):
+        """Backend.align on align.onnx (ort_align.py), opened on first use; CUDA binds the cross K/V's device
+        buffers (cross.values are OrtValues) where they lie."""
+        if not isinstance(cross, _Cross):
+            raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle encode() returns")
+        if self._align is None:
+            from whisper_export.backends.ort_align import AlignRunner
+
+            self._align = AlignRunner(self.bundle, self._session)
+        return self._align.run(cross.values, cross.n_audio, audio_rows, tokens, lengths)
+
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         if self.device == "cuda":
             self._steps = None  # type: ignore[assignment]
             self.buffers.clear()
-        self.encoder = self.decoder = self.step_decoder = self._aux = None  # type: ignore[assignment]
+        self.encoder = self.decoder = self.step_decoder = self._aux = self._align = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         extra = f", cuda_graph={self.graph_mode!r}" if self.device == "cuda" else ""

@@ -26,6 +26,7 @@ from whisper_export.export.graphs import (
     timestamp_top_graph,
     top_select_graph,
 )
+from whisper_export.export.align_graph import align_graph
 from whisper_export.export.graphs_ort import decoder_graph_ort
 from whisper_export.export.onnx_builder import ATTENTIONS
 
@@ -79,7 +80,10 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
 
     if ckpt.tokenizer_json is None:
         raise ExportError(f"{ckpt.source}: no tokenizer.json found; place one next to the checkpoint")
+    from reference_model.alignment_heads import resolve_alignment_heads
+
     special = WhisperTokenizer.from_file(ckpt.tokenizer_json, ckpt.dims.n_vocab).special
+    alignment_heads, heads_source = resolve_alignment_heads(ckpt)
     return {
         "graph_io_version": graph_io.GRAPH_IO_VERSION,
         "exporter": "whisper-export",
@@ -96,7 +100,8 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
         "special_tokens": {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in special.__dict__.items()
         },
-        "alignment_heads": ckpt.extra.get("alignment_heads"),
+        "alignment_heads": alignment_heads,  # [[layer, head], ...]: align.onnx's heads, for word timestamps
+        "alignment_heads_source": heads_source,  # "checkpoint", "known:<model>" or "last-half"
     }
 
 
@@ -134,7 +139,8 @@ def export_bundle(
     progress: Callable[[str], None] = _stderr,
 ) -> Path:
     """Write encoder.onnx, decoder.onnx, cache_reorder.onnx, greedy_select.onnx, top_select.onnx,
-    timestamp_rules.onnx, timestamp_top.onnx, tokenizer.json and manifest.json into out_dir (atomically)."""
+    timestamp_rules.onnx, timestamp_top.onnx, align.onnx, tokenizer.json and manifest.json into out_dir
+    (atomically)."""
     out_dir = Path(out_dir).absolute()
     _check_destination(out_dir, options.overwrite)
     config = bundle_config(ckpt, options)
@@ -148,7 +154,7 @@ def export_bundle(
         for name, build in ((graph_io.ENCODER_FILE, encoder_graph), (graph_io.DECODER_FILE, _decoder_graph),
                             (graph_io.REORDER_FILE, cache_reorder_graph), (graph_io.SELECT_FILE, greedy_select_graph),
                             (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
-                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
+                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph), (graph_io.ALIGN_FILE, align_graph)):
             t0 = time.perf_counter()
             progress(f"[export] building {name} ({options.precision}, attention={options.attention}, opset {options.opset})")
             model = build(ckpt.dims, ckpt.state, dtype, options.attention, options.opset, metadata)
