@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from whisper_export.runtime.words import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 from whisper_export.tokenizer import LANGUAGES, TASKS, TO_LANGUAGE_CODE
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -127,11 +128,19 @@ class TranscribeOptions:
     # begins 15 s into a window gets a segment starting 14 s early; skipping near-digital silence (60 dB
     # under the loudest frame) keeps segment starts on the speech and never decodes pure silence.
     skip_silence: bool = False
+    # word timestamps (openai-whisper's): each segment's words with start, end and probability, from the
+    # cross-attention of the bundle's alignment heads (align.onnx) and dynamic time warping
+    word_timestamps: bool = False
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS  # with word_timestamps: these join the next word
+    append_punctuations: str = APPEND_PUNCTUATIONS  # with word_timestamps: these join the previous word
+    # with word_timestamps: skip silences longer than this many seconds around a segment that looks hallucinated
+    hallucination_silence_threshold: float | None = None
 
     def __post_init__(self) -> None:
         self._verify()
 
     def _verify(self) -> None:
+        self._verify_words()
         temps = self.temperatures
         if not temps or any(isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0 for t in temps):
             raise ValueError(
@@ -143,6 +152,21 @@ class TranscribeOptions:
                 raise ValueError(f"{name}: received {value!r}, expected None or a float")
         if not _is_int(self.batch_size) or self.batch_size < 1:
             raise ValueError(f"batch_size: received {self.batch_size!r}, expected an int >= 1")
+
+    def _verify_words(self) -> None:
+        if not isinstance(self.word_timestamps, bool):
+            raise ValueError(f"word_timestamps: received {self.word_timestamps!r}, expected True or False")
+        for name in ("prepend_punctuations", "append_punctuations"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: received {getattr(self, name)!r}, expected a string of punctuation marks")
+        threshold = self.hallucination_silence_threshold
+        if threshold is None:
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+            raise ValueError(f"hallucination_silence_threshold: received {threshold!r}, expected None or seconds >= 0")
+        if not self.word_timestamps:
+            raise ValueError(f"hallucination_silence_threshold: received {threshold!r} without word_timestamps, "
+                             "expected word_timestamps=True (the rule needs the words' times)")
 
     @property
     def temperatures(self) -> tuple[float, ...]:

@@ -29,6 +29,8 @@ from whisper_export.runtime.audio import (
 from whisper_export.backends.base import Backend, CrossKV
 from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
+from whisper_export.runtime.word_windows import WindowWords, time_words
+from whisper_export.runtime.words import SegmentWords, Word
 from whisper_export.tokenizer import WhisperTokenizer
 
 # (audio index, frames done, frames in total) after each window
@@ -77,6 +79,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] | None = None  # with word_timestamps (an empty list for a cleared segment)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class _Job:
         self.n_initial = len(initial_prompt)
         self.prompt_reset_since = 0
         self.segments: list[Segment] = []
+        self.last_speech_timestamp = 0.0  # word timestamps: where the speech so far ended (seconds)
         self._sound: np.ndarray | None = None  # skip_silence: which frames are sound, computed once
         self.max_prompt = n_ctx // 2 - 1
 
@@ -131,8 +135,11 @@ class _Job:
         size = min(N_FRAMES, self.content_frames - self.seek)
         return pad_or_trim(self.mel[:, self.seek : self.seek + size], N_FRAMES), size
 
-    def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions) -> None:
-        """Turn one window's result into segments and advance seek (openai-whisper's rules)."""
+    def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions,
+                cross_row: int = 0) -> WindowWords | None:
+        """Turn one window's result into segments and advance seek (openai-whisper's rules). With word_timestamps
+        the segments are returned uncommitted (None for a window skipped as silence): the caller times their words
+        (word_windows.time_words, the window's cross K/V at cross_row) and then commit()s them."""
         if options.no_speech_threshold is not None:
             # silence: the model says no speech and is unsure of the text it produced anyway
             skip = result.no_speech_prob > options.no_speech_threshold
@@ -140,7 +147,7 @@ class _Job:
                 skip = False
             if skip:
                 self.seek += size
-                return
+                return None
         window_seek = self.seek
         ts_begin = tokenizer.special.timestamp_begin
         time_offset = window_seek * HOP_LENGTH / SAMPLE_RATE
@@ -173,17 +180,33 @@ class _Job:
                 duration = (int(stamps[-1]) - ts_begin) * precision
             pieces.append((time_offset, time_offset + duration, tokens.tolist()))
             self.seek += size
+        window = WindowWords(cross_row, self.language or "en", window_seek, self.seek, size, self.content_frames,
+                             single_timestamp_ending, [SegmentWords(*piece) for piece in pieces],
+                             self.last_speech_timestamp)
+        if options.word_timestamps:
+            return window
+        self.commit(window, result, tokenizer, options)
+        return None
+
+    def commit(self, window: WindowWords, result: DecodingResult, tokenizer: WhisperTokenizer,
+               options: TranscribeOptions) -> None:
+        """The window's segments (with their words, when timed) into the transcript; seek moves to window.seek."""
+        window_seek = window.previous_seek
+        self.seek, self.last_speech_timestamp = window.seek, window.last_speech_timestamp
+        if window.dropped:  # hallucination_silence_threshold: only silence and a hallucination, decode again later
+            return
         audio_end = self.content_frames * HOP_LENGTH / SAMPLE_RATE
-        for start, end, piece_tokens in pieces:
+        for piece in window.segments:
             # timestamps past the end of the audio (in the window's zero padding) cannot be right; openai-whisper
             # keeps them, here they are clamped, and a segment wholly past the end loses its text below
-            start, end = min(start, audio_end), min(end, audio_end)
+            start, end, piece_tokens = min(piece.start, audio_end), min(piece.end, audio_end), piece.tokens
+            words = None if piece.words is None else [_clamped(w, audio_end) for w in piece.words]
             text = tokenizer.decode([t for t in piece_tokens if t < tokenizer.special.eot])
             if start == end or not text.strip():  # instantaneous or empty: keep the time, drop the text
-                text, piece_tokens = "", []
+                text, piece_tokens, words = "", [], None if words is None else []
             self.segments.append(Segment(
                 len(self.segments), window_seek, start, end, text, piece_tokens,
-                result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob,
+                result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob, words,
             ))
             self.all_tokens.extend(piece_tokens)
         if not options.condition_on_previous_text or result.temperature > 0.5:
@@ -197,6 +220,13 @@ class _Job:
             list(self.segments),
             self.language_probs,
         )
+
+
+def _clamped(word: Word, audio_end: float) -> Word:
+    """A word inside the audio: times past its end (in the window's padding) moved to the end, as segments'."""
+    if word.end <= audio_end:
+        return word
+    return Word(word.word, min(word.start, audio_end), audio_end, word.probability)
 
 
 def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
@@ -291,8 +321,16 @@ class Transcriber:
             for job, code, p in zip(unknown, codes, probs):
                 job.language, job.language_probs = code, p
         results = self._decode_with_fallback(group, mel, cross, options, decoding)
-        for job, result, (_, size) in zip(group, results, windows):
-            job.consume(result, size, self.tokenizer, options)
+        pending = [(job, result, job.consume(result, size, self.tokenizer, options, row))
+                   for row, (job, result, (_, size)) in enumerate(zip(group, results, windows))]
+        timed = [(job, result, window) for job, result, window in pending if window is not None]
+        if timed:  # word_timestamps: the windows' words, while their cross K/V (rows of `cross`) are alive
+            time_words(self.backend, self.tokenizer, cross, [w for _, _, w in timed],
+                       task=decoding.get("task", "transcribe"), prepend_punctuations=options.prepend_punctuations,
+                       append_punctuations=options.append_punctuations,
+                       hallucination_silence_threshold=options.hallucination_silence_threshold)
+            for job, result, window in timed:
+                job.commit(window, result, self.tokenizer, options)
 
     def _decode_with_fallback(
         self, group: list[_Job], mel: np.ndarray, cross: CrossKV, options: TranscribeOptions, decoding: Mapping[str, Any]
