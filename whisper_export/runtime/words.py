@@ -194,8 +194,14 @@ def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_
     weights /= weights.sum(axis=-1, keepdims=True)
     mean = weights.mean(axis=-2, keepdims=True)
     std = weights.std(axis=-2, keepdims=True)
-    weights = (weights - mean) / std
-    return median_filter(weights, medfilt_width).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a frame no token attends to: 0 / 0, NaN as in openai
+        weights = (weights - mean) / std
+    nan = np.isnan(weights)
+    if not nan.any():
+        return median_filter(weights, medfilt_width).mean(axis=0)
+    # openai's median sorts NaN above every number; the sorting network would spread it: sort it as +inf
+    filtered = median_filter(np.where(nan, np.float32(np.inf), weights), medfilt_width)
+    return np.where(np.isinf(filtered), np.float32(np.nan), filtered).mean(axis=0)
 
 
 def find_alignment(qk: np.ndarray, text_probs: np.ndarray, text_tokens: list[int], n_sot: int, n_frames: int,

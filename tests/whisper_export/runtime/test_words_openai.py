@@ -58,6 +58,7 @@ def _openai_words(model, audio: np.ndarray, options: dict) -> list[tuple[str, fl
     return [(w["word"], w["start"], w["end"]) for s in result["segments"] for w in s["words"]]
 
 
+@pytest.mark.slow  # openai-whisper runs its encoder twice per window in torch: ~1 min on 2 cores
 @pytest.mark.parametrize("mode", MODES)
 def test_words_match_openai_whisper(mode, openai_tiny, runtime, audios):
     options = MODES[mode]
@@ -74,3 +75,29 @@ def test_words_match_openai_whisper(mode, openai_tiny, runtime, audios):
     starts, ends = np.array(starts), np.array(ends)
     assert starts.mean() <= 0.03 and ends.mean() <= 0.03, (starts.mean(), ends.mean())
     assert np.mean((starts <= 0.1) & (ends <= 0.1)) >= 0.95
+
+
+@pytest.mark.slow
+def test_hallucination_silence_threshold_as_openai_whisper(openai_tiny, runtime, audios):
+    """4 s of silence, 2 s of a clip played backwards (words tiny.en is unsure of), 6 s of silence, a clip: with
+    hallucination_silence_threshold=2 openai-whisper skips the silence before the anomalous words and decodes
+    again from there; the same segments and words here, and the rule changed the transcript."""
+    silence = lambda seconds: np.zeros(int(seconds * SAMPLE_RATE), np.float32)  # noqa: E731
+    backwards = audios["en_breakfast.wav"][::-1][: 2 * SAMPLE_RATE]
+    audio = np.concatenate([silence(4), backwards, silence(6), audios["en_stella.wav"]])
+    options = dict(word_timestamps=True, temperature=0.0, hallucination_silence_threshold=2.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        theirs = whisper.transcribe(openai_tiny, audio, fp16=False, **options)["segments"]
+    finally:
+        torch.set_num_threads(threads)
+    ours = runtime.transcribe(audio, **options).segments
+    assert [s.text for s in ours] == [s["text"] for s in theirs]
+    assert np.allclose([(s.start, s.end) for s in ours], [(s["start"], s["end"]) for s in theirs], atol=0.011)
+    got = [(w.word, w.start, w.end) for s in ours for w in s.words]
+    want = [(w["word"], w["start"], w["end"]) for s in theirs for w in s["words"]]
+    assert [w for w, _, _ in got] == [w for w, _, _ in want]
+    assert np.abs(np.array([g[1:] for g in got]) - np.array([w[1:] for w in want])).mean() <= 0.03
+    without = runtime.transcribe(audio, word_timestamps=True, temperature=0.0).segments
+    assert [s.text for s in without] != [s.text for s in ours]
