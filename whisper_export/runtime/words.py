@@ -24,7 +24,7 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END_MARKS = ".。!！?？"
 # languages written without spaces between words: split at every complete Unicode character instead
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
-_MEDIAN_ROWS = 64  # rows filtered at a time: the sorting network's arrays stay in the CPU cache
+_MEDIAN_ROWS = 128  # rows filtered at a time: the sorting network's arrays stay in the CPU cache
 # the standard 6-input sorting network (12 comparators, depth 5): its outputs 2 and 3 are the middle two
 _SORT6 = ((0, 5), (1, 3), (2, 4), (1, 2), (3, 4), (0, 3), (2, 5), (0, 1), (2, 3), (4, 5), (1, 2), (3, 4))
 
@@ -108,24 +108,23 @@ def dtw(cost_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     float32) and the same choice on ties (diagonal, then up, else left), computed one anti-diagonal at a time."""
     x = np.asarray(cost_matrix, np.float64)
     n, m = x.shape
-    # skewed[d, i] = x[i - 1, d - i - 1]: anti-diagonal d of the (N + 1, M + 1) cost table, inf outside it
+    # skewed tables: [d, i] is cell (i, d - i) of openai's (N + 1, M + 1) cost and trace tables (anti-diagonal d)
     skewed = np.full((n + m + 1, n + 1), np.inf)
     rows, cols = np.arange(1, n + 1)[:, None], np.arange(1, m + 1)[None, :]
-    skewed[rows + cols, np.broadcast_to(rows, (n, m))] = x
-    trace = np.zeros((n + m + 1, n + 1), np.int8)
-    before = np.full(n + 1, np.inf, np.float32)  # diagonal d - 2
-    before[0] = 0.0
-    last = np.full(n + 1, np.inf, np.float32)  # diagonal d - 1
+    skewed[rows + cols, np.broadcast_to(rows, (n, m))] = x  # inf outside the matrix: those cells cost inf
+    cost = np.full((n + m + 1, n + 1), np.inf, np.float32)
+    cost[0, 0] = 0.0
+    diagonal = np.zeros((n + m + 1, n + 1), bool)  # the step into the cell: diagonal, up, else left
+    up = np.zeros((n + m + 1, n + 1), bool)
+    smaller = np.empty(n, np.float32)
+    total = np.empty(n)
     for d in range(2, n + m + 1):
-        c0, c1, c2 = before[:-1], last[:-1], last[1:]  # cells (i-1, j-1), (i-1, j), (i, j-1) for i = 1..n
-        diagonal = (c0 < c1) & (c0 < c2)
-        up = (c1 < c0) & (c1 < c2)
-        current = np.empty(n + 1, np.float32)
-        current[0] = np.inf
-        current[1:] = skewed[d, 1:] + np.where(diagonal, c0, np.where(up, c1, c2))
-        trace[d, 1:] = 2 - 2 * diagonal - up
-        before, last = last, current
-    return _backtrace(trace, n, m)
+        c0, c1, c2 = cost[d - 2, :-1], cost[d - 1, :-1], cost[d - 1, 1:]  # cells (i-1, j-1), (i-1, j), (i, j-1)
+        np.less(c0, np.minimum(c1, c2, out=smaller), out=diagonal[d, 1:])
+        np.less(c1, np.minimum(c0, c2, out=smaller), out=up[d, 1:])
+        np.add(skewed[d, 1:], np.where(diagonal[d, 1:], c0, np.where(up[d, 1:], c1, c2)), out=total)
+        cost[d, 1:] = total  # rounded to float32, as openai's table stores it
+    return _backtrace((2 - 2 * diagonal - up).astype(np.int8), n, m)
 
 
 def _backtrace(trace: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -189,13 +188,14 @@ def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_
     """qk (n_heads, T, n_audio_ctx): one row's align.onnx scores (its padding cut off) -> (T, n_frames // 2) float32:
     softmax over the window's frames, normalised over the tokens (population std), median-filtered along time,
     averaged over the heads."""
-    weights = np.asarray(qk[:, :, : n_frames // 2], np.float32)
-    weights = np.exp(weights - weights.max(axis=-1, keepdims=True))
+    weights = np.array(qk[:, :, : n_frames // 2], np.float32)  # a copy, worked on in place
+    weights -= weights.max(axis=-1, keepdims=True)
+    np.exp(weights, out=weights)
     weights /= weights.sum(axis=-1, keepdims=True)
-    mean = weights.mean(axis=-2, keepdims=True)
     std = weights.std(axis=-2, keepdims=True)
+    weights -= weights.mean(axis=-2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):  # a frame no token attends to: 0 / 0, NaN as in openai
-        weights = (weights - mean) / std
+        weights /= std
     nan = np.isnan(weights)
     if not nan.any():
         return median_filter(weights, medfilt_width).mean(axis=0)
