@@ -43,6 +43,7 @@ from whisper_export import graph_io
 from whisper_export.backends.base import BackendError
 from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.host_mapped import CudaStream, HostMappedError
+from whisper_export.backends.ort_align import AlignRunner
 from whisper_export.backends.ort_aux import AuxGraphs
 from whisper_export.backends.ort_buffers import CacheHandle as _Cache
 from whisper_export.backends.ort_buffers import CrossHandle as _Cross
@@ -130,7 +131,7 @@ class OnnxRuntimeBackend(DevicePicking):
         self._dec_out = graph_io.decoder_outputs(n_layer, self.selects)
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._aux: AuxGraphs | None = None  # CUDA: the bundle's small graphs (ort_aux.py)
-        self._align: Any = None  # align.onnx's runner (ort_align.py), opened by the first align()
+        self._align: AlignRunner | None = None  # align.onnx (ort_align.py), opened by the first align()
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, unused
         # streamed greedy steps need the choice inside the decoder's graph; elsewhere one step at a time
         self.greedy_queue = greedy_queue if device == "cuda" and self.selects else 0
@@ -400,14 +401,10 @@ class OnnxRuntimeBackend(DevicePicking):
         self._steps.run((cross_id, *cache.sets_key(), *key), bind_all, wait)
 
     def align(self, cross: _Cross, audio_rows, tokens, lengths):
-        """Backend.align on align.onnx (ort_align.py), opened on first use; CUDA binds the cross K/V's device
-        buffers (cross.values are OrtValues) where they lie."""
+        """Backend.align on align.onnx, opened on first use (ort_align.py; CUDA: cross.values bound in place)."""
         if not isinstance(cross, _Cross):
             raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle encode() returns")
-        if self._align is None:
-            from whisper_export.backends.ort_align import AlignRunner
-
-            self._align = AlignRunner(self.bundle, self._session)
+        self._align = self._align or AlignRunner(self.bundle, self._session)
         return self._align.run(cross.values, cross.n_audio, audio_rows, tokens, lengths)
 
     def close(self) -> None:
