@@ -1,11 +1,14 @@
 """The cost of word timestamps on CPU transcription: WhisperRuntime with and without word_timestamps, in alternating
 rounds in one process (the baseline measured in the same run), greedy and beam 5, on the bundled English clips (one
-batch) and on dense speech (the clips three times over, 0.5 s apart: 30 s windows full of words), plus where the
-words' time goes (Backend.align, the numpy alignment and DTW).
+batch) and on dense speech (the clips three times over, 0.5 s apart: 30 s windows full of words), plus the time the
+word step itself takes (word_windows.time_words: Backend.align, the numpy alignment and DTW, the rules), measured
+in the same runs: on a shared machine the ratio of two totals moves with the load, the step's own time less.
 
     python benchmarks/word_timestamps_cpu.py [--bundle DIR] [--rounds 5] [--threads N]
 
-Prints one table (wall and process CPU seconds: medians over the rounds, and the ratio with/without)."""
+Prints one table: wall and process CPU seconds (medians over the rounds) without and with word timestamps and their
+ratio; per transcription with words, the seconds in the word step and in Backend.align, and the word step's share
+of the wall time without words."""
 
 from __future__ import annotations
 
@@ -55,31 +58,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
-    from whisper_export.runtime import word_windows
+    from whisper_export.runtime import transcribe
     from whisper_export.runtime.api import WhisperRuntime
 
     runtime = WhisperRuntime.load(args.bundle, threads=args.threads)
     print(f"{runtime!r}, {args.rounds} alternating rounds")
     print(f"{'audio':<22} {'decoding':<8} {'wall off':>9} {'wall on':>8} {'ratio':>6} {'cpu off':>8} {'cpu on':>7} "
-          f"{'ratio':>6} {'align':>6} {'numpy':>6}")
+          f"{'ratio':>6} {'words':>6} {'align':>6} {'share':>6}")
     for name, audios in _audios().items():
         for mode, options in (("greedy", {}), ("beam 5", {"beam_size": 5})):
             options = dict(options, temperature=0.0)
             runtime.transcribe_batch(audios, word_timestamps=True, **options)  # warm: sessions, caches
             times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
             align = _Timed(runtime.backend, "align")
-            numpy_part = _Timed(word_windows, "find_alignment")
+            step = _Timed(transcribe, "time_words")
             for _ in range(args.rounds):
                 for words in (False, True):
                     wall, cpu = time.perf_counter(), time.process_time()
                     runtime.transcribe_batch(audios, word_timestamps=words, **options)
                     times[words].append((time.perf_counter() - wall, time.process_time() - cpu))
             align.remove()
-            numpy_part.remove()
+            step.remove()
             off, on = ([statistics.median(t[k] for t in times[w]) for k in (0, 1)] for w in (False, True))
             print(f"{name:<22} {mode:<8} {off[0]:>9.3f} {on[0]:>8.3f} {on[0] / off[0]:>6.3f} {off[1]:>8.3f} "
-                  f"{on[1]:>7.3f} {on[1] / off[1]:>6.3f} {align.seconds / args.rounds:>6.3f} "
-                  f"{numpy_part.seconds / args.rounds:>6.3f}")
+                  f"{on[1]:>7.3f} {on[1] / off[1]:>6.3f} {step.seconds / args.rounds:>6.3f} "
+                  f"{align.seconds / args.rounds:>6.3f} {step.seconds / args.rounds / off[0]:>6.1%}")
     runtime.close()
 
 

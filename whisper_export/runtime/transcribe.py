@@ -180,9 +180,11 @@ class _Job:
                 duration = (int(stamps[-1]) - ts_begin) * precision
             pieces.append((time_offset, time_offset + duration, tokens.tolist()))
             self.seek += size
-        window = WindowWords(cross_row, self.language or "en", window_seek, self.seek, size, self.content_frames,
-                             single_timestamp_ending, [SegmentWords(*piece) for piece in pieces],
-                             self.last_speech_timestamp)
+        window = WindowWords(cross_row=cross_row, language=self.language or "en", previous_seek=window_seek,
+                             seek=self.seek, n_frames=size, content_frames=self.content_frames,
+                             single_timestamp_ending=single_timestamp_ending,
+                             segments=[SegmentWords(*piece) for piece in pieces],
+                             last_speech_timestamp=self.last_speech_timestamp)
         if options.word_timestamps:
             return window
         self.commit(window, result, tokenizer, options)
