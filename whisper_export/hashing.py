@@ -1,6 +1,6 @@
 """File hashing and the user cache directory: the ground that bundles, packaged weights and engines share.
 
-Imports nothing of whisper_export, so reference_model and engines can use it without the runtime.
+Imports only whisper_export.atomic, so reference_model and engines can use it without the runtime.
 """
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
+
+from whisper_export.atomic import write_text_atomic
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -90,15 +91,12 @@ class HashCache:
             self.dirty = True
 
     def save(self) -> None:
-        """Write atomically (temp file + rename); a cache that cannot be written is simply not kept."""
+        """Write atomically (whisper_export.atomic); a cache that cannot be written is simply not kept."""
         if not (self.enabled and self.dirty):
             return
         entries = list(self.entries.items())[-HASH_CACHE_MAX_ENTRIES:]  # insertion order: oldest first
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(dict(entries), f)
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(dict(entries)))
         except OSError:
             pass

@@ -194,42 +194,43 @@ def test_runner_infer_on_fake_device_matches_onnxruntime(built_bundle):
 
 
 def test_backend_decode_loop_on_fake_device_matches_the_onnxruntime_backend(built_bundle):
-    """Prompt step, then beam-reordered steps: ping-pong caches and device-resident cross K/V."""
+    """A pool of two audio slots x 3 beams: prompts written into one slot's rows at a time (staged copies), then
+    whole-pool steps with beam reorders (ping-pong sets) and device-resident cross K/V in their slots: the
+    logits of the onnxruntime backend, bit for bit."""
     from engine_fakes import FakeDevice, FakeRunner
-    from whisper_export.backends.tensorrt.backend import TensorRTBackend
-    from whisper_export.backends.base import BackendError
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.backends.step import StepRequest
+    from whisper_export.backends.tensorrt.backend import TensorRTBackend
 
     rng = np.random.default_rng(1)
     mel = rng.standard_normal((2, 80, 3000)).astype(np.float32)
     n_audio, beams, capacity = 2, 3, 24
     rows = n_audio * beams
-    prompt = np.repeat(np.array([[50257, 50362, 440, 1049]]), rows, axis=0).astype(np.int64)
+    prompt = np.repeat(np.array([[50257, 50362, 440, 1049]]), beams, axis=0).astype(np.int64)
     device = FakeDevice()
     with TensorRTBackend(built_bundle.path, device=device, runner_factory=FakeRunner) as trt_backend, \
             OnnxRuntimeBackend(built_bundle.path) as ort_backend:
         states = []
         for backend in (trt_backend, ort_backend):
-            cross = backend.encode(mel)
-            states.append([cross, backend.new_cache(rows, capacity)])
-        tokens, offsets = prompt, np.zeros(rows, np.int64)
-        index, positions = np.arange(rows, dtype=np.int64), np.array([0, 3], np.int64)
+            cross = backend.new_cross(n_audio)
+            backend.encode(mel[::-1].copy(), into=cross, slots=[1, 0])  # window i into slot 1 - i
+            states.append((cross, backend.new_cache(rows, capacity)))
+        outs = []
+        for backend, (cross, cache) in zip((trt_backend, ort_backend), states):
+            prompts = [backend.step(StepRequest(prompt, np.zeros(beams, np.int64), slot * beams, beams,
+                                                positions=np.array([0, 3])), cache, cross).logits for slot in (1, 0)]
+            outs.append(np.concatenate(prompts[::-1]))
+        np.testing.assert_array_equal(outs[0], outs[1], err_msg="prompts")
+        tokens, offsets = outs[0][:, -1].argmax(-1)[:, None].astype(np.int64), np.full(rows, 4, np.int64)
+        sources = None
         for step in range(5):
-            outs = []
-            for backend, state in zip((trt_backend, ort_backend), states):
-                logits, state[1] = backend.decode(tokens, offsets, index, positions, state[1], state[0])
-                outs.append(logits)
+            outs = [backend.step(StepRequest(tokens, offsets, group=beams, sources=sources), cache, cross).logits
+                    for backend, (cross, cache) in zip((trt_backend, ort_backend), states)]
             np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"step {step}")
-            offsets = offsets + tokens.shape[1]
+            offsets = offsets + 1
             tokens = outs[0][:, -1].argmax(-1)[:, None].astype(np.int64)
-            # a beam reorder inside each audio: rows continue other rows' caches
-            index = np.array([1, 1, 0, 5, 3, 3], np.int64)
-            positions = np.array([0], np.int64)
+            sources = np.array([1, 1, 0, 5, 3, 3], np.int64)  # a beam reorder inside each audio
         assert trt_backend.decoder.ort_context.profile == 0  # the steps ran on the step profile
-        stale = states[0][1]
-        _, states[0][1] = trt_backend.decode(tokens, offsets, index, positions, stale, states[0][0])
-        with pytest.raises(BackendError, match="consumed by an earlier decode"):
-            trt_backend.decode(tokens, offsets, index, positions, stale, states[0][0])
         with pytest.raises(ValueError, match=r"rows <= 80 and capacity <= 448 \(the decoder engine's profile\)"):
             trt_backend.new_cache(81, 32)
         with pytest.raises(ValueError, match="in_mel: received shape"):
@@ -266,8 +267,9 @@ def native_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
 
 @pytest.mark.gpu
 def test_gpu_backend_matches_onnxruntime_greedy_tokens(native_bundle):
-    from whisper_export.backends.tensorrt.backend import TensorRTBackend
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.backends.step import StepRequest
+    from whisper_export.backends.tensorrt.backend import TensorRTBackend
 
     rng = np.random.default_rng(2)
     mel = (rng.standard_normal((2, 80, 3000)) * 0.3).astype(np.float32)
@@ -276,8 +278,7 @@ def test_gpu_backend_matches_onnxruntime_greedy_tokens(native_bundle):
     for backend_cls in (TensorRTBackend, OnnxRuntimeBackend):
         with backend_cls(native_bundle) as backend:
             cross, cache = backend.encode(mel), backend.new_cache(2, 32)
-            out, cache = backend.decode(tokens, np.zeros(2, np.int64), np.arange(2), np.array([1]), cache, cross)
-            logits.append(out)
+            logits.append(backend.step(StepRequest(tokens, np.zeros(2, np.int64)), cache, cross).logits)
     np.testing.assert_allclose(logits[0], logits[1], atol=0.5)
     assert (logits[0][:, -1].argmax(-1) == logits[1][:, -1].argmax(-1)).all()
 

@@ -1,33 +1,39 @@
-"""The contract every decoding backend implements (onnxruntime, torch, and TensorRT in engines/ later).
+"""The contract every decoding backend implements (onnxruntime on CPU and CUDA, torch, TensorRT).
 
-A backend owns the tensors: cross-attention K/V and self-attention caches are opaque handles that may
-live on a GPU; only logits come back to the host as numpy. The decoding loop (decoding.py) never looks
-inside them, so a new backend slots in by implementing these five members.
+A backend owns the tensors: cross-attention K/V and self-attention caches are opaque handles that may live on
+a GPU. It has
+    encode(mel, into=None, slots=None)  the encoder: cross K/V for each window, in a new handle or written into
+                                        given slots of an existing one (a pool)
+    new_cross(slots) / new_cache(rows, capacity)
+                                        empty handles: a pool of cross K/V slots, a pool of cache rows
+    step(request, cache, cross)         one decoder call on a range of cache rows, updating them in place, and
+                                        returning what the request picks (backends/step.py)
+    close()
+The decoding loop never looks inside a handle, so a new backend slots in by implementing encode, new_cross,
+new_cache and _decode (the raw decoder call returning logits): step's default picks from those logits in numpy
+(backends/picking.py). A GPU backend overrides step to pick on the device.
 
-Shapes (see whisper_export/graph_io.py for the graph contract they mirror):
-    mel            (n_audio, n_mels, 3000)  float32
-    tokens         (rows, n_new)            int64   rows = n_audio x beams, audio-major
-    offsets        (rows,)                  int64   cache position of each row's first new token
-    cache_index    (rows,)                  int64   which cache row each row continues (beam reorder); the
-                                                    backend reorders its caches before the step when this is
-                                                    not the identity (the decoder graph does not gather them)
-    logit_positions (P,)                    int64   which of the n_new positions get logits
-    logits         (rows, P, n_vocab)       float32
+Shapes:
+    mel      (n_audio, n_mels, 3000)                   float32
+    cross    per layer (slots, n_head, 1500, head_dim)  the model's dtype
+    cache    per layer (rows, n_head, capacity, head_dim)
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from whisper_export.backends.picking import chosen_logprobs, top_candidates
+from whisper_export.backends.picking import Pick, pick_from_logits
+from whisper_export.backends.step import StepRequest, StepResult, check_request
 from whisper_export.dims import ModelDims
 from whisper_export.graph_io import N_FRAMES
 
-CrossKV = Any  # backend-owned encoder output (per-layer cross-attention K/V), n_audio rows
-SelfCache = Any  # backend-owned self-attention caches, (rows, n_head, capacity, head_dim) per layer
+CrossKV = Any  # backend-owned encoder outputs (per-layer cross-attention K/V) in `slots` audio slots
+SelfCache = Any  # backend-owned self-attention caches: `rows` rows of `capacity` positions per layer
 
 
 class BackendError(RuntimeError):
@@ -35,201 +41,66 @@ class BackendError(RuntimeError):
 
 
 class Backend(abc.ABC):
-    """Runs the Whisper encoder and one decoder step; see the module docstring for shapes."""
+    """Runs the Whisper encoder and decoder steps; see the module docstring and backends/step.py."""
 
     dims: ModelDims
     precision: str  # "fp32" | "fp16": the dtype of caches and cross K/V
+    max_rows: int | None = None  # the most cache rows one step may cover (an engine's profile), None: no limit
+
+    # -- the contract ----------------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def encode(self, mel: np.ndarray) -> CrossKV:
-        """mel (n_audio, n_mels, 3000) float32 -> cross K/V handle with n_audio rows."""
+    def encode(self, mel: np.ndarray, into: CrossKV | None = None, slots: Sequence[int] | None = None) -> CrossKV:
+        """mel (n, n_mels, 3000) float32 -> the cross K/V of the n windows: a new handle of n slots, or written
+        into slots[i] of `into` (then `into` is returned)."""
+
+    @abc.abstractmethod
+    def new_cross(self, slots: int) -> CrossKV:
+        """A cross K/V handle of `slots` audio slots for encode(into=...) to fill."""
 
     @abc.abstractmethod
     def new_cache(self, rows: int, capacity: int) -> SelfCache:
-        """Zeroed self-attention caches for `rows` decoder rows of `capacity` positions."""
+        """Self-attention caches for `rows` decoder rows of `capacity` positions (positions a row has not
+        written are hidden from it by the decoder's mask, so they need no clearing)."""
 
     @abc.abstractmethod
-    def decode(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_positions: np.ndarray,
-        cache: SelfCache,
-        cross: CrossKV,
-    ) -> tuple[np.ndarray, SelfCache]:
-        """One decoder step. Returns (logits (rows, P, n_vocab) float32, the updated cache).
+    def _decode(self, request: StepRequest, cache: SelfCache, cross: CrossKV) -> np.ndarray:
+        """The decoder on rows [request.start, request.stop) after reordering them by request.sources, updating
+        the cache in place: logits (R, P, V) float32 at request.logit_positions()."""
 
-        The input cache is consumed: callers must use only the returned one afterwards (backends may
-        recycle the old buffers).
-        """
+    def step(self, request: StepRequest, cache: SelfCache, cross: CrossKV) -> StepResult:
+        """One decoder call and what request.pick asks of it (backends/step.py). This default returns the logits
+        or picks from them in numpy; streamed greedy steps (pick.steps > 1) run one call per step here."""
+        self.check_request(request, cache, cross)
+        pick = request.pick
+        if pick.kind == "logits":
+            return StepResult(logits=self._decode(request, cache, cross))
+        if pick.steps == 1:
+            logits = self._decode(request, cache, cross)[:, 0]
+            return StepResult(None, *pick_from_logits(pick, logits, request.state))
+        return self._greedy_steps(request, cache, cross)
 
-    def decode_best(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_bias: np.ndarray,
-        cache: SelfCache,
-        cross: CrossKV,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """A one-token step (tokens (rows, 1)) that returns, per row, argmax(logits + logit_bias) and its
-        log-probability under log_softmax(logits + logit_bias), and the updated cache, instead of the logits.
-
-        logit_bias (n_vocab,) float32 holds 0 or -inf (the logit filters that do not depend on the tokens):
-        greedy decoding without timestamps needs nothing else from a step. This default decodes and selects
-        in numpy (bit for bit what sampling.GreedyDecoder computes); a GPU backend selects on the device and
-        copies 12 bytes per row to the host instead of 4 x n_vocab.
-        """
-        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        return (*self._best_of(biased), cache)
-
-    def _biased_step(self, tokens, offsets, cache_index, logit_bias, cache, cross) -> tuple[np.ndarray, SelfCache]:
-        """The numpy defaults' common start: a one-token step's logits + logit_bias (R, V), and the cache."""
-        self.check_logit_bias(logit_bias)
-        logits, cache = self.decode(tokens, offsets, cache_index, np.zeros(1, np.int64), cache, cross)
-        return logits[:, 0] + logit_bias, cache
-
-    @staticmethod
-    def _best_of(filtered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(argmax, its log-probability) of each row of filtered logits (R, V), as sampling.GreedyDecoder."""
-        best = filtered.argmax(axis=-1)
-        return best, chosen_logprobs(filtered, best)
-
-    def decode_top(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_bias: np.ndarray,
-        k: int,
-        cache: SelfCache,
-        cross: CrossKV,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """A one-token step that returns, per row, the k best tokens of logits + logit_bias (R, k) int64, best
-        first and the lowest id first on ties, their log-probabilities under log_softmax(logits + logit_bias)
-        (R, k) float32, and the updated cache: a beam search's candidates (BeamSearchDecoder.update_top). This
-        default selects in numpy (sampling.top_candidates); a GPU backend selects on the device."""
-        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        return (*top_candidates(biased, k), cache)
-
-    def decode_best_limited(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_bias: np.ndarray,
-        state: np.ndarray,
-        rules: Any,
-        cache: SelfCache,
-        cross: CrossKV,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """decode_best with openai's timestamp rules after the first sampled step: logits + logit_bias, then
-        rules.apply_limits(rules.limits_of(state)) for each row's timestamp state (R, 3)
-        (sampling.ApplyTimestampRules.state) and rules.prefer_timestamps, then the argmax and its
-        log-probability, bit for bit what the logit filters and GreedyDecoder compute on host logits. This
-        default does exactly that in numpy; a GPU backend applies the rules on the device
-        (timestamp_rules.onnx)."""
-        filtered, cache = self._ruled_step(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
-        return (*self._best_of(filtered), cache)
-
-    def _ruled_step(self, tokens, offsets, cache_index, logit_bias, state, rules, cache, cross):
-        """The timestamp defaults' common start: a one-token step's logits + logit_bias under the timestamp rules
-        of each row's state (R, 3): rules.apply_limits(limits_of(state)), then rules.prefer_timestamps."""
-        self.check_timestamp_state(state, tokens.shape[0])
-        biased, cache = self._biased_step(tokens, offsets, cache_index, logit_bias, cache, cross)
-        rules.apply_limits(biased, rules.limits_of(state))
-        rules.prefer_timestamps(biased)
-        return biased, cache
-
-    def decode_top_limited(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_bias: np.ndarray,
-        state: np.ndarray,
-        rules: Any,
-        k: int,
-        cache: SelfCache,
-        cross: CrossKV,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """decode_top under the timestamp rules of each row's state (R, 3), filtered as decode_best_limited
-        filters: a beam search's candidates with timestamps. This default does it in numpy on the logits (bit for
-        bit the logit filters and BeamSearchDecoder on host logits); a GPU backend on the device
-        (timestamp_top.onnx)."""
-        filtered, cache = self._ruled_step(tokens, offsets, cache_index, logit_bias, state, rules, cache, cross)
-        return (*top_candidates(filtered, k), cache)
-
-    def decode_greedy(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        logit_bias: np.ndarray,
-        cache: SelfCache,
-        cross: CrossKV,
-        steps: int,
-        stop_token: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """Up to `steps` greedy one-token steps, each fed the previous one's choice: step 0 takes tokens (rows, 1)
-        at offsets, step j the token step j - 1 chose at offsets + j. Returns the chosen tokens (rows, k) int64,
-        their log-probabilities (rows, k) float32 (as decode_best) and the updated cache, which holds all k.
-
-        k = steps unless every row has chosen stop_token; then k is at least the step where the last row chose
-        it (a backend that queues steps ahead finishes those too). The caller drops what follows a row's stop
-        token. This default is decode_best step by step, stopping at once; a GPU backend streams the steps on
-        the device and reads their choices without synchronising (ort_greedy.py)."""
-        identity = np.arange(tokens.shape[0], dtype=np.int64)
-
-        def step(j: int, tokens: np.ndarray, cache: SelfCache):
-            return self.decode_best(tokens, offsets + j, identity, logit_bias, cache, cross)
-
-        return self._step_by_step(step, tokens, cache, steps, stop_token)
-
-    def decode_greedy_limited(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        logit_bias: np.ndarray,
-        state: np.ndarray,
-        rules: Any,
-        cache: SelfCache,
-        cross: CrossKV,
-        steps: int,
-        stop_token: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """decode_greedy under the timestamp rules: each step is decode_best_limited from the timestamp state
-        (R, 3) of the rows so far, which the step's choice moves on (rules.next_state); the rows must have
-        sampled a token already. Same returns and stop rule as decode_greedy. This default runs
-        decode_best_limited step by step; a GPU backend streams the steps, the state moving on on the device."""
-        identity = np.arange(tokens.shape[0], dtype=np.int64)
-        states = [state]  # step j's
-
-        def step(j: int, tokens: np.ndarray, cache: SelfCache):
-            best, logprob, cache = self.decode_best_limited(tokens, offsets + j, identity, logit_bias, states[j],
-                                                            rules, cache, cross)
-            states.append(rules.next_state(states[j], best))
-            return best, logprob, cache
-
-        return self._step_by_step(step, tokens, cache, steps, stop_token)
-
-    def _step_by_step(self, step, tokens: np.ndarray, cache: SelfCache, steps: int,
-                      stop_token: int | None) -> tuple[np.ndarray, np.ndarray, SelfCache]:
-        """The greedy defaults' loop: step(j, tokens (rows, 1), cache) -> (best, log-probability, cache), each
-        step fed the previous one's choice, until `steps` or every row has chosen stop_token."""
-        self.check_greedy(tokens, steps)
-        stopped = np.zeros(tokens.shape[0], dtype=bool)
+    def _greedy_steps(self, request: StepRequest, cache: SelfCache, cross: CrossKV) -> StepResult:
+        """pick.steps greedy steps one call at a time, each fed the previous choice (and, under the timestamp
+        rules, the state it moves on to), until every live row has chosen pick.stop_token."""
+        pick, state = request.pick, request.state
+        one = Pick("best", bias=pick.bias, rules=pick.rules)
+        stopped = ~request.live_rows()
+        tokens, offsets = request.tokens, request.offsets
         chosen, logprobs = [], []
-        for j in range(steps):
-            best, logprob, cache = step(j, tokens, cache)
-            chosen.append(best)
-            logprobs.append(logprob)
-            tokens = best.astype(np.int64)[:, None]
-            if stop_token is not None:
-                stopped |= best == stop_token
+        for j in range(pick.steps):
+            one_step = StepRequest(tokens, offsets + j, request.start, request.group, None, one, state=state)
+            best, logprob = pick_from_logits(one, self._decode(one_step, cache, cross)[:, 0], state)
+            chosen.append(best[:, 0])
+            logprobs.append(logprob[:, 0])
+            tokens = best
+            if pick.rules is not None:
+                state = pick.rules.next_state(state, best[:, 0])
+            if pick.stop_token is not None:
+                stopped |= best[:, 0] == pick.stop_token
                 if stopped.all():
                     break
-        return np.stack(chosen, axis=1).astype(np.int64), np.stack(logprobs, axis=1).astype(np.float32), cache
+        return StepResult(None, np.stack(chosen, axis=1), np.stack(logprobs, axis=1).astype(np.float32))
 
     def align(self, cross: CrossKV, audio_rows: np.ndarray, tokens: np.ndarray,
               lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -254,48 +125,34 @@ class Backend(abc.ABC):
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @staticmethod
-    def reorders(cache_index: np.ndarray) -> bool:
-        """Whether a step's rows continue other rows' caches (a beam reorder) rather than their own."""
-        return not np.array_equal(cache_index, np.arange(cache_index.shape[0]))
+    # -- validation shared by implementations: messages name the tensor, received and expected ----------
 
-    # -- validation shared by implementations: messages name the tensor, received and expected ----
+    def check_request(self, request: StepRequest, cache: Any, cross: Any) -> None:
+        check_request(request, self.dims.n_vocab, cache.rows, cache.capacity, cross.slots)
 
     def check_new_cache(self, rows: int, capacity: int) -> None:
-        if rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
+        if not isinstance(rows, int) or rows < 1 or not 1 <= capacity <= self.dims.n_text_ctx:
             raise ValueError(
                 f"new_cache: received rows={rows}, capacity={capacity}, expected rows >= 1 and "
                 f"1 <= capacity <= n_text_ctx={self.dims.n_text_ctx}"
             )
 
     @staticmethod
+    def check_new_cross(slots: int) -> None:
+        if not isinstance(slots, int) or slots < 1:
+            raise ValueError(f"new_cross: received slots={slots!r}, expected an int >= 1")
+
+    @staticmethod
     def check_handles(cache: Any, cross: Any, cache_type: type, cross_type: type) -> None:
-        """decode() takes only the handles this backend's own new_cache() and encode() returned."""
+        """step() takes only the handles this backend's own new_cache()/new_cross()/encode() returned."""
         if not isinstance(cache, cache_type) or not isinstance(cross, cross_type):
             raise TypeError(
-                f"decode: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
+                f"step: received cache {type(cache).__name__} and cross {type(cross).__name__}, expected the "
                 "handles this backend's new_cache() and encode() return"
             )
 
-    def check_logit_bias(self, logit_bias: np.ndarray) -> None:
-        if not isinstance(logit_bias, np.ndarray) or logit_bias.shape != (self.dims.n_vocab,):
-            raise ValueError(f"logit_bias: received {getattr(logit_bias, 'shape', type(logit_bias).__name__)}, "
-                             f"expected a ({self.dims.n_vocab},) float32 array")
-
-    @staticmethod
-    def check_timestamp_state(state: np.ndarray, rows: int) -> None:
-        if state.shape != (rows, 3) or state.dtype != np.int64:
-            raise ValueError(f"timestamp state: received {state.dtype} {state.shape}, expected int64 ({rows}, 3)")
-
-    @staticmethod
-    def check_greedy(tokens: np.ndarray, steps: int) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps: received {steps!r}, expected an int >= 1")
-        if getattr(tokens, "ndim", 0) != 2 or tokens.shape[1] != 1:
-            raise ValueError(f"in_tokens: received shape {getattr(tokens, 'shape', None)}, expected (rows, 1): greedy "
-                             "steps take one token per row")
-
-    def check_mel(self, mel: np.ndarray) -> None:
+    def check_encode(self, mel: np.ndarray, into: Any, slots: Sequence[int] | None, cross_type: type) -> list[int]:
+        """The checks of encode(); returns the slots written (0..n-1 of a new handle when into is None)."""
         expected = f"(n_audio, {self.dims.n_mels}, {N_FRAMES}) float32"
         if not isinstance(mel, np.ndarray):
             raise TypeError(f"in_mel: received {type(mel).__name__}, expected a numpy array {expected}")
@@ -303,58 +160,14 @@ class Backend(abc.ABC):
             raise ValueError(f"in_mel: received dtype {mel.dtype}, expected float32")
         if mel.ndim != 3 or mel.shape[1:] != (self.dims.n_mels, N_FRAMES) or mel.shape[0] < 1:
             raise ValueError(f"in_mel: received shape {mel.shape}, expected {expected}")
-
-    def check_step(
-        self,
-        tokens: np.ndarray,
-        offsets: np.ndarray,
-        cache_index: np.ndarray,
-        logit_positions: np.ndarray,
-        rows: int,
-        capacity: int,
-        n_audio: int,
-    ) -> None:
-        """rows/capacity come from the cache, n_audio from the cross K/V."""
-        for name, value, ndim in (
-            ("in_tokens", tokens, 2),
-            ("in_offsets", offsets, 1),
-            ("in_cache_index", cache_index, 1),
-            ("in_logit_positions", logit_positions, 1),
-        ):
-            if not isinstance(value, np.ndarray):
-                raise TypeError(f"{name}: received {type(value).__name__}, expected a numpy int64 array")
-            if value.dtype != np.int64:
-                raise ValueError(f"{name}: received dtype {value.dtype}, expected int64")
-            if value.ndim != ndim:
-                raise ValueError(f"{name}: received shape {value.shape}, expected {ndim} dimension(s)")
-        n_new = tokens.shape[1]
-        if tokens.shape[0] != rows or n_new < 1:
-            raise ValueError(f"in_tokens: received shape {tokens.shape}, expected ({rows}, n_new >= 1) (cache rows)")
-        if rows % n_audio:
-            raise ValueError(
-                f"in_tokens: received {rows} rows for {n_audio} audios, expected a multiple of n_audio "
-                "(rows = n_audio x beams, audio-major)"
-            )
-        for name, value in (("in_offsets", offsets), ("in_cache_index", cache_index)):
-            if value.shape != (rows,):
-                raise ValueError(f"{name}: received shape {value.shape}, expected ({rows},)")
-        if tokens.min() < 0 or tokens.max() >= self.dims.n_vocab:
-            raise ValueError(f"in_tokens: received ids {tokens.min()}..{tokens.max()}, expected 0..{self.dims.n_vocab - 1}")
-        if offsets.min() < 0 or offsets.max() + n_new > capacity:
-            raise ValueError(
-                f"in_offsets: received {offsets.min()}..{offsets.max()} with {n_new} new tokens, "
-                f"expected offset + n_new <= cache capacity {capacity}"
-            )
-        if cache_index.min() < 0 or cache_index.max() >= rows:
-            raise ValueError(f"in_cache_index: received {cache_index.min()}..{cache_index.max()}, expected 0..{rows - 1}")
-        # beams never move between audios: cross K/V row r // beams must stay the same
-        beams = rows // n_audio
-        if np.any(cache_index // beams != np.arange(rows) // beams):
-            raise ValueError(
-                f"in_cache_index: received {cache_index.tolist()}, expected each row to continue a row "
-                f"of the same audio ({beams} rows per audio)"
-            )
-        if logit_positions.size < 1 or logit_positions.min() < 0 or logit_positions.max() >= n_new:
-            raise ValueError(
-                f"in_logit_positions: received {logit_positions.tolist()}, expected 1+ positions in 0..{n_new - 1}"
-            )
+        if into is None:
+            if slots is not None:
+                raise ValueError("encode: received slots without a cross handle to write them into")
+            return list(range(mel.shape[0]))
+        if not isinstance(into, cross_type):
+            raise TypeError(f"encode: received into={type(into).__name__}, expected a handle of this backend's")
+        slots = [int(s) for s in (slots if slots is not None else range(mel.shape[0]))]
+        if len(slots) != mel.shape[0] or len(set(slots)) != len(slots) or min(slots) < 0 or max(slots) >= into.slots:
+            raise ValueError(f"encode slots: received {slots} for {mel.shape[0]} windows, expected as many distinct "
+                             f"slots in 0..{into.slots - 1}")
+        return slots

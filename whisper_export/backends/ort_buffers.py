@@ -56,30 +56,33 @@ class Lease:
 
 @dataclass
 class CrossHandle:
-    values: list[Any]  # numpy arrays (CPU) or OrtValues on the device (CUDA), in graph_io.cross_inputs order
-    n_audio: int
-    lease: Lease | None = field(default=None, repr=False)  # CUDA: the pooled buffers the values live in
+    values: list[Any]  # OrtValues on the device (slots, H, n_audio_ctx, hd), graph_io.cross_inputs order
+    slots: int
+    lease: Lease | None = field(default=None, repr=False)  # the pooled buffers the values live in
 
 
-@dataclass
 class CacheHandle:
-    values: list[Any]  # in graph_io.self_inputs order
-    rows: int
-    capacity: int
-    spare: list[Any] | None = field(default=None)  # CUDA: the output buffers of the next step
-    # CUDA: the pooled pair of sets [A, B] and which one `values` is (0: A, 1: B)
-    lease: tuple[Lease, Lease] | None = field(default=None, repr=False)
-    side: int = 0
+    """A pair of cache sets [A, B] of (rows, capacity), one of them current: steps update the current set in
+    place; a beam reorder writes the current set's rows, reordered, into the other one, which becomes current."""
 
-    def swapped(self) -> "CacheHandle":
-        """CUDA: the same pair with the other set current (after a step or a reorder wrote into it)."""
-        assert self.spare is not None and self.lease is not None, "CUDA caches come in pairs (new_cache)"
-        return CacheHandle(self.spare, self.rows, self.capacity, self.values, self.lease, 1 - self.side)
+    def __init__(self, sets: tuple[Lease, Lease], rows: int, capacity: int):
+        self.sets, self.rows, self.capacity, self.side = sets, rows, capacity, 0
+
+    @property
+    def values(self) -> list[Any]:
+        return self.sets[self.side].buffers.values
+
+    @property
+    def spare(self) -> list[Any]:
+        return self.sets[1 - self.side].buffers.values
+
+    def flip(self) -> None:
+        """The other set is current (after a reorder wrote into it)."""
+        self.side = 1 - self.side
 
     def sets_key(self) -> tuple[int, int, int, int]:
-        """CUDA: (rows, capacity, current set id, spare set id): what a binding over this pair is bound to."""
-        assert self.lease is not None, "CUDA caches come from the pool (new_cache)"
-        return self.rows, self.capacity, self.lease[self.side].buffers.id, self.lease[1 - self.side].buffers.id
+        """(rows, capacity, current set id, spare set id): what a binding over this pair is bound to."""
+        return self.rows, self.capacity, self.sets[self.side].buffers.id, self.sets[1 - self.side].buffers.id
 
 
 @dataclass
@@ -132,9 +135,9 @@ class DeviceBuffers:
         return value
 
     def _make_cross(self, key: tuple) -> list[Any]:
-        (n_audio,) = key
+        (slots,) = key
         d = self.dims
-        shape = (n_audio, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
+        shape = (slots, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
         return [self.empty(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
 
     def _make_cache(self, key: tuple) -> list[Any]:

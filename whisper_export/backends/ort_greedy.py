@@ -106,15 +106,16 @@ class GreedyStream:
         return chosen.copy(), logprobs.copy()
 
     def run(self, queue_step: Callable[[int], None], tokens: np.ndarray, offsets: np.ndarray, steps: int,
-            stop_token: int | None, state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            stop_token: int | None, state: np.ndarray | None = None,
+            live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Up to `steps` steps from tokens (rows, 1) at offsets (and timestamp state (rows, 3)), queue_step(slot)
-        queueing one on the device without waiting; stops queueing once every row has chosen stop_token and
-        returns when every queued step has finished (so the ring is free again): (chosen (rows, k) int64,
-        log-probabilities (rows, k) float32)."""
+        queueing one on the device without waiting; stops queueing once every live row (live (rows,) bool; None:
+        all) has chosen stop_token and returns when every queued step has finished (so the ring is free again):
+        (chosen (rows, k) int64, log-probabilities (rows, k) float32)."""
         self._drain()
         chosen = np.empty((self.rows, steps), np.int64)
         logprobs = np.empty((self.rows, steps), np.float32)
-        stopped = np.zeros(self.rows, dtype=bool)
+        stopped = np.zeros(self.rows, dtype=bool) if live is None else ~live
         self.start(tokens, state)
         queued = done = 0
         try:

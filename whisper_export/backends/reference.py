@@ -12,18 +12,19 @@ from typing import Any
 import numpy as np
 
 from whisper_export.backends.base import Backend
+from whisper_export.backends.step import StepRequest
 
 
 @dataclass
 class _Cross:
-    k: list[Any]  # torch tensors (n_audio, H, 1500, hd), one per layer
+    k: list[Any]  # torch tensors (slots, H, 1500, hd), one per layer
     v: list[Any]
-    n_audio: int
+    slots: int
 
 
 @dataclass
 class _Cache:
-    k: list[Any]  # torch tensors (rows, H, capacity, hd), one per layer
+    k: list[Any]  # torch tensors (rows, H, capacity, hd), one per layer, updated in place
     v: list[Any]
     rows: int
     capacity: int
@@ -47,26 +48,43 @@ class TorchBackend(Backend):
         self.precision = "fp32"
         self.model = Whisper.from_state_dict(self.dims, self.checkpoint.state)
 
-    def encode(self, mel: np.ndarray) -> _Cross:
-        self.check_mel(mel)
+    def new_cross(self, slots: int) -> _Cross:
+        self.check_new_cross(slots)
+        d = self.dims
+        shape = (slots, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
+        return _Cross([self._torch.zeros(shape) for _ in range(d.n_text_layer)],
+                      [self._torch.zeros(shape) for _ in range(d.n_text_layer)], slots)
+
+    def encode(self, mel: np.ndarray, into: _Cross | None = None, slots=None) -> _Cross:
+        written = self.check_encode(mel, into, slots, _Cross)
         with self._torch.inference_mode():
             k, v = self.model.encode(self._torch.from_numpy(mel))
-        return _Cross(k, v, mel.shape[0])
+        if into is None:
+            return _Cross(k, v, mel.shape[0])
+        index = self._torch.as_tensor(written)
+        for pool, new in zip(into.k + into.v, k + v):
+            pool[index] = new
+        return into
 
     def new_cache(self, rows: int, capacity: int) -> _Cache:
         self.check_new_cache(rows, capacity)
         k, v = self.model.empty_cache(rows, capacity)
         return _Cache(k, v, rows, capacity)
 
-    def decode(self, tokens, offsets, cache_index, logit_positions, cache: _Cache, cross: _Cross):
+    def _decode(self, request: StepRequest, cache: _Cache, cross: _Cross) -> np.ndarray:
         self.check_handles(cache, cross, _Cache, _Cross)
-        self.check_step(tokens, offsets, cache_index, logit_positions, cache.rows, cache.capacity, cross.n_audio)
         t = self._torch.from_numpy
+        start, stop, g = request.start, request.stop, request.group
+        index = request.cache_index()
+        cache_index = t(index) if index is not None else self._torch.arange(request.rows)
         with self._torch.inference_mode():
             logits, k, v = self.model.decoder(
-                t(tokens), t(offsets), t(cache_index), cache.k, cache.v, cross.k, cross.v, t(logit_positions)
-            )
-        return logits.numpy(), _Cache(k, v, cache.rows, cache.capacity)
+                t(request.tokens), t(request.offsets), cache_index, [c[start:stop] for c in cache.k],
+                [c[start:stop] for c in cache.v], [c[start // g : stop // g] for c in cross.k],
+                [c[start // g : stop // g] for c in cross.v], t(request.logit_positions()))
+            for pool, new in zip(cache.k + cache.v, k + v):
+                pool[start:stop] = new
+        return logits.numpy()
 
     def align(self, cross: _Cross, audio_rows, tokens, lengths):
         """Backend.align on the PyTorch decoder (reference_model.alignment: hooks on its cross-attention)."""
@@ -76,7 +94,7 @@ class TorchBackend(Backend):
 
         if not isinstance(cross, _Cross):
             raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle encode() returns")
-        check_align_request(self.dims, cross.n_audio, audio_rows, tokens, lengths)
+        check_align_request(self.dims, cross.slots, audio_rows, tokens, lengths)
         if getattr(self, "_align_setup", None) is None:  # the heads export would write, the tokenizer's eot
             self._align_setup = resolve_alignment_heads(self.checkpoint)[0], self.tokenizer().special.eot
         heads, eot = self._align_setup

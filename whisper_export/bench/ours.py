@@ -11,34 +11,20 @@ from whisper_export.bench.common import _now, timed
 
 
 class CountingBackend:
-    """Wraps a Backend and counts decoder steps (for ms/step of the real decoding loop)."""
-
-    _ONE_STEP = ("decode", "decode_best", "decode_top", "decode_best_limited", "decode_top_limited")  # one step each
+    """Wraps a Backend and counts decoder steps (for ms/step of the real decoding loop): one per step() call,
+    or as many as a streamed greedy call ran (those queued after an eot too, not the steps asked for)."""
 
     def __init__(self, backend):
         self.inner = backend
         self.steps = 0
 
     def __getattr__(self, name):
-        attr = getattr(self.inner, name)
-        if name not in self._ONE_STEP:
-            return attr
+        return getattr(self.inner, name)
 
-        def counted(*args):
-            self.steps += 1
-            return attr(*args)
-
-        return counted
-
-    def decode_greedy(self, *args):
-        chosen, logprobs, cache = self.inner.decode_greedy(*args)
-        self.steps += chosen.shape[1]  # the steps run (those queued after an eot too), not the steps asked for
-        return chosen, logprobs, cache
-
-    def decode_greedy_limited(self, *args):
-        chosen, logprobs, cache = self.inner.decode_greedy_limited(*args)
-        self.steps += chosen.shape[1]
-        return chosen, logprobs, cache
+    def step(self, request, cache, cross):
+        result = self.inner.step(request, cache, cross)
+        self.steps += result.tokens.shape[1] if request.pick.kind == "best" else 1
+        return result
 
 
 def ours_encoder_ms(backend, mel1, repeats: int) -> dict[str, float]:
@@ -48,22 +34,21 @@ def ours_encoder_ms(backend, mel1, repeats: int) -> dict[str, float]:
 
 
 def ours_decode(backend, tokenizer, mel, options, repeats: int, one_by_one: bool) -> dict[str, Any]:
-    """Decode windows from their encoder output (computed once, outside the timing).
+    """Decode windows (the encoder runs inside the timing: each window's cross K/V go into its pool slot).
 
     one_by_one: each window alone (batch 1), times summed; else all windows in one batch.
     Returns ms/token (tokens = sampled tokens + eot per audio), tokens/s, ms/step, and the tokens.
     """
     import numpy as np
 
-    from whisper_export.runtime.decoding import DecodingTask
+    from whisper_export.runtime.scheduler import decode
 
     counting = CountingBackend(backend)
-    groups = [mel[i : i + 1] for i in range(len(mel))] if one_by_one else [mel]
-    crosses = [(backend.encode(np.ascontiguousarray(m)), m.shape[0]) for m in groups]
+    groups = [np.ascontiguousarray(mel[i : i + 1]) for i in range(len(mel))] if one_by_one else [mel]
 
     def run():
         counting.steps = 0
-        return [DecodingTask(counting, tokenizer, options).run(cross, n) for cross, n in crosses]
+        return [decode(counting, tokenizer, m, options) for m in groups]
 
     stats, results = timed(run, repeats)
     steps = counting.steps
@@ -84,25 +69,28 @@ def ours_decode(backend, tokenizer, mel, options, repeats: int, one_by_one: bool
 
 def ours_step_loop(backend, mel_row, rows: int, prompt: list[int], n_steps: int, repeats: int) -> dict[str, float]:
     """ms per decoder step for `rows` audios decoding n_steps tokens each (argmax feedback, no eot stop):
-    the backend's raw step cost through one Backend.decode_greedy call, the path greedy decoding without
+    the backend's raw step cost through one streamed greedy request, the path greedy decoding without
     timestamps takes (a GPU backend picks the token on the device and, with a decoder that chooses in its own
     graph, feeds it to the next step there; the CPU one picks in numpy)."""
     import numpy as np
 
+    from whisper_export.backends.picking import Pick
+    from whisper_export.backends.step import StepRequest
+
     mel = np.ascontiguousarray(np.repeat(mel_row, rows, axis=0))
     cross = backend.encode(mel)
     capacity = min(backend.dims.n_text_ctx, len(prompt) + n_steps + 1)
-    index = np.arange(rows, dtype=np.int64)
-    no_bias = np.zeros(backend.dims.n_vocab, np.float32)
+    pick = Pick("best", bias=np.zeros(backend.dims.n_vocab, np.float32), steps=n_steps)
     start = np.asarray([prompt] * rows, dtype=np.int64)
 
     def run():
         cache = backend.new_cache(rows, capacity)
-        logits, cache = backend.decode(start, np.zeros(rows, np.int64), index, np.asarray([len(prompt) - 1]), cache, cross)
+        prompt_step = StepRequest(start, np.zeros(rows, np.int64), positions=np.asarray([len(prompt) - 1]))
+        logits = backend.step(prompt_step, cache, cross).logits
         token = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
         t = _now()
-        chosen, _, cache = backend.decode_greedy(token, np.full(rows, len(prompt), dtype=np.int64), no_bias, cache,
-                                                 cross, n_steps)
+        request = StepRequest(token, np.full(rows, len(prompt), dtype=np.int64), pick=pick)
+        chosen = backend.step(request, cache, cross).tokens
         assert chosen.shape == (rows, n_steps)
         return _now() - t
 

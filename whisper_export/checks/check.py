@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from whisper_export import graph_io as io
-from whisper_export.bundle import Bundle
+from whisper_export.backends.picking import TimestampRules, chosen_logprobs, top_candidates
+from whisper_export.bundle import Bundle, BundleError
 from whisper_export.checks.tolerances import TOLERANCES, Tolerance
 
 
@@ -77,6 +78,18 @@ def _merge(rows: list[Row], graph: str, output: str) -> list[Row]:
                 min(r.cosine for r in rows), worst.tolerance, worst.min_cosine)]
 
 
+def _session(path: Path, options=None):
+    """An onnxruntime CPU session; a graph onnxruntime cannot load is a bad bundle (one-line BundleError)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime's error classes derive from Exception only
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise BundleError(f"bundle {str(path.parent)!r}: onnxruntime cannot load {path.name} ({reason}); "
+                          "re-export the bundle") from None
+
+
 def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 20) -> list[Row]:
     """Encoder on random mel; decoder over a teacher-forced greedy rollout from different offsets."""
     import onnxruntime as ort
@@ -87,8 +100,8 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     dtype = io.PRECISIONS[bundle.precision]
     rng = np.random.default_rng(seed)
     opts = ort.SessionOptions()
-    enc = ort.InferenceSession(str(bundle.encoder_path), opts, providers=["CPUExecutionProvider"])
-    dec = ort.InferenceSession(str(bundle.decoder_path), opts, providers=["CPUExecutionProvider"])
+    enc = _session(bundle.encoder_path, opts)
+    dec = _session(bundle.decoder_path, opts)
 
     mel = rng.standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx)).astype(np.float32)
     got = enc.run(io.cross_outputs(L), {io.MEL: mel})
@@ -192,8 +205,6 @@ def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:
 
 def _select_rows(graph: str, logits: np.ndarray, bias: np.ndarray, best: np.ndarray, logprob: np.ndarray) -> list[Row]:
     """A greedy choice against numpy's: the token exactly, its log-probability to fp32 rounding."""
-    from whisper_export.runtime.sampling import chosen_logprobs
-
     biased = (logits + bias).reshape(-1, logits.shape[-1])
     want = biased.argmax(-1)
     return [compare(graph, io.BEST_TOKEN, best.ravel(), want, Tolerance(0.0, 0.0, 0.0)),
@@ -207,10 +218,8 @@ def _written(cache: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """greedy_select.onnx on decoder logits (R, P, V) with a random suppression bias: its token must be numpy's
-    argmax exactly, its log-probability sampling.chosen_logprobs' to fp32 rounding."""
-    import onnxruntime as ort
-
-    select = ort.InferenceSession(str(bundle.select_path), providers=["CPUExecutionProvider"])
+    argmax exactly, its log-probability picking.chosen_logprobs' to fp32 rounding."""
+    select = _session(bundle.select_path)
     bias = _suppression(rng, logits.shape[-1])
     best, logprob = select.run([io.BEST_TOKEN, io.BEST_LOGPROB], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
     return _select_rows("select", logits, bias, best, logprob)
@@ -218,15 +227,11 @@ def check_select(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -
 
 def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """top_select.onnx (when the bundle has it) on decoder logits (R, P, V) with a random suppression bias: its
-    candidates must be sampling.top_candidates' exactly (order and ties too), their log-probabilities to fp32
+    candidates must be picking.top_candidates' exactly (order and ties too), their log-probabilities to fp32
     rounding."""
     if bundle.top_path is None:
         return []
-    import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import top_candidates
-
-    top = ort.InferenceSession(str(bundle.top_path), providers=["CPUExecutionProvider"])
+    top = _session(bundle.top_path)
     bias = _suppression(rng, logits.shape[-1])
     tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], {io.SELECT_LOGITS: logits, io.LOGIT_BIAS: bias})
     want, want_logprobs = top_candidates((logits + bias).reshape(-1, logits.shape[-1]), io.TOP_K)
@@ -236,17 +241,13 @@ def check_top(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> l
 
 def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """timestamp_rules.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias
-    and random timestamp states: its token must be the host rules' (ApplyTimestampRules.apply_limits of
-    limits_of(state) + prefer_timestamps, then the argmax) exactly, its log-probability to fp32 rounding, and
-    its next state ApplyTimestampRules.next_state's exactly."""
+    and random timestamp states: its token must be the host rules' (TimestampRules.filter of the state, then the
+    argmax) exactly, its log-probability to fp32 rounding, and its next state TimestampRules.next_state's exactly."""
     if bundle.limited_path is None:
         return []
-    import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import chosen_logprobs
 
     rules, feeds, biased = _timestamp_case(bundle, logits, rng)
-    limited = ort.InferenceSession(str(bundle.limited_path), providers=["CPUExecutionProvider"])
+    limited = _session(bundle.limited_path)
     best, logprob, after = limited.run([io.BEST_TOKEN, io.BEST_LOGPROB, io.NEXT_TIMESTAMP_STATE], feeds)
     state = feeds[io.TIMESTAMP_STATE]
     want = biased.argmax(-1)
@@ -258,16 +259,13 @@ def check_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) 
 
 def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator) -> list[Row]:
     """timestamp_top.onnx (when the bundle has it) on decoder logits (R, 1, V) with a random suppression bias and
-    random timestamp states: its candidates must be sampling.top_candidates' of the host rules' filtered logits
+    random timestamp states: its candidates must be picking.top_candidates' of the host rules' filtered logits
     exactly, their log-probabilities to fp32 rounding."""
     if bundle.top_limited_path is None:
         return []
-    import onnxruntime as ort
-
-    from whisper_export.runtime.sampling import top_candidates
 
     _, feeds, biased = _timestamp_case(bundle, logits, rng)
-    top = ort.InferenceSession(str(bundle.top_limited_path), providers=["CPUExecutionProvider"])
+    top = _session(bundle.top_limited_path)
     tokens, logprobs = top.run([io.TOP_TOKENS, io.TOP_LOGPROBS], feeds)
     # compared up to the allowed ones: past them the ties among -inf logits are the graph's own order
     want, want_logprobs = top_candidates(biased, io.TOP_K)
@@ -279,10 +277,8 @@ def check_top_limited(bundle: Bundle, logits: np.ndarray, rng: np.random.Generat
 def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator):
     """(rules, the feeds of a timestamp graph: the first logit position of logits (R, P, V), a random suppression
     bias and random timestamp states, those logits filtered by the host rules (R, V))."""
-    from whisper_export.runtime.sampling import ApplyTimestampRules
-
     special = bundle.tokenizer().special
-    rules = ApplyTimestampRules(special, 0, None)
+    rules = TimestampRules(special.timestamp_begin, special.eot, special.no_timestamps)
     rows, n_vocab, ts_begin = logits.shape[0], logits.shape[-1], special.timestamp_begin
     last = rng.integers(0, 2, rows)
     stamp = np.where(last | (rng.random(rows) < 0.5), ts_begin + rng.integers(0, 200, rows), -1)
@@ -290,8 +286,7 @@ def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator
     bias = _suppression(rng, n_vocab)
     first = np.ascontiguousarray(logits[:, :1])
     biased = first[:, 0] + bias
-    rules.apply_limits(biased, rules.limits_of(state))
-    rules.prefer_timestamps(biased)
+    rules.filter(biased, state)
     return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
 
 
@@ -329,7 +324,10 @@ def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str
     from reference_model.model import Whisper
 
     bundle = Bundle.open(bundle_dir)
-    spec = model_spec or bundle.config.get("model_spec") or bundle.config["model_source"]
+    spec = model_spec or bundle.config.get("model_spec") or bundle.config.get("model_source")
+    if not isinstance(spec, str) or not spec:
+        raise BundleError(f"bundle {str(bundle.directory)!r}: config.model_spec is {spec!r}, expected the name or "
+                          "path of the checkpoint it was exported from; pass --model")
     ckpt = load_checkpoint(spec)
     if ckpt.dims != bundle.dims:
         raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")

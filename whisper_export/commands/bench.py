@@ -287,11 +287,13 @@ def run_bench(files: list[Path], bundle: Path | None, model_spec: str | None, de
         if "ours" in systems:
             commands["ours"] = [sys.executable, "-m", "cli", "transcribe", *file_args, "--bundle", str(bundle),
                                 "--beam-size", "1", "--without-timestamps", "--temperature", "0",
+                                "--temperature-increment-on-fallback", "None",  # no fallback, as in-process
                                 "--threads", str(threads), "--device", device]
         if "torch" in backends:
             commands["torch"] = [sys.executable, "-m", "cli", "transcribe", *file_args, "--backend", "torch",
                                  *(["--model", model_spec] if model_spec else []), "--beam-size", "1",
-                                 "--without-timestamps", "--temperature", "0", "--threads", str(threads)]
+                                 "--without-timestamps", "--temperature", "0",
+                                 "--temperature-increment-on-fallback", "None", "--threads", str(threads)]
         if hf_dir is not None:
             commands["transformers"] = [sys.executable, "-c", TRANSFORMERS_CHILD,
                                         json.dumps({"model": str(hf_dir), "files": file_args, "threads": threads})]

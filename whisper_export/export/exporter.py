@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from whisper_export import __version__, graph_io
-from whisper_export.bundle import write_manifest
+from whisper_export.bundle import BUNDLE_FORMAT, MANIFEST, is_bundle_directory, write_manifest
 from whisper_export.export.graphs import (
     cache_reorder_graph,
     decoder_graph,
@@ -116,16 +115,56 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, path)
 
 
-def _check_destination(out_dir: Path, overwrite: bool) -> None:
+def check_destination(out_dir: str | Path, overwrite: bool) -> None:
+    """ExportError unless out_dir can be created, or (overwrite) replaced because it holds a bundle."""
+    out_dir = Path(out_dir).absolute()
     parent = out_dir.parent
-    if out_dir.exists() and not overwrite:
+    if os.path.lexists(out_dir) and not overwrite:
         raise ExportError(f"output {str(out_dir)!r} already exists; pass --overwrite or choose a new directory")
+    if out_dir.is_symlink():
+        raise ExportError(f"output {str(out_dir)!r} is a symlink, expected a bundle directory to replace "
+                          "(or a new name); --overwrite replaces only a directory holding a bundle")
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"output {str(out_dir)!r} is a file, expected a directory")
+    if out_dir.exists() and not is_bundle_directory(out_dir):
+        raise ExportError(
+            f"output {str(out_dir)!r} is not a bundle (no {MANIFEST} with format {BUNDLE_FORMAT!r}); "
+            "--overwrite replaces only a bundle directory: choose a new directory or remove it yourself"
+        )
     if not parent.is_dir():
         raise ExportError(f"output {str(out_dir)!r}: parent directory {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ExportError(f"output {str(out_dir)!r}: directory {str(parent)!r} is not writable")
+
+
+def _sibling_directory(out_dir: Path, kind: str) -> Path:
+    """A new empty directory beside out_dir, made with mode 0o777 so that the umask gives it ordinary
+    permissions (tempfile.mkdtemp's 0o700 would stay on the bundle after the rename)."""
+    for _ in range(100):
+        path = out_dir.parent / f".{out_dir.name}.{kind}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir(0o777)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{out_dir.parent}: no free name for a temporary directory")
+
+
+def _swap_in(new: Path, out_dir: Path) -> None:
+    """Rename the finished bundle to out_dir; an old bundle there is moved aside first and deleted only once the
+    new one is in place (put back if that rename fails)."""
+    if not out_dir.exists():
+        new.rename(out_dir)
+        return
+    trash = _sibling_directory(out_dir, "old")
+    out_dir.rename(trash / "old")
+    try:
+        new.rename(out_dir)
+    except BaseException:
+        (trash / "old").rename(out_dir)
+        trash.rmdir()
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _stderr(msg: str) -> None:
@@ -142,12 +181,12 @@ def export_bundle(
     timestamp_rules.onnx, timestamp_top.onnx, align.onnx, tokenizer.json and manifest.json into out_dir
     (atomically)."""
     out_dir = Path(out_dir).absolute()
-    _check_destination(out_dir, options.overwrite)
+    check_destination(out_dir, options.overwrite)
     config = bundle_config(ckpt, options)
     dtype = graph_io.PRECISIONS[options.precision]
     metadata = {graph_io.METADATA_KEY: json.dumps(config, sort_keys=True)}
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp = _sibling_directory(out_dir, "tmp")
     except OSError as e:
         raise ExportError(f"output {str(out_dir)!r}: cannot write in {str(out_dir.parent)!r} ({e.strerror})") from e
     try:
@@ -166,13 +205,8 @@ def export_bundle(
             progress(f"[export] wrote {name}: {size:.1f} MB in {time.perf_counter() - t0:.1f} s")
         shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
         write_manifest(tmp, config)
-        if out_dir.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(trash / "old")
-            tmp.rename(out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        check_destination(out_dir, options.overwrite)  # again: the directory may have changed meanwhile
+        _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -188,6 +222,3 @@ def read_graph_config(path: str | Path) -> dict:
             return json.loads(prop.value)
     raise ExportError(f"{path}: no {graph_io.METADATA_KEY!r} metadata; not exported by whisper-export")
 
-
-def cast_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, np.float32) for k, v in state.items()}

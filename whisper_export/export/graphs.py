@@ -145,9 +145,9 @@ def cache_reorder_graph(
 
 
 # the vocabulary is searched in blocks of this many values (padded with -inf), then the blocks' winners: at most 256
-# values per TopK row is what onnxruntime's CUDA TopK sorts in one thread block (BitonicTopK, ~4.4 us on the H200);
-# longer rows go to RadixTopK (64 blocks of 811: 35 us for one row, 109 us for 16; one row of 51864: 16.7 us on the
-# H100), and ReduceMax/ReduceMin over (16, 1, 51864) are cuDNN reductions of 3.4 ms each (GPU runs 11-13)
+# values per TopK row is what onnxruntime's CUDA TopK sorts in one thread block (BitonicTopK); longer rows go to
+# the far slower RadixTopK, and ReduceMax/ReduceMin over the vocabulary run as cuDNN reductions, slower still
+# (NOTES.md, "Benchmarks", has the timings)
 SELECT_WIDTH = 256
 
 

@@ -15,7 +15,7 @@ from whisper_export.hashing import cache_dir
 DEFAULT_MODEL = "tiny.en"  # kept equal to reference_model.sources.DEFAULT_MODEL (tests check it)
 # what an on-demand export is for each device: (precision, attention), the fastest measured there (NOTES.md,
 # "Benchmarks"): fp32 on the standard Attention operator on a CPU; fp16 on onnxruntime's fused operators, whose
-# greedy steps stream, on a GPU (its tokens equal the CPU's fp32 tokens in every GPU run)
+# greedy steps stream, on a GPU (its tokens equal the CPU's fp32 tokens on the benchmark clips)
 ON_DEMAND = {"cpu": ("fp32", "onnx"), "cuda": ("fp16", "onnxruntime")}
 
 
@@ -26,7 +26,7 @@ def _key(model: str, precision: str, attention: str = "onnx") -> str:
     if path.exists():
         files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
         stamp = str(path.absolute()) + "".join(f"|{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    variant = "" if attention == "onnx" else f"|{attention}"  # the default variant keeps its earlier keys
+    variant = "" if attention == "onnx" else f"|{attention}"  # no suffix for the default: bundles already in users' caches keep their keys
     raw = f"{stamp}|{precision}{variant}|{__version__}|{graph_io.GRAPH_IO_VERSION}"
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 

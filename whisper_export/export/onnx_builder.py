@@ -138,7 +138,7 @@ class Layers:
         if self.attention == "onnxruntime":
             return self.multi_head(*qkv, n_head)
         # three MatMuls here, not qkv_heads: at 1500 rows they are compute-bound and the fused layout's 5-D
-        # transpose measured ~10 ms slower per window on the CPU
+        # transpose measured slower on the CPU (NOTES.md, "Design decisions")
         q, k, v = (self.split_heads(t, n_head) for t in qkv)
         return self.merge_heads(self.attend(q, k, v, None, hd))
 

@@ -16,13 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from whisper_export.runtime.audio import N_FRAMES, AudioInput, pad_or_trim
+from whisper_export.runtime.audio import AudioInput
+from whisper_export.runtime.mel_source import MelSource
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle
-from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
+from whisper_export.runtime.decoding import DecodingResult, detect_language
 from whisper_export.runtime.options import DecodingOptions, split_options
+from whisper_export.runtime.scheduler import decode
 from whisper_export.tokenizer import WhisperTokenizer
-from whisper_export.runtime.transcribe import ProgressCallback, Segment, Transcriber, TranscriptionResult, long_form_mel
+from whisper_export.runtime.transcribe import (
+    ProgressCallback,
+    Segment,
+    SegmentCallback,
+    Transcriber,
+    TranscriptionResult,
+)
+from whisper_export.runtime.vad_transcribe import transcribe_speech
 
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
@@ -48,7 +57,13 @@ class FileResult:
         return self.result
 
 
+class RuntimeClosedError(RuntimeError):
+    """A WhisperRuntime used after close() (its sessions and device memory are gone)."""
+
+
 class WhisperRuntime:
+    _closed = False
+
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer):
         if tokenizer.n_vocab != backend.dims.n_vocab:
             raise ValueError(f"tokenizer: received n_vocab {tokenizer.n_vocab}, expected the model's {backend.dims.n_vocab}")
@@ -124,41 +139,67 @@ class WhisperRuntime:
         return results  # type: ignore[return-value]
 
     def transcribe_iter(
-        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None, **options
+        self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None, **options
     ) -> Iterator[tuple[int, FileResult]]:
         """(index into audios, its FileResult) for each input as soon as it is done, in the order they finish:
         a caller can write each file's outputs at once, so an interrupted run keeps the files already done.
+        on_segment(index, segment) is called as each segment is decoded (openai-whisper's verbose output).
         Options are checked before the first is yielded (ValueError/TypeError for all)."""
+        self._check_open()
         audios = list(audios)
         transcribe_options, decoding = split_options(options)
-        for index, outcome in self._transcriber.run(audios, transcribe_options, decoding, progress):
+        if transcribe_options.vad:  # speech chunks, decoded as independent audios by the same transcriber
+            outcomes = transcribe_speech(self._transcriber, audios, transcribe_options, decoding, progress)
+        else:
+            outcomes = self._transcriber.run(audios, transcribe_options, decoding, progress, on_segment)
+        for index, outcome in outcomes:
             source = audios[index]
             if isinstance(outcome, Exception):
                 yield index, FileResult(source, error=outcome)
             else:
                 yield index, FileResult(source, result=outcome)
 
+    def service(self, *, batch_size: int = 8, max_pending: int | None = None):
+        """A TranscriptionService on this runtime: transcriptions submitted from any thread, decoded together by
+        one worker thread (runtime/service.py); close it before the runtime."""
+        from whisper_export.runtime.service import TranscriptionService
+
+        self._check_open()
+        return TranscriptionService(self, batch_size=batch_size, max_pending=max_pending)
+
     def decode(self, mel: np.ndarray, options: DecodingOptions | None = None, **kwargs) -> list[DecodingResult]:
         """One 30 s window per audio: mel (n_audio, n_mels, 3000) float32."""
-        options = options or DecodingOptions(**kwargs)
-        return DecodingTask(self.backend, self.tokenizer, options).run(self.backend.encode(mel), mel.shape[0])
+        self._check_open()
+        return decode(self.backend, self.tokenizer, mel, options or DecodingOptions(**kwargs))
 
     def detect_language(self, audio: AudioInput) -> tuple[str, dict[str, float]]:
         """The language of the first 30 s: (code, {code: probability})."""
+        self._check_open()
         if not self.tokenizer.is_multilingual:
             raise ValueError(
                 f"detect_language: received an English-only model (n_vocab={self.tokenizer.n_vocab}), "
                 "expected a multilingual one"
             )
         # as openai-whisper's transcribe(): the log-mel of the audio padded with 30 s of zeros, cut to 30 s
-        mel = pad_or_trim(long_form_mel(audio, self.backend.dims.n_mels), N_FRAMES)
+        with MelSource(audio, self.backend.dims.n_mels) as source:
+            mel = source.language_window()
         codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(mel[None]), 1)
         return codes[0], probs[0]
 
     # -- lifetime -------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self.backend.close()
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeClosedError(
+                f"received a call on a closed {self!r}, expected an open runtime: load a new one with "
+                "WhisperRuntime.load(...) (close() and the end of a with block free its sessions)"
+            )
 
     def __enter__(self) -> "WhisperRuntime":
         return self

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
-import subprocess
-from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
@@ -39,9 +36,6 @@ SUPPORTED_N_MELS = (80, 128)
 # Slaney mel filters span 0 Hz up to the Nyquist frequency of 16 kHz audio.
 _MEL_MAX_FREQUENCY = SAMPLE_RATE / 2
 
-# soundfile (libsndfile) reads these natively; anything else goes through ffmpeg.
-_SOUNDFILE_FORMATS = "WAV, FLAC, OGG/Vorbis, MP3, AIFF"
-
 AudioInput = Union[str, "os.PathLike[str]", np.ndarray]
 
 
@@ -53,86 +47,21 @@ class AudioError(ValueError):
 
 
 def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Read an audio file as mono float32 in [-1, 1] at ``sample_rate``.
+    """Read an audio file as mono float32 in [-1, 1] at 16 kHz.
 
     WAV/FLAC/OGG/MP3 are read with soundfile; other formats (m4a, webm, ...)
-    are decoded by the ``ffmpeg`` executable when it is on PATH.
+    are decoded by the ``ffmpeg`` executable when it is on PATH. Headers are
+    checked first (audio_files.probe: sample rate bounds); the file is read in
+    blocks, but the result holds all of it: long audio goes through MelSource.
 
     Returns:
         (n_samples,) float32
     """
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise AudioError(f"audio file not found: received path {str(path)!r}, which does not exist")
-    if path.is_dir():
-        raise AudioError(
-            f"received directory {str(path)!r}, expected an audio file ({_SOUNDFILE_FORMATS}, or any format ffmpeg decodes)"
-        )
+    from whisper_export.runtime.audio_files import read_all  # the decoders import this module's constants
 
-    try:
-        audio, file_rate = _read_soundfile(path)
-    except _SoundfileCannotRead as exc:
-        # ffmpeg resamples and mixes down itself, so its output is already final.
-        audio, file_rate = _read_ffmpeg(path, sample_rate, soundfile_error=str(exc)), sample_rate
-
-    if audio.shape[0] == 0:
-        raise AudioError(f"{str(path)!r} contains no audio: received 0 samples, expected at least 1")
-    if file_rate != sample_rate:
-        audio = _resample(audio, file_rate, sample_rate)
-    return np.ascontiguousarray(audio, dtype=np.float32)
-
-
-class _SoundfileCannotRead(Exception):
-    pass
-
-
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
-    """Returns ((n_samples,) float32 mono, the file's sample rate)."""
-    import soundfile  # deferred: only needed when reading files, and it loads a C library
-
-    try:
-        data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except RuntimeError as exc:  # LibsndfileError is a RuntimeError
-        raise _SoundfileCannotRead(str(exc)) from exc
-    # data: (n_samples, n_channels); Whisper was trained on a plain channel average.
-    return data.mean(axis=1, dtype=np.float32), int(file_rate)
-
-
-def _read_ffmpeg(path: Path, sample_rate: int, soundfile_error: str) -> np.ndarray:
-    """Decode with ffmpeg to mono s16le at ``sample_rate``. Returns (n_samples,) float32."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise AudioError(
-            f"cannot read {str(path)!r}: soundfile reads only {_SOUNDFILE_FORMATS} "
-            f"(it said: {soundfile_error}); other formats such as m4a/aac/webm need the ffmpeg "
-            "executable, which is not on PATH. Install it (Debian/Ubuntu: `apt-get install ffmpeg`, "
-            "macOS: `brew install ffmpeg`, Windows: `winget install ffmpeg`) or convert the file to WAV/FLAC."
-        )
-    cmd = [
-        ffmpeg, "-nostdin", "-threads", "0", "-i", str(path),
-        "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(sample_rate), "-",
-    ]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, check=False)
-    if result.returncode != 0:
-        stderr_lines = result.stderr.decode(errors="replace").strip().splitlines()
-        reason = stderr_lines[-1] if stderr_lines else f"exit status {result.returncode}"
-        raise AudioError(
-            f"{str(path)!r} is not a readable audio file (ffmpeg: {reason}); expected "
-            f"{_SOUNDFILE_FORMATS} or another format ffmpeg decodes (mp3, m4a, webm, ...)"
-        )
-    return np.frombuffer(result.stdout, dtype=np.int16).astype(np.float32) / 32768.0
-
-
-def _resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """(n_in,) -> (round(n_in * to_rate / from_rate),) float32."""
-    try:
-        import soxr  # deferred: only non-16 kHz files need it
-    except ImportError as exc:
-        raise AudioError(
-            f"received audio at {from_rate} Hz, expected {to_rate} Hz; resampling needs the "
-            "`soxr` package (pip install soxr)"
-        ) from exc
-    return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
+    if sample_rate != SAMPLE_RATE:
+        raise AudioError(f"received sample_rate={sample_rate}, expected {SAMPLE_RATE} (Whisper's rate)")
+    return read_all(path)
 
 
 def as_audio(audio_or_path: AudioInput, sample_rate: int | None = None) -> np.ndarray:
@@ -255,6 +184,31 @@ def _hann_window() -> np.ndarray:
     return window
 
 
+# Frames per block of the STFT and the mel projection. The projection (a BLAS matmul) and log10 always run on
+# (n_mels, MEL_BLOCK_FRAMES) arrays, the last block zero-filled: a BLAS may sum in another order for another
+# shape (a one-column product differs in the last bit), so a frame's value must not depend on how many frames
+# were computed with it. The FFT rows are independent. With this, MelSource's streamed blocks on the same grid
+# are bit-identical to the whole-array computation.
+MEL_BLOCK_FRAMES = 1000
+
+
+def log10_mel_block(frames: np.ndarray, n_mels: int) -> np.ndarray:
+    """(n, N_FFT) float64 frames, n <= MEL_BLOCK_FRAMES -> (n_mels, MEL_BLOCK_FRAMES) float64 log10 mel power;
+    columns n.. are padding."""
+    n = frames.shape[0]
+    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n, n_freqs)
+    power = np.zeros((MEL_BLOCK_FRAMES, spectrum.shape[-1]))
+    power[:n] = spectrum.real**2 + spectrum.imag**2
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, MEL_BLOCK_FRAMES)
+    return np.log10(np.maximum(mel, 1e-10))
+
+
+def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
+    """log10 mel power -> Whisper's features: 80 dB dynamic range below the loudest bin (peak), then roughly
+    into [-1, 1]. float32."""
+    return ((np.maximum(log_spec, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
+
+
 def _log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
     """(n_samples,) float -> (n_mels, n_samples // HOP_LENGTH) float32.
 
@@ -269,13 +223,11 @@ def _log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     # Whisper drops the last frame so that 30 s map to exactly N_FRAMES frames.
     frames = frames[:-1]
-    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n_frames, n_freqs)
-    power = spectrum.real**2 + spectrum.imag**2
-    mel = mel_filters(n_mels) @ power.T  # (n_mels, n_frames)
-    log_spec = np.log10(np.maximum(mel, 1e-10))
-    # 80 dB dynamic range below the loudest bin, then roughly into [-1, 1].
-    log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
-    return ((log_spec + 4.0) / 4.0).astype(np.float32)
+    log_spec = np.empty((n_mels, frames.shape[0]))
+    for start in range(0, frames.shape[0], MEL_BLOCK_FRAMES):
+        block = frames[start : start + MEL_BLOCK_FRAMES]
+        log_spec[:, start : start + len(block)] = log10_mel_block(block, n_mels)[:, : len(block)]
+    return scale_log_mel(log_spec, log_spec.max())
 
 
 def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -> np.ndarray:

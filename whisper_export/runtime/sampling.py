@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from whisper_export import graph_io
-from whisper_export.backends.picking import chosen_logprobs, log_softmax, top_candidates  # noqa: F401 - used here and re-exported
+from whisper_export.backends.picking import TimestampRules, chosen_logprobs, top_candidates
 from whisper_export.tokenizer import SpecialTokens
 
 
@@ -64,92 +63,30 @@ class SuppressBlank(LogitFilter):
 class ApplyTimestampRules(LogitFilter):
     """Keep timestamp tokens well-formed: in pairs around text, never decreasing, the first one early.
 
-    After the first sampled step every rule but the last is a pair of limits per row (limits()): ids below
-    text_end are forbidden (0 or eot) and so are timestamps below ts_min (ALL_TIMESTAMPS forbids them all); the
-    last rule (prefer_timestamps) compares the timestamps' total probability with the best text token's. The
-    limits depend on a row's state() only (three numbers, which next_state() moves on token by token), so a
-    backend can apply the rules to logits it keeps on the device, and move the state on there
-    (Backend.decode_best_limited, decode_top_limited, decode_greedy_limited)."""
-
-    ALL_TIMESTAMPS = graph_io.ALL_TIMESTAMPS
+    The rules after the first sampled token are backends.picking.TimestampRules, a per-row state a backend can
+    apply on the device; this filter adds what only the first sampled step does (a timestamp first, and not a
+    late one) and applies them all to host logits."""
 
     def __init__(self, special: SpecialTokens, sample_begin: int, max_initial_timestamp_index: int | None):
         self.special = special
         self.sample_begin = sample_begin
         self.max_initial_timestamp_index = max_initial_timestamp_index
-
-    def fixed_bias(self, n_vocab: int) -> np.ndarray:
-        """What apply() does whatever the tokens: <|notimestamps|> is the without_timestamps prompt's business,
-        never a sampled token."""
-        bias = np.zeros(n_vocab, np.float32)
-        bias[self.special.no_timestamps] = -np.inf
-        return bias
+        self.rules = TimestampRules(special.timestamp_begin, special.eot, special.no_timestamps)
 
     def state(self, tokens: np.ndarray) -> np.ndarray:
-        """Each row's timestamp state (R, 3) int64 from the tokens (R, T) so far: (the last sampled token is a
-        timestamp, the one before it is a timestamp or there is none, the last sampled timestamp or -1). The
-        limits depend on nothing else (limits_of)."""
-        ts_begin = self.special.timestamp_begin
-        sampled = tokens[:, self.sample_begin :]
-        n = sampled.shape[1]
-        state = np.zeros((tokens.shape[0], 3), np.int64)
-        state[:, 0] = sampled[:, -1] >= ts_begin if n >= 1 else 0
-        state[:, 1] = sampled[:, -2] >= ts_begin if n >= 2 else 1
-        stamps = sampled >= ts_begin
-        last = n - 1 - np.argmax(stamps[:, ::-1], axis=1) if n else np.zeros(tokens.shape[0], np.int64)
-        state[:, 2] = np.where(stamps.any(axis=1), sampled[np.arange(len(sampled)), last] if n else -1, -1)
-        return state
-
-    def next_state(self, state: np.ndarray, chosen: np.ndarray) -> np.ndarray:
-        """The state (R, 3) after each row appends chosen (R,), for rows with at least one sampled token
-        already (the first sampled step, whose predecessor count matters, is never stepped this way)."""
-        is_stamp = (chosen >= self.special.timestamp_begin).astype(np.int64)
-        return np.stack([is_stamp, state[:, 0], np.where(is_stamp == 1, chosen, state[:, 2])], axis=1)
-
-    def limits_of(self, state: np.ndarray) -> np.ndarray:
-        """(text_end, ts_min) per row (R, 2) int64 from the state (R, 3): ids below text_end are forbidden (0 or
-        eot), and timestamps below ts_min (ALL_TIMESTAMPS forbids them all). int64 arithmetic only, as
-        timestamp_rules.onnx computes it."""
-        last, penultimate, stamp = state[:, 0], state[:, 1], state[:, 2]
-        text_ended = last * (1 - penultimate)  # text just ended: close it with a timestamp (or end the window)
-        closed = last * penultimate  # a segment just closed: text must follow
-        # never go back in time, and give each segment a nonzero length (no infinite loops); -1: no timestamp yet
-        floor = self.special.timestamp_begin + closed * (self.ALL_TIMESTAMPS - self.special.timestamp_begin)
-        ts_min = np.maximum(floor, stamp + 1 - text_ended)
-        return np.stack([text_ended * self.special.eot, ts_min], axis=1)
-
-    def limits(self, tokens: np.ndarray) -> np.ndarray:
-        """(text_end, ts_min) per row (R, 2) int64, from the tokens (R, T) so far."""
-        return self.limits_of(self.state(tokens))
-
-    def apply_limits(self, logits: np.ndarray, limits: np.ndarray) -> None:
-        ts_begin = self.special.timestamp_begin
-        for k, (text_end, ts_min) in enumerate(limits.tolist()):
-            logits[k, :text_end] = -np.inf
-            logits[k, ts_begin : min(ts_min, logits.shape[1])] = -np.inf
-
-    def prefer_timestamps(self, logits: np.ndarray) -> None:
-        """When the timestamps together are likelier than any single text token, emit a timestamp."""
-        ts_begin = self.special.timestamp_begin
-        logprobs = log_softmax(logits)
-        with np.errstate(divide="ignore"):
-            ts = logprobs[:, ts_begin:]
-            ts_max = ts.max(axis=-1, keepdims=True)
-            safe = np.where(np.isfinite(ts_max), ts_max, 0.0)
-            timestamp_logprob = (safe + np.log(np.exp(ts - safe).sum(axis=-1, keepdims=True)))[:, 0]
-        max_text_logprob = logprobs[:, :ts_begin].max(axis=-1)
-        logits[timestamp_logprob > max_text_logprob, :ts_begin] = -np.inf
+        """Each row's timestamp state (R, 3) from the tokens (R, T) so far (TimestampRules.state)."""
+        return self.rules.state(tokens[:, self.sample_begin :])
 
     def apply(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         ts_begin = self.special.timestamp_begin
         logits[:, self.special.no_timestamps] = -np.inf
-        self.apply_limits(logits, self.limits(tokens))
+        self.rules.apply_limits(logits, self.rules.limits_of(self.state(tokens)))
         if tokens.shape[1] == self.sample_begin:
             # the first sampled token is a timestamp, and not too late a one
             logits[:, :ts_begin] = -np.inf
             if self.max_initial_timestamp_index is not None:
                 logits[:, ts_begin + self.max_initial_timestamp_index + 1 :] = -np.inf
-        self.prefer_timestamps(logits)
+        self.rules.prefer_timestamps(logits)
 
 
 # -- token decoders -----------------------------------------------------------------------------------
@@ -196,7 +133,7 @@ class GreedyDecoder(TokenDecoder):
                                   sum_logprobs)
 
     def update_chosen(self, tokens, next_tokens, current, sum_logprobs):
-        """update() once the tokens (R,) and their log-probabilities (R,) are chosen (Backend.decode_best)."""
+        """update() once the tokens (R,) and their log-probabilities (R,) are chosen (a step that picks "best")."""
         finished = tokens[:, -1] == self.eot
         sum_logprobs += np.where(finished, 0.0, current)  # a finished row's padding costs nothing
         next_tokens = np.where(finished, self.eot, next_tokens).astype(np.int64)
@@ -212,12 +149,13 @@ class GreedyDecoder(TokenDecoder):
 class BeamSearchDecoder(TokenDecoder):
     """openai-whisper's beam search: beam_size live beams per audio; stops once every audio has
     round(beam_size * patience) finished sequences. Beams never cross audios, so the rows of an audio
-    stay together and the cache reorder (Inference.rearrange_kv_cache) stays within its block."""
+    stay together and the cache reorder (source_indices, which the next step's request carries) stays within
+    its block."""
 
-    def __init__(self, beam_size: int, eot: int, inference, patience: float | None = None):
+    def __init__(self, beam_size: int, eot: int, patience: float | None = None):
         self.beam_size = beam_size
         self.eot = eot
-        self.inference = inference
+        self.source_indices: list[int] | None = None  # after update: the row each new row continues
         self.patience = patience or 1.0
         self.max_candidates = round(beam_size * self.patience)
         if self.max_candidates <= 0:
@@ -240,7 +178,7 @@ class BeamSearchDecoder(TokenDecoder):
 
     def update_top(self, tokens, top, top_logprobs, sum_logprobs):
         """update() once each row's `candidates` best tokens (R, k) and their log-probabilities (R, k) are
-        known (Backend.decode_top), best first."""
+        known (a step that picks "top"), best first."""
         rows = tokens.shape[0]
         if rows % self.beam_size:
             raise ValueError(f"beam search: received {rows} rows, expected a multiple of beam_size {self.beam_size}")
@@ -279,7 +217,7 @@ class BeamSearchDecoder(TokenDecoder):
                     break  # this audio's candidate list is full; later finishers are ignored
                 done[sequence] = finished[sequence]
         sum_logprobs[:] = new_sums
-        self.inference.rearrange_kv_cache(source_indices)
+        self.source_indices = source_indices
         completed = all(len(done) >= self.max_candidates for done in self.finished_sequences)
         return np.asarray(next_tokens, dtype=np.int64), completed
 

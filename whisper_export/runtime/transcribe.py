@@ -1,47 +1,45 @@
-"""Long-form transcription: openai-whisper's seek-based transcribe(), for several audios at once.
+"""Long-form transcription of many audios at once, each with its own options, through one scheduler.
 
-Each audio's log-mel (padded with 30 s of zeros, as openai-whisper does) is cut into 30 s windows; the
-timestamp tokens of a window's result become segments and move `seek` to the last complete segment, so a
-sentence cut at the window's end is decoded again in the next window. Windows of different audios are
-decoded together when their prompts have the same length (the decoder rows share one token array): always
-for the first window, and for every window when condition_on_previous_text is off. Other windows fall back
-to smaller batches, down to one audio.
+Each audio is a LongFormJob (longform.py: openai-whisper's seek-based transcribe()): its windows go to the
+continuous batcher (scheduler.py) one after the other, window k + 1 prompted with the text of window k, while
+the windows of other audios fill the other slots. A window whose result fails the quality checks goes back
+alone at the next temperature. TranscriptionLoop takes audios at any time (add) and hands back each one's
+result as soon as it is done (step); Transcriber.run drives it over a list of files, a service over requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from whisper_export.runtime.audio import (
-    HOP_LENGTH,
-    N_FRAMES,
-    N_SAMPLES,
-    SAMPLE_RATE,
-    AudioInput,
-    as_audio,
-    log_mel_spectrogram,
-    pad_or_trim,
+from whisper_export.backends.base import Backend
+from whisper_export.runtime.audio import HOP_LENGTH, N_SAMPLES, AudioInput, as_audio, log_mel_spectrogram
+from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
+from whisper_export.runtime.longform import (
+    LongFormJob,
+    ProgressCallback,
+    Segment,
+    SegmentCallback,
+    TranscriptionResult,
+    needs_fallback,
 )
-from whisper_export.backends.base import Backend, CrossKV
-from whisper_export.runtime.decoding import DecodingResult, DecodingTask, detect_language
+from whisper_export.runtime.mel_source import MelSource
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
+from whisper_export.runtime.scheduler import Scheduler, Window
 from whisper_export.runtime.word_windows import WindowWords, time_words
-from whisper_export.runtime.words import SegmentWords, Word
 from whisper_export.tokenizer import WhisperTokenizer
 
-# (audio index, frames done, frames in total) after each window
-ProgressCallback = Callable[[int, int, int], None]
+# threads that read audio and compute the log-mel's first pass while the decoder runs (numpy's FFT and the
+# decoders release the GIL)
+READER_THREADS = 4
 
-# skip_silence: a frame is sound when its loudest mel bin is within 60 dB of the file's loudest and above
-# an absolute floor, about 70 dB under full-scale speech (log-mel units: 1.0 = 40 dB; digital silence sits
-# at -1.5 alone, or at peak - 2); windows start this many frames before the sound, so its onset is kept
-SILENCE_BELOW_PEAK = 1.5
-SILENCE_FLOOR = -0.5
-SILENCE_LEAD_FRAMES = 20
+__all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
+           "ProgressCallback", "SegmentCallback"]
 
 # long_form_mel: zero samples after the audio that the STFT really runs over (10 frames; >= N_FFT / 2 + 2 hops
 # so that the last of them is pure silence)
@@ -67,181 +65,259 @@ def long_form_mel(audio: AudioInput, n_mels: int) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    seek: int  # mel frame where the window that produced it starts
-    start: float  # seconds
-    end: float
-    text: str
-    tokens: list[int]  # with timestamp tokens
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-    words: list[Word] | None = None  # with word_timestamps (an empty list for a cleared segment)
+
+@dataclass(eq=False)
+class _Request:
+    """An audio added to the loop, not yet opened."""
+
+    key: Hashable
+    audio: AudioInput
+    options: TranscribeOptions
+    decoding: Mapping[str, Any]
+    language: str | None
+    initial: list[int]
+    progress: ProgressCallback | None
+    on_segment: SegmentCallback | None
 
 
-@dataclass(frozen=True)
-class TranscriptionResult:
-    text: str
-    language: str
-    segments: list[Segment]
-    language_probs: dict[str, float] | None = field(default=None, repr=False)
+class _Active:
+    """An opened audio: its job and how it is decoded."""
+
+    def __init__(self, request: _Request, job: LongFormJob):
+        self.request, self.job = request, job
 
 
-class _Job:
-    """One audio's progress through its windows: openai-whisper's transcribe() locals."""
+@dataclass(eq=False)
+class _Untimed:
+    """A decoded window of an audio with word timestamps, waiting for its words: its cross K/V (`cross`, row
+    `words.cross_row`) stay in the scheduler's pool until the next tick admits a window into that slot."""
 
-    def __init__(self, index: int, mel: np.ndarray, language: str | None, initial_prompt: list[int], n_ctx: int):
-        self.index = index
-        self.mel = mel  # (n_mels, content_frames + N_FRAMES)
-        self.content_frames = mel.shape[-1] - N_FRAMES
-        self.language = language
-        self.language_probs: dict[str, float] | None = None
-        self.seek = 0
-        self.all_tokens = list(initial_prompt)
-        self.n_initial = len(initial_prompt)
-        self.prompt_reset_since = 0
-        self.segments: list[Segment] = []
-        self.last_speech_timestamp = 0.0  # word timestamps: where the speech so far ended (seconds)
-        self._sound: np.ndarray | None = None  # skip_silence: which frames are sound, computed once
-        self.max_prompt = n_ctx // 2 - 1
+    active: _Active
+    result: DecodingResult
+    words: WindowWords
+    cross: Any
+
+    def group_key(self) -> tuple:
+        """Windows timed by one Backend.align call: one cross K/V handle and the same word options."""
+        o = self.active.request.options
+        return (id(self.cross), self.active.request.decoding.get("task", "transcribe"), o.prepend_punctuations,
+                o.append_punctuations, o.hallucination_silence_threshold)
+
+
+class TranscriptionLoop:
+    """add() audios at any time, each with its own options; step() runs one scheduler tick and returns the
+    (key, TranscriptionResult or the exception that stopped it) of the audios done since."""
+
+    def __init__(self, backend: Backend, tokenizer: WhisperTokenizer, max_windows: int = 8):
+        self.backend, self.tokenizer = backend, tokenizer
+        self.scheduler = Scheduler(backend, max_windows)
+        self.waiting: deque[_Request] = deque()
+        self.opening: list[tuple[_Request, Future]] = []  # audios being read by the reader threads
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="whisper-export-audio")
+        self.active: dict[Hashable, _Active] = {}
+        self.finished: deque[tuple[Hashable, TranscriptionResult | Exception]] = deque()
+        self.untimed: list[_Untimed] = []  # windows of this tick waiting for their words
+
+    def check(self, options: TranscribeOptions, decoding: Mapping[str, Any]) -> tuple[str | None, list[int]]:
+        """ValueError for options this model cannot transcribe with, before any audio is read; else (the language,
+        None to detect, and the initial prompt's tokens)."""
+        tok = self.tokenizer
+        if decoding.get("prompt") is not None:
+            # each window's prompt is the text so far; a fixed one would be silently replaced
+            raise ValueError(
+                f"prompt: received {decoding['prompt']!r} for a transcription, expected initial_prompt "
+                "(the text before the first window; later windows are prompted with the text so far)"
+            )
+        language = decoding.get("language")
+        # a language or task this model lacks fails here
+        tok.sot_sequence(language or ("en" if tok.is_multilingual else None), decoding.get("task", "transcribe"))
+        if language is None and not tok.is_multilingual:
+            language = "en"
+        initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+        if options.word_timestamps:
+            self._check_words()
+        return language, initial
+
+    def _check_words(self) -> None:
+        """BackendError/BundleError before any audio is read when word timestamps cannot be had here."""
+        if type(self.backend).align is Backend.align:
+            self.backend.align(None, np.zeros(0, np.int64), np.zeros((0, 0), np.int64), np.zeros(0, np.int64))
+        bundle = getattr(self.backend, "bundle", None)
+        if hasattr(bundle, "require_align"):
+            bundle.require_align()  # a bundle exported before align.onnx: re-export
+
+    def add(self, key: Hashable, audio: AudioInput, options: TranscribeOptions, decoding: Mapping[str, Any], *,
+            progress: ProgressCallback | None = None, on_segment: SegmentCallback | None = None) -> None:
+        language, initial = self.check(options, decoding)
+        self.waiting.append(_Request(key, audio, options, dict(decoding), language, initial, progress, on_segment))
+
+    def cancel(self, key: Hashable) -> bool:
+        """Forget an audio: not yet opened, or its windows dropped from the scheduler (slots freed at once)."""
+        for request in self.waiting:
+            if request.key == key:
+                self.waiting.remove(request)
+                return True
+        for request, future in self.opening:
+            if request.key == key:
+                self.opening.remove((request, future))
+                future.add_done_callback(lambda f: f.exception() is None and f.result().close())
+                return True
+        active = self.active.pop(key, None)
+        if active is None:
+            return False
+        active.job.source.close()
+        self.scheduler.cancel(lambda tag: tag[0] is active)
+        return True
 
     @property
-    def done(self) -> bool:
-        return self.seek >= self.content_frames
+    def busy(self) -> bool:
+        return bool(self.waiting or self.opening or self.active or self.finished)
 
-    def prompt(self) -> list[int]:
-        return self.all_tokens[self.prompt_reset_since :]
+    def close(self) -> None:
+        """Stop the reader threads (after the audios they are reading)."""
+        self._readers.shutdown(wait=True, cancel_futures=True)
 
-    def prompt_length(self) -> int:
-        """Tokens the prompt adds before the sot sequence (what DecodingTask keeps of it)."""
-        n = len(self.prompt())
-        return 0 if n == 0 else 1 + min(n, self.max_prompt)
+    def step(self) -> list[tuple[Hashable, TranscriptionResult | Exception]]:
+        self._open()
+        if self.scheduler.busy:
+            self.scheduler.tick()
+            # before the next tick, whose admissions may reuse the finished windows' cross K/V slots
+            self._time_words()
+        done = list(self.finished)
+        self.finished.clear()
+        return done
 
-    def skip_silence(self) -> None:
-        """Move seek to shortly before the next sound, or to the end when only silence is left."""
-        if self._sound is None:
-            levels = self.mel[:, : self.content_frames].max(axis=0)
-            self._sound = (levels > levels.max(initial=-np.inf) - SILENCE_BELOW_PEAK) & (levels > SILENCE_FLOOR)
-        ahead = np.flatnonzero(self._sound[self.seek :])
-        if ahead.size == 0:
-            self.seek = self.content_frames
-        else:
-            self.seek += max(int(ahead[0]) - SILENCE_LEAD_FRAMES, 0)
+    # -- audios in -----------------------------------------------------------------------------------------
 
-    def window(self) -> tuple[np.ndarray, int]:
-        size = min(N_FRAMES, self.content_frames - self.seek)
-        return pad_or_trim(self.mel[:, self.seek : self.seek + size], N_FRAMES), size
+    def _open(self) -> None:
+        """Keep twice the scheduler's windows of audios open, so a freed slot always has a taker. Audios are
+        opened (read, and their log-mel's first pass done) by a few threads while the decoder runs; a file that
+        cannot be read is that file's outcome."""
+        while self.waiting and len(self.active) + len(self.opening) < 2 * self.scheduler.max_windows:
+            request = self.waiting.popleft()
+            n_mels = self.backend.dims.n_mels
+            self.opening.append((request, self._readers.submit(MelSource, request.audio, n_mels,
+                                                                max_duration=request.options.max_duration)))
+        # wait only when there is nothing to decode meanwhile
+        if self.opening and not self.scheduler.busy:
+            wait([f for _, f in self.opening], return_when=FIRST_COMPLETED)
+        opened = []
+        for request, future in [(r, f) for r, f in self.opening if f.done()]:
+            self.opening.remove((request, future))
+            try:
+                source = future.result()
+            except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
+                self.finished.append((request.key, e))
+                continue
+            o = request.options
+            job = LongFormJob(request.key, source, request.language, request.initial, self.backend.dims.n_text_ctx,
+                              o.clips(), request.on_segment, o.carry_initial_prompt)
+            self.active[request.key] = active = _Active(request, job)
+            opened.append(active)
+            if request.progress:
+                request.progress(request.key, 0, job.content_frames)
+        unknown = [a for a in opened if a.job.language is None]
+        for start in range(0, len(unknown), self.scheduler.max_windows):
+            self._detect(unknown[start : start + self.scheduler.max_windows])
+        for active in opened:
+            if self.active.get(active.request.key) is active:
+                self._next_window(active)
 
-    def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions,
-                cross_row: int = 0) -> WindowWords | None:
-        """Turn one window's result into segments and advance seek (openai-whisper's rules). With word_timestamps
-        the segments are returned uncommitted (None for a window skipped as silence): the caller times their words
-        (word_windows.time_words, the window's cross K/V at cross_row) and then commit()s them."""
-        if options.no_speech_threshold is not None:
-            # silence: the model says no speech and is unsure of the text it produced anyway
-            skip = result.no_speech_prob > options.no_speech_threshold
-            if options.logprob_threshold is not None and result.avg_logprob > options.logprob_threshold:
-                skip = False
-            if skip:
-                self.seek += size
-                return None
-        window_seek = self.seek
-        ts_begin = tokenizer.special.timestamp_begin
-        time_offset = window_seek * HOP_LENGTH / SAMPLE_RATE
-        precision = 2 * HOP_LENGTH / SAMPLE_RATE  # 0.02 s per timestamp token, 2 mel frames
-        tokens = np.asarray(result.tokens, dtype=np.int64)
-        is_ts = tokens >= ts_begin
-        single_timestamp_ending = is_ts[-2:].tolist() == [False, True]
-        consecutive = (np.nonzero(is_ts[:-1] & is_ts[1:])[0] + 1).tolist()
-        pieces: list[tuple[float, float, list[int]]] = []
-        if consecutive:  # <|t0|> text <|t1|><|t1|> text <|t2|> ...: complete segments
-            slices = consecutive + ([len(tokens)] if single_timestamp_ending else [])
-            last = 0
-            for current in slices:
-                piece = tokens[last:current]
-                pieces.append((
-                    time_offset + (int(piece[0]) - ts_begin) * precision,
-                    time_offset + (int(piece[-1]) - ts_begin) * precision,
-                    [int(t) for t in piece],
-                ))
-                last = current
-            if single_timestamp_ending:  # nothing was said after the last timestamp
-                self.seek += size
-            else:  # the text after the last pair was cut by the window: decode it again from there
-                # max(.., 1): never decode the same window twice (the timestamp rules make 0 unlikely anyway)
-                self.seek += max((int(tokens[last - 1]) - ts_begin) * 2, 1)
-        else:
-            duration = size * HOP_LENGTH / SAMPLE_RATE
-            stamps = tokens[is_ts]
-            if len(stamps) and stamps[-1] != ts_begin:  # one timestamp: the end of the speech
-                duration = (int(stamps[-1]) - ts_begin) * precision
-            pieces.append((time_offset, time_offset + duration, tokens.tolist()))
-            self.seek += size
-        window = WindowWords(cross_row=cross_row, language=self.language or "en", previous_seek=window_seek,
-                             seek=self.seek, n_frames=size, content_frames=self.content_frames,
-                             single_timestamp_ending=single_timestamp_ending,
-                             segments=[SegmentWords(*piece) for piece in pieces],
-                             last_speech_timestamp=self.last_speech_timestamp)
-        if options.word_timestamps:
-            return window
-        self.commit(window, result, tokenizer, options)
-        return None
-
-    def commit(self, window: WindowWords, result: DecodingResult, tokenizer: WhisperTokenizer,
-               options: TranscribeOptions) -> None:
-        """The window's segments (with their words, when timed) into the transcript; seek moves to window.seek."""
-        window_seek = window.previous_seek
-        self.seek, self.last_speech_timestamp = window.seek, window.last_speech_timestamp
-        if window.dropped:  # hallucination_silence_threshold: only silence and a hallucination, decode again later
+    def _detect(self, audios: list[_Active]) -> None:
+        """The first 30 s decide the language of the whole audio, seen as openai-whisper sees them: the log-mel
+        of the zero-padded audio (the decoded window is padded with 0.0 instead, which detects worse)."""
+        first = np.stack([a.job.source.language_window() for a in audios])
+        try:
+            codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(first), len(audios))
+        except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
+            for active in audios:
+                self._fail(active, e)
             return
-        audio_end = self.content_frames * HOP_LENGTH / SAMPLE_RATE
-        for piece in window.segments:
-            # timestamps past the end of the audio (in the window's zero padding) cannot be right; openai-whisper
-            # keeps them, here they are clamped, and a segment wholly past the end loses its text below
-            start, end, piece_tokens = min(piece.start, audio_end), min(piece.end, audio_end), piece.tokens
-            words = None if piece.words is None else [_clamped(w, audio_end) for w in piece.words]
-            text = tokenizer.decode([t for t in piece_tokens if t < tokenizer.special.eot])
-            if start == end or not text.strip():  # instantaneous or empty: keep the time, drop the text
-                text, piece_tokens, words = "", [], None if words is None else []
-            self.segments.append(Segment(
-                len(self.segments), window_seek, start, end, text, piece_tokens,
-                result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob, words,
-            ))
-            self.all_tokens.extend(piece_tokens)
-        if not options.condition_on_previous_text or result.temperature > 0.5:
-            # text sampled hot is a poor prompt: start the next window afresh
-            self.prompt_reset_since = len(self.all_tokens)
+        for active, code, p in zip(audios, codes, probs):
+            active.job.language, active.job.language_probs = code, p
 
-    def result(self, tokenizer: WhisperTokenizer) -> TranscriptionResult:
-        return TranscriptionResult(
-            tokenizer.decode(self.all_tokens[self.n_initial :]).strip(),
-            self.language or "en",
-            list(self.segments),
-            self.language_probs,
-        )
+    # -- windows through the scheduler ---------------------------------------------------------------------
 
+    def _next_window(self, active: _Active) -> None:
+        job = active.job
+        if active.request.options.skip_silence and not job.done:
+            job.skip_silence()
+        if job.done:
+            self._finish(active, job.result(self.tokenizer))
+            return
+        mel, size = job.window()
+        self._submit(active, mel, size, 0)
 
-def _clamped(word: Word, audio_end: float) -> Word:
-    """A word inside the audio: times past its end (in the window's padding) moved to the end, as segments'."""
-    if word.end <= audio_end:
-        return word
-    return Word(word.word, min(word.start, audio_end), audio_end, word.probability)
+    def _submit(self, active: _Active, mel: np.ndarray, size: int, attempt: int) -> None:
+        request = active.request
+        decoding = decoding_at(request.decoding, request.options.temperatures[attempt])
+        decode = WindowDecode(self.tokenizer, self.backend.dims, decoding, active.job.language or "en",
+                              active.job.prompt())
+        self.scheduler.submit(Window(mel, decode, self._done, lambda _w, e: self._fail(active, e),
+                                     tag=(active, size, attempt)))
 
+    def _done(self, window: Window) -> None:
+        active, size, attempt = window.tag
+        options, job = active.request.options, active.job
+        try:
+            result = window.decode.result()
+            if needs_fallback(result, options) and attempt + 1 < len(options.temperatures):
+                self._submit(active, window.mel, size, attempt + 1)  # only this window, hotter
+                return
+            words = job.consume(result, size, self.tokenizer, options)
+            if words is not None:  # word timestamps: aligned after this tick, with the other windows done in it
+                assert window.pool is not None
+                words.cross_row = window.slot
+                self.untimed.append(_Untimed(active, result, words, window.pool.cross))
+                return
+            self._advance(active)
+        except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
+            self._fail(active, e)
 
-def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
-    o = options
-    if o.compression_ratio_threshold is not None and result.compression_ratio > o.compression_ratio_threshold:
-        return True  # too repetitive
-    unsure = o.logprob_threshold is not None and result.avg_logprob < o.logprob_threshold
-    if unsure and o.no_speech_threshold is not None and result.no_speech_prob > o.no_speech_threshold:
-        return False  # silence: a hotter retry would only invent text
-    return unsure
+    def _advance(self, active: _Active) -> None:
+        job = active.job
+        if active.request.progress:
+            active.request.progress(job.index, min(job.seek, job.content_frames), job.content_frames)
+        self._next_window(active)
+
+    def _time_words(self) -> None:
+        """The words of the windows decoded in the last tick (one Backend.align per cross K/V handle and word
+        options), then openai's word rules on each, its segments committed and the audio's next window queued."""
+        groups: dict[tuple, list[_Untimed]] = {}
+        for item in self.untimed:
+            if self.active.get(item.active.request.key) is item.active:  # not cancelled or failed since
+                groups.setdefault(item.group_key(), []).append(item)
+        self.untimed = []
+        for (_, task, prepend, append, threshold), items in groups.items():
+            try:
+                time_words(self.backend, self.tokenizer, items[0].cross, [i.words for i in items], task=task,
+                           prepend_punctuations=prepend, append_punctuations=append,
+                           hallucination_silence_threshold=threshold)
+            except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
+                for item in items:
+                    self._fail(item.active, e)
+                continue
+            for item in items:
+                try:
+                    item.active.job.commit(item.words, item.result, self.tokenizer, item.active.request.options)
+                    self._advance(item.active)
+                except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
+                    self._fail(item.active, e)
+
+    def _finish(self, active: _Active, outcome: TranscriptionResult | Exception) -> None:
+        if self.active.get(active.request.key) is active:
+            del self.active[active.request.key]
+            active.job.source.close()
+            self.finished.append((active.request.key, outcome))
+
+    def _fail(self, active: _Active, error: Exception) -> None:
+        self._finish(active, error)
 
 
 class Transcriber:
+    """Many audios with one set of options: each audio's windows in order, the windows of different audios
+    decoded together (TranscriptionLoop with batch_size windows at once)."""
+
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer):
         self.backend, self.tokenizer = backend, tokenizer
 
@@ -251,111 +327,21 @@ class Transcriber:
         options: TranscribeOptions,
         decoding: Mapping[str, Any],
         progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
     ) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
         """(input index, its result or the exception that stopped it), each as soon as that audio is done, in
-        the order they finish (the others go on). Option errors that concern every audio raise before the first."""
-        tok = self.tokenizer
-        if decoding.get("prompt") is not None:
-            # each window's prompt is the text so far; a fixed one would be silently replaced
-            raise ValueError(
-                f"prompt: received {decoding['prompt']!r} for a transcription, expected initial_prompt "
-                "(the text before the first window; later windows are prompted with the text so far)"
-            )
-        language = decoding.get("language")
-        # a language or task this model lacks fails here, before any audio is read
-        tok.sot_sequence(language or ("en" if tok.is_multilingual else None), decoding.get("task", "transcribe"))
-        if language is None and not tok.is_multilingual:
-            language = "en"
-        initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
-        return self._run(audios, options, decoding, progress, language, initial)
+        the order they finish (the others go on). Option errors that concern every audio raise here, before
+        any audio is read. on_segment is called with (input index, segment) as each segment is made."""
+        loop = TranscriptionLoop(self.backend, self.tokenizer, options.batch_size)
+        loop.check(options, decoding)
+        for index, audio in enumerate(audios):
+            loop.add(index, audio, options, decoding, progress=progress, on_segment=on_segment)
+        return _drain(loop)
 
-    def _run(self, audios, options, decoding, progress, language, initial) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
-        tok, dims = self.tokenizer, self.backend.dims
-        jobs: list[_Job] = []
-        for i, audio in enumerate(audios):
-            try:
-                mel = long_form_mel(audio, dims.n_mels)
-            except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
-                yield i, e
-                continue
-            jobs.append(_Job(i, mel, language, initial, dims.n_text_ctx))
-            if progress:
-                progress(i, 0, jobs[-1].content_frames)
-        while True:
-            if options.skip_silence:
-                for job in jobs:
-                    if not job.done:
-                        job.skip_silence()
-            for job in [j for j in jobs if j.done]:  # only silence was left
-                jobs.remove(job)
-                yield job.index, job.result(tok)
-            active = list(jobs)
-            if not active:
-                break
-            # batch the windows whose prompts are as long as the first one's
-            key = active[0].prompt_length()
-            group = [j for j in active if j.prompt_length() == key][: options.batch_size]
-            try:
-                self._step(group, options, decoding)
-            except Exception as e:  # noqa: BLE001 - fail the group's audios, keep the rest
-                for job in group:
-                    jobs.remove(job)
-                    yield job.index, e
-                continue
-            if progress:
-                for job in group:
-                    progress(job.index, min(job.seek, job.content_frames), job.content_frames)
-            for job in group:
-                if job.done:
-                    jobs.remove(job)
-                    yield job.index, job.result(tok)
 
-    def _step(self, group: list[_Job], options: TranscribeOptions, decoding: Mapping[str, Any]) -> None:
-        windows = [job.window() for job in group]
-        mel = np.stack([w for w, _ in windows])
-        cross = self.backend.encode(mel)
-        unknown = [job for job in group if job.language is None]
-        if unknown:
-            # the first 30 s decide the language of the whole audio, seen as openai-whisper sees them: the log-mel
-            # of the zero-padded audio (the decoded window is padded with 0.0 instead, which detects worse)
-            first = np.stack([pad_or_trim(job.mel, N_FRAMES) for job in unknown])
-            codes, probs = detect_language(self.backend, self.tokenizer, self.backend.encode(first), len(unknown))
-            for job, code, p in zip(unknown, codes, probs):
-                job.language, job.language_probs = code, p
-        results = self._decode_with_fallback(group, mel, cross, options, decoding)
-        pending = [(job, result, job.consume(result, size, self.tokenizer, options, row))
-                   for row, (job, result, (_, size)) in enumerate(zip(group, results, windows))]
-        timed = [(job, result, window) for job, result, window in pending if window is not None]
-        if timed:  # word_timestamps: the windows' words, while their cross K/V (rows of `cross`) are alive
-            time_words(self.backend, self.tokenizer, cross, [w for _, _, w in timed],
-                       task=decoding.get("task", "transcribe"), prepend_punctuations=options.prepend_punctuations,
-                       append_punctuations=options.append_punctuations,
-                       hallucination_silence_threshold=options.hallucination_silence_threshold)
-            for job, result, window in timed:
-                job.commit(window, result, self.tokenizer, options)
-
-    def _decode_with_fallback(
-        self, group: list[_Job], mel: np.ndarray, cross: CrossKV, options: TranscribeOptions, decoding: Mapping[str, Any]
-    ) -> list[DecodingResult]:
-        """Decode at the first temperature; retry the windows that fail the quality checks hotter."""
-        results: list[DecodingResult | None] = [None] * len(group)
-        pending = list(range(len(group)))
-        for temperature in options.temperatures:
-            task = DecodingTask(self.backend, self.tokenizer, decoding_at(decoding, temperature))
-            decoded = task.run(
-                cross,
-                len(pending),
-                languages=[group[k].language for k in pending],
-                prompts=[group[k].prompt() for k in pending],
-            )
-            retry = []
-            for k, result in zip(pending, decoded):
-                results[k] = result
-                if needs_fallback(result, options):
-                    retry.append(k)
-            if not retry:
-                break
-            if len(retry) != len(pending):
-                cross = self.backend.encode(np.ascontiguousarray(mel[retry]))  # cross K/V rows = the audios left
-            pending = retry
-        return results  # type: ignore[return-value]
+def _drain(loop: TranscriptionLoop) -> Iterator[tuple[int, TranscriptionResult | Exception]]:
+    try:
+        while loop.busy:
+            yield from loop.step()  # type: ignore[misc]
+    finally:
+        loop.close()

@@ -33,9 +33,8 @@ _PUNCTUATION = PREPEND_PUNCTUATIONS + APPEND_PUNCTUATIONS
 
 @dataclass
 class WindowWords:
-    """A window whose segments await their words: what transcribe.py's _Job.consume made of its result."""
+    """A window whose segments await their words: what LongFormJob.consume (longform.py) made of its result."""
 
-    cross_row: int  # its row of the cross K/V the window was encoded into
     language: str
     previous_seek: int  # mel frame where the window starts
     seek: int  # mel frame where the next window starts (the segment rules'; the word rules may move it)
@@ -45,6 +44,7 @@ class WindowWords:
     segments: list[SegmentWords]
     last_speech_timestamp: float  # seconds where speech ended before the window; after it, once timed
     dropped: bool = False  # hallucination_silence_threshold skipped the whole window
+    cross_row: int = -1  # its row (slot) of the cross K/V it was encoded into, set by the transcription loop
 
     @property
     def time_offset(self) -> float:

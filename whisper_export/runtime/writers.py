@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from whisper_export.atomic import write_text_atomic
+from whisper_export.runtime.options import described
 from whisper_export.runtime.transcribe import Segment, TranscriptionResult
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
@@ -22,10 +24,15 @@ class WriterOptions:
     """How srt/vtt cues are cut from a transcript's words (openai-whisper's writer options). Each needs a result
     transcribed with word_timestamps=True; without words, cues are the segments and these must stay unset."""
 
-    highlight_words: bool = False  # underline each word in a cue of its own while it is spoken
-    max_line_width: int | None = None  # characters per line; with max_line_count, cues stop following segments
-    max_line_count: int | None = None  # lines per cue (with max_line_width)
-    max_words_per_line: int | None = None  # words per line (without max_line_width)
+    highlight_words: bool = described(
+        False, "srt/vtt (needs word timestamps): underline each word in a cue of its own while it is spoken")
+    max_line_width: int | None = described(
+        None, "srt/vtt (needs word timestamps): characters per line; with --max-line-count, cues no longer "
+              "follow segments")
+    max_line_count: int | None = described(
+        None, "srt/vtt (needs word timestamps): lines per cue (with --max-line-width)")
+    max_words_per_line: int | None = described(
+        None, "srt/vtt (needs word timestamps): words per line (without --max-line-width)")
 
     def __post_init__(self) -> None:
         self._verify()
@@ -156,8 +163,8 @@ def to_vtt(result: TranscriptionResult, options: WriterOptions = DEFAULT_WRITER_
 
 
 def to_tsv(result: TranscriptionResult, options: WriterOptions = DEFAULT_WRITER_OPTIONS) -> str:
-    """openai-whisper's tsv: a header, then start and end in integer milliseconds and the text of each segment."""
-    rows = [f"{round(1000 * s.start)}\t{round(1000 * s.end)}\t{s.text.strip().replace(chr(9), ' ')}\n"
+    """openai-whisper's columns: start and end in integer milliseconds, the text (tabs in it become spaces)."""
+    rows = [f"{round(1000 * s.start)}\t{round(1000 * s.end)}\t{' '.join(s.text.strip().split(chr(9)))}\n"
             for s in _cues(result)]
     return "start\tend\ttext\n" + "".join(rows)
 
@@ -190,7 +197,8 @@ def expand_formats(output_format: str) -> tuple[str, ...]:
 
 def write_result(result: TranscriptionResult, output_dir: str | Path, stem: str, formats: Iterable[str],
                  options: WriterOptions = DEFAULT_WRITER_OPTIONS) -> list[Path]:
-    """Write <output_dir>/<stem>.<fmt> for each format; returns the paths written."""
+    """Write <output_dir>/<stem>.<fmt> for each format, each atomically (a symlink there is replaced, not
+    followed; a failed write leaves the old file); returns the paths written."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -198,6 +206,6 @@ def write_result(result: TranscriptionResult, output_dir: str | Path, stem: str,
         if fmt not in RENDERERS:
             raise ValueError(f"output format: received {fmt!r}, expected one of {', '.join(FORMATS)}")
         path = output_dir / f"{stem}.{fmt}"
-        path.write_text(RENDERERS[fmt](result, options), encoding="utf-8")
+        write_text_atomic(path, RENDERERS[fmt](result, options))
         written.append(path)
     return written

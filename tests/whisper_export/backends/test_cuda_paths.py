@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from whisper_export.runtime.audio import log_mel_batch
+from whisper_export.backends.base import BackendError
+from whisper_export.backends.picking import Pick
+from whisper_export.backends.step import StepRequest
 from whisper_export.bundle import Bundle
 
 
@@ -37,7 +40,8 @@ class _CaptureRefused:
 
 @pytest.fixture
 def simulated_cuda(monkeypatch):
-    """OnnxRuntimeBackend(device="cuda") runs its CUDA code path on the CPU provider, OrtValues in host memory.
+    """OnnxRuntimeBackend(device="cuda") runs its CUDA code path (OrtCudaBackend) on the CPU provider, OrtValues in
+    host memory.
     graphs: "refused" (the capturing session does not open, as onnxruntime refuses it on a CPU), "kept" (it
     opens; the CPU provider ignores graph ids, so every graph path runs as plain runs) or "fail" (it opens, and
     every run with a graph id raises)."""
@@ -45,15 +49,17 @@ def simulated_cuda(monkeypatch):
 
     from whisper_export.backends import onnxruntime as ob
 
+    from whisper_export.backends.ort_cuda_steps import CudaSteps
+
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ob.OnnxRuntimeBackend, "_ort_device", "cpu")
-    original = ob.OnnxRuntimeBackend._session
+    monkeypatch.setattr(CudaSteps, "_ort_device", "cpu")
+    original = CudaSteps._session
     graphs = {"mode": "refused"}
 
     def session(self, *args, **kwargs):
         graph = kwargs.pop("graph", False)
         if graph and graphs["mode"] == "refused":
-            raise ob.BackendError("no CUDA graphs on the CPU provider")
+            raise BackendError("no CUDA graphs on the CPU provider")
         device, self.device = self.device, "cpu"
         try:
             opened = original(self, *args, **kwargs)
@@ -61,7 +67,7 @@ def simulated_cuda(monkeypatch):
             self.device = device
         return _CaptureRefused(opened) if graph and graphs["mode"] == "fail" else opened
 
-    monkeypatch.setattr(ob.OnnxRuntimeBackend, "_session", session)
+    monkeypatch.setattr(CudaSteps, "_session", session)
 
     def make(*args, graphs_mode: str = "refused", **kwargs):
         graphs["mode"] = graphs_mode
@@ -74,23 +80,20 @@ def simulated_cuda(monkeypatch):
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
 def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_bundle_ort, english_clips, simulated_cuda):
     """The CUDA path's pooled buffers, fixed bindings (with graphs: two plain runs, then the capturing one; a
-    capture refused at run time: plain IO binding from then on; prompts from their shape's second time on),
-    ping-pong caches (in-place ones for attention=
-    "onnxruntime", whose greedy steps stream through the host-mapped ring) and steering updates, run on the
-    CPU provider: the tokens of the plain CPU path, and the buffer sets come back to their pools."""
-    from whisper_export.runtime.decoding import decode
+    capture refused at run time: plain IO binding from then on), in-place caches, prompts bound by address into a
+    pool's rows, steering updates and picking on the "device", run on the CPU provider: the tokens of the plain
+    CPU path, and the buffer sets come back to their pools."""
     from whisper_export.runtime.options import DecodingOptions
+    from whisper_export.runtime.scheduler import decode
 
     bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
     tokenizer = bundle.tokenizer()
     mel = log_mel_batch(english_clips[:3])
     with simulated_cuda(bundle, device="cuda", graphs_mode=graphs) as sim:
         assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
-        assert sim.in_place == (variant == "onnxruntime")
-        assert sim.select_min_rows == 1  # greedy steps select on the "device" (greedy_select.onnx) at every batch
-        assert sim.greedy_queue == (2 if variant == "onnxruntime" else 0)
+        assert sim.greedy_queue == 2 and sim.steps_whole_pool
         with simulated_cuda(bundle) as cpu:
-            assert cpu.greedy_queue == 0 and cpu.device == "cpu"
+            assert cpu.device == "cpu"
             for options in (DecodingOptions(without_timestamps=True), DecodingOptions(),
                             DecodingOptions(beam_size=3, without_timestamps=True), DecodingOptions(beam_size=3)):
                 for m in (mel, mel[1:2], mel):
@@ -101,25 +104,33 @@ def test_cuda_code_path_on_the_cpu_provider(variant, graphs, tiny_bundle, tiny_b
         else:
             assert sim.graph_mode == ("off" if graphs == "refused" else "shared")
             assert len(sim._steps) > 3  # bindings made once and reused
-            # a prompt shape (rows, n_new, n_logits) seen before ran on fixed buffers (captured on a GPU); the
-            # one-row prompts came once each (without, then with timestamps), so they ran as they were
-            prompts = {key[-3:] for key in sim._steps._bindings if "prompt" in key}
-            assert (3, 2, 2) in prompts and not any(rows == 1 for rows, _, _ in prompts), prompts
         # beam steps took their candidates from top_select.onnx (with timestamps: timestamp_top.onnx) on the
         # "device", greedy steps with timestamps their tokens from timestamp_rules.onnx
         assert sim._aux is not None and all(sim._aux.opened(name) is not None for name in ("top", "limited", "top_limited"))
-        # greedy steps streamed through the ring of each row count used
+        # greedy steps without timestamps streamed through the ring of each pool's rows where the decoder chooses
         assert sim.buffers.streams() == ([(1, 2), (3, 2)] if variant == "onnxruntime" else [])
-        # every decode is over: each pooled set is free again (two cache sets per key, one cross set per batch)
+        # every decode is over: each pooled set is free again (two cache sets per key, one cross set per pool)
         assert all(len(free) == 2 for free in sim.buffers.cache._free.values())
         assert all(len(free) == 1 for free in sim.buffers.cross._free.values())
 
 
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_mixed_windows_in_one_continuous_batch_on_the_cuda_path(variant, tiny_bundle, tiny_bundle_ort, english_clips,
+                                                                 simulated_cuda):
+    """The scheduler's must-show on the CUDA path (whole-pool steps, free rows stepped and ignored, prompts into
+    a pool's rows, reorders of one window's beams within a pool): every window's tokens equal its tokens alone."""
+    from scheduler_cases import check_mixed_batch
+
+    bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
+    with simulated_cuda(bundle, device="cuda", graphs_mode="kept") as sim:
+        check_mixed_batch(sim, bundle.tokenizer(), english_clips)
+
+
 def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips, simulated_cuda):
-    """decode_greedy streamed through the host-mapped ring (each step's choice written into the next step's token
-    slot, 3 steps queued, 10 steps = the ring's 5 slots twice) chooses what 10 single steps with host feedback
-    choose, with the same log-probabilities; with a stop token it ends once every row has chosen it, at most
-    the queue's 3 steps later."""
+    """Greedy steps streamed through the host-mapped ring (each step's choice written into the next step's token
+    slot, 3 steps queued, 10 steps = the ring's 5 slots twice) choose what 10 single steps with host feedback
+    choose, with the same log-probabilities; with a stop token they end once every live row has chosen it, at
+    most the queue's 3 steps later (a free row of a pool, not live, never holds them up)."""
     mel = log_mel_batch(english_clips[:3])
     prompt = np.array([[50257, 50362]] * 3)
     bias = np.zeros(51864, np.float32)
@@ -129,8 +140,14 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
     def start(backend):
         cross = backend.encode(mel)
         cache = backend.new_cache(3, backend.dims.n_text_ctx)
-        logits, cache = backend.decode(prompt, np.zeros(3, np.int64), np.arange(3), np.array([1]), cache, cross)
+        logits = backend.step(StepRequest(prompt, np.zeros(3, np.int64)), cache, cross).logits
         return logits[:, -1].argmax(-1)[:, None].astype(np.int64), cache, cross
+
+    def greedy(backend, token, cache, cross, steps, stop=None, offset=2, live=None):
+        request = StepRequest(token, np.full(3, offset), pick=Pick("best", bias=bias, steps=steps, stop_token=stop),
+                              live=live)
+        result = backend.step(request, cache, cross)
+        return result.tokens, result.logprobs
 
     with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
             simulated_cuda(tiny_bundle_ort, device="cuda") as ref:
@@ -138,14 +155,14 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
         token, cache, cross = start(ref)
         want_chosen, want_logprobs = [], []
         for i in range(40):
-            best, logprob, cache = ref.decode_best(token, np.full(3, 2 + i), np.arange(3), bias, cache, cross)
-            want_chosen.append(best)
-            want_logprobs.append(logprob)
-            token = best[:, None].astype(np.int64)
+            best, logprob = greedy(ref, token, cache, cross, 1, offset=2 + i)
+            want_chosen.append(best[:, 0])
+            want_logprobs.append(logprob[:, 0])
+            token = best
         want_chosen, want_logprobs = np.stack(want_chosen, 1), np.stack(want_logprobs, 1)
 
         token, cache, cross = start(sim)
-        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        chosen, logprobs = greedy(sim, token, cache, cross, 10)
         assert chosen.shape == logprobs.shape == (3, 10) and chosen.dtype == np.int64 and logprobs.dtype == np.float32
         assert np.array_equal(chosen, want_chosen[:, :10]) and np.array_equal(logprobs, want_logprobs[:, :10])
         assert sim.buffers.streams() == [(3, 3)]
@@ -154,9 +171,14 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
 
         last_stop = max(list(row).index(eot) for row in want_chosen)  # every clip ends within 40 steps
         token, cache, cross = start(sim)
-        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 40, stop_token=eot)
+        chosen, logprobs = greedy(sim, token, cache, cross, 40, stop=eot)
         assert last_stop + 1 <= chosen.shape[1] <= last_stop + 1 + 3
         assert np.array_equal(chosen, want_chosen[:, : chosen.shape[1]])
+        # row 2 not live: the stop comes with rows 0 and 1
+        token, cache, cross = start(sim)
+        chosen, _ = greedy(sim, token, cache, cross, 40, stop=eot, live=np.array([True, True, False]))
+        first_two = max(list(row).index(eot) for row in want_chosen[:2])
+        assert first_two + 1 <= chosen.shape[1] <= first_two + 1 + 3
 
         # a run interrupted with steps queued: the next run first waits for them, then streams as before
         stream, run_step, calls = sim.buffers.stream(3, 3), sim._run_step, []
@@ -170,20 +192,20 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
         token, cache, cross = start(sim)
         sim._run_step = interrupted
         with pytest.raises(KeyboardInterrupt):
-            sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+            greedy(sim, token, cache, cross, 10)
         del sim._run_step
         assert list(stream._unfinished) == [2, 3]  # queued, never waited for
         waited, wait = [], stream.wait
         stream.wait = lambda i: waited.append(i) or wait(i)
         token, cache, cross = start(sim)
-        chosen, logprobs, _ = sim.decode_greedy(token, np.full(3, 2), bias, cache, cross, 10)
+        chosen, logprobs = greedy(sim, token, cache, cross, 10)
         assert waited[:2] == [2, 3] and np.array_equal(chosen, want_chosen[:, :10])
         del stream.wait
 
-        with pytest.raises(ValueError, match=r"expected offset \+ n_new <= cache capacity 448"):
-            sim.decode_greedy(token, np.full(3, 440), bias, cache, cross, 9)
-        with pytest.raises(ValueError, match=r"expected \(rows, 1\)"):
-            sim.decode_greedy(np.zeros((3, 2), np.int64), np.full(3, 2), bias, cache, cross, 2)
+        with pytest.raises(ValueError, match=r"expected offset \+ n_new \+ steps - 1 <= cache capacity 448"):
+            greedy(sim, token, cache, cross, 9, offset=440)
+        with pytest.raises(ValueError, match=r"expected one token per row"):
+            greedy(sim, np.zeros((3, 2), np.int64), cache, cross, 2)
 
 
 @pytest.mark.parametrize("queue", [1, 2, 5])
@@ -191,7 +213,7 @@ def test_streamed_decoding_keeps_tokens(queue, tiny_bundle_ort, english_clips, s
     """The decoding loop asks for the rest of a decode in one streamed call: what follows a row's eot or the
     sample length is dropped, so every queue depth gives the tokens and log-probabilities of one step at a
     time (queue 0)."""
-    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.scheduler import decode
     from whisper_export.runtime.options import DecodingOptions
 
     mel = log_mel_batch(english_clips)
@@ -210,7 +232,7 @@ def test_streamed_decoding_keeps_tokens(queue, tiny_bundle_ort, english_clips, s
 
 
 def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clips, simulated_cuda):
-    """decode_top through top_select.onnx on the "device" (logits left in the steering buffer) returns the
+    """A "top" pick through top_select.onnx on the "device" (logits left in the steering buffer) returns the
     candidates the host picks from the logits, in the same order, log-probabilities to float32 rounding; a
     k above TOP_K falls back to the host."""
     from whisper_export import graph_io
@@ -224,10 +246,13 @@ def test_beam_candidates_on_the_device_equal_the_hosts(tiny_bundle, english_clip
         cross = backend.encode(mel)
         cache = backend.new_cache(rows, 64)
         prompt = np.array([[50257, 50362]] * rows)
-        logits, cache = backend.decode(prompt, np.zeros(rows, np.int64), np.arange(rows), np.array([1]), cache, cross)
+        logits = backend.step(StepRequest(prompt, np.zeros(rows, np.int64), group=2), cache, cross).logits
         token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
         # rows 0-1 continue audio 0, rows 2-3 audio 1, with a beam reorder before the step
-        return backend.decode_top(token, np.full(rows, 2), np.array([1, 0, 3, 2]), bias, k, cache, cross)[:2]
+        request = StepRequest(token, np.full(rows, 2), group=2, sources=np.array([1, 0, 3, 2]),
+                              pick=Pick("top", k=k, bias=bias))
+        result = backend.step(request, cache, cross)
+        return result.tokens, result.logprobs
 
     with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept") as sim, simulated_cuda(tiny_bundle) as cpu:
         for k in (6, graph_io.TOP_K):
@@ -247,7 +272,7 @@ def test_one_shared_stream_waits_once_per_picked_step(tiny_bundle, english_clips
     import onnxruntime as ort
 
     from whisper_export.backends.ort_runs import NO_SYNC
-    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.scheduler import decode
     from whisper_export.runtime.options import DecodingOptions
 
     runs: list[tuple[str, bool]] = []  # (graph file, queued) of every IO-binding run
@@ -268,7 +293,8 @@ def test_one_shared_stream_waits_once_per_picked_step(tiny_bundle, english_clips
         want = [[r.tokens for r in decode(cpu, cpu.bundle.tokenizer(), mel, o)] for o in options]
     for shared in (False, True):
         extra = {"provider_options": {"user_compute_stream": "1"}} if shared else {}
-        with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept", **extra) as sim:
+        # greedy_queue 0: one picked step at a time (streamed steps are test_streamed_timestamp_steps_...'s)
+        with simulated_cuda(tiny_bundle, device="cuda", graphs_mode="kept", greedy_queue=0, **extra) as sim:
             assert sim.shared_stream == shared
             runs.clear()
             assert [[r.tokens for r in decode(sim, sim.bundle.tokenizer(), mel, o)] for o in options] == want
@@ -288,7 +314,7 @@ def test_streamed_timestamp_steps_equal_host_rules(queue, tiny_bundle_ort, engli
     from the ring and writing its choice and the next state into it. The tokens are the CPU's (rules applied to
     host logits), the log-probabilities to float32 rounding, for every queue depth; without a shared stream the
     steps run one at a time."""
-    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.scheduler import decode
     from whisper_export.runtime.options import DecodingOptions
 
     mel = log_mel_batch(english_clips)
@@ -309,11 +335,11 @@ def test_streamed_timestamp_steps_equal_host_rules(queue, tiny_bundle_ort, engli
 
 def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bundle_ort, english_clips,
                                                                          simulated_cuda, monkeypatch):
-    """Where the CUDA runtime gives no host-mapped memory, greedy decoding goes on one decode_best per step
+    """Where the CUDA runtime gives no host-mapped memory, greedy decoding goes on one picked step at a time
     (greedy_queue 0), with the same tokens, and greedy_error says why."""
     from whisper_export.backends.host_mapped import HostMappedError
     from whisper_export.backends.ort_buffers import DeviceBuffers
-    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.scheduler import decode
     from whisper_export.runtime.options import DecodingOptions
 
     mel = log_mel_batch(english_clips[:2])
@@ -332,11 +358,11 @@ def test_streaming_falls_back_to_single_steps_without_host_mapped_memory(tiny_bu
 def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, english_clips, tmp_path,
                                                                      simulated_cuda):
     """A bundle exported before top_select.onnx and timestamp_rules.onnx existed opens (the files are optional;
-    session 4's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
+    an older exporter's timestamp_select.onnx, which took limits, is ignored) and beam search and greedy with timestamps
     on the CUDA path work on host logits instead, with the same tokens."""
     import json
 
-    from whisper_export.runtime.decoding import decode
+    from whisper_export.runtime.scheduler import decode
     from whisper_export.runtime.options import DecodingOptions
 
     old = tmp_path / "old-bundle"
@@ -345,8 +371,8 @@ def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, 
     for name in ("top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx"):
         (old / name).unlink()
         del manifest["files"][name]
-    (old / "timestamp_select.onnx").write_bytes(b"session 4's graph")  # listed, never opened
-    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"session 4's graph").hexdigest()
+    (old / "timestamp_select.onnx").write_bytes(b"an older exporter's graph")  # listed, never opened
+    manifest["files"]["timestamp_select.onnx"] = hashlib.sha256(b"an older exporter's graph").hexdigest()
     (old / "manifest.json").write_text(json.dumps(manifest))
     assert Bundle.open(old).top_path is None and Bundle.open(old).limited_path is None
     assert Bundle.open(tiny_bundle).top_path is not None and Bundle.open(tiny_bundle).limited_path is not None
@@ -367,31 +393,29 @@ def test_bundle_without_the_optional_graphs_decodes_on_host_logits(tiny_bundle, 
 @pytest.mark.parametrize("beam_size", [None, 3])
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_timestamp_rules_on_picked_steps_equal_filtering_the_logits(device, beam_size, tiny_bundle, english_clips,
-                                                                     simulated_cuda):
-    """Greedy and beam search with timestamps after the first sampled step go through Backend.decode_best_limited
-    / decode_top_limited (the rules of each row's timestamp state plus the timestamp preference; on the "device"
-    timestamp_rules.onnx / timestamp_top.onnx): the tokens of filtering host logits every step (the path they
-    replace), and the same sum of log-probabilities, bit for bit on the CPU, to float32 rounding through the
-    graphs."""
-    from whisper_export.runtime.decoding import DecodingTask
+                                                                     simulated_cuda, monkeypatch):
+    """Greedy and beam search with timestamps after the first sampled step ask for picks under the timestamp rules
+    of each row's state (on the "device": timestamp_rules.onnx / timestamp_top.onnx): the tokens of filtering
+    host logits every step (the path they replace), and the same sum of log-probabilities, bit for bit on the
+    CPU, to float32 rounding through the graphs."""
+    from whisper_export.runtime.decoding import WindowDecode
     from whisper_export.runtime.options import DecodingOptions
-
-    class LogitsEveryStep(DecodingTask):
-        def _picked(self, decoder):
-            return None
+    from whisper_export.runtime.scheduler import decode
 
     mel = log_mel_batch(english_clips)
-    picking = "decode_top_limited" if beam_size else "decode_best_limited"
     graph = "top_limited" if beam_size else "limited"
     with simulated_cuda(tiny_bundle, device=device) as backend:
         tokenizer, options = backend.bundle.tokenizer(), DecodingOptions(beam_size=beam_size)
-        calls = []
-        original = getattr(backend, picking)
-        setattr(backend, picking, lambda *a: calls.append(1) or original(*a))  # counts, then runs the real one
-        fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert len(calls) > 10
-        slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert (backend._aux is not None and backend._aux.opened(graph) is not None) == (device == "cuda")
+        ruled = []
+        original = backend.step
+        backend.step = lambda request, *a: ruled.append(request.pick.rules is not None) or original(request, *a)
+        fast = decode(backend, tokenizer, mel, options)
+        assert sum(ruled) > (10 if beam_size else 0)
+        monkeypatch.setattr(WindowDecode, "_later_pick", lambda self: Pick("logits"))
+        ruled.clear()
+        slow = decode(backend, tokenizer, mel, options)
+        assert not any(ruled)
+        assert (getattr(backend, "_aux", None) is not None and backend._aux.opened(graph) is not None) == (device == "cuda")
     for a, b in zip(fast, slow):
         assert a.tokens == b.tokens and any(t >= tokenizer.special.timestamp_begin for t in a.tokens)
         if device == "cpu":

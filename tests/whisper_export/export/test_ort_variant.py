@@ -13,12 +13,13 @@ import onnx
 import pytest
 
 from reference_model.model import Whisper
-from whisper_export.runtime.audio import log_mel_batch
 from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+from whisper_export.backends.step import StepRequest
 from whisper_export.bundle import Bundle
 from whisper_export.checks.check import check_graphs, check_tokens
 from whisper_export.export.exporter import ExportOptions, export_bundle
 from whisper_export.runtime.api import WhisperRuntime
+from whisper_export.runtime.audio import log_mel_batch
 
 
 def _ops(path) -> Counter:
@@ -60,7 +61,6 @@ def test_several_tokens_only_as_a_prompt(tiny_bundle_ort, english_clips):
     with OnnxRuntimeBackend(tiny_bundle_ort) as backend:
         cross = backend.encode(log_mel_batch(english_clips[:1]))
         cache = backend.new_cache(1, 8)
-        step = dict(cache_index=np.zeros(1, np.int64), logit_positions=np.array([1]), cross=cross)
-        _, cache = backend.decode(np.array([[50257, 50362]]), np.array([0]), cache=cache, **step)
+        backend.step(StepRequest(np.array([[50257, 50362]]), np.array([0])), cache, cross)
         with pytest.raises(ValueError, match=r"offsets: received \[2\] for a 2-token step, expected all 0"):
-            backend.decode(np.array([[440, 2068]]), np.array([2]), cache=cache, **step)
+            backend.step(StepRequest(np.array([[440, 2068]]), np.array([2])), cache, cross)

@@ -9,7 +9,10 @@ import pytest
 from whisper_export.runtime.audio import log_mel_batch
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle
-from whisper_export.runtime.decoding import DecodingTask, decode, suppress_set
+from whisper_export.backends.picking import Pick
+from whisper_export.backends.step import StepRequest
+from whisper_export.runtime.decoding import WindowDecode, suppress_set
+from whisper_export.runtime.scheduler import decode
 from whisper_export.runtime.options import DecodingOptions, TranscribeOptions, split_options
 from whisper_export.runtime.sampling import ApplyTimestampRules, BeamSearchDecoder, MaximumLikelihoodRanker
 
@@ -102,20 +105,11 @@ def test_beam_search_matches_faster_whisper(tiny_bundle, english_clips):
 # -- roles on constructed logits -----------------------------------------------------------------------
 
 
-class _RecordingInference:
-    def __init__(self):
-        self.source_indices = None
-
-    def rearrange_kv_cache(self, source_indices):
-        self.source_indices = list(source_indices)
-
-
 def test_beam_search_with_two_audios_one_finishing_early():
     """openai-whisper's batch>1 beam bug class: an audio that completes must neither stop the other nor
     let beams move across audios."""
     eot, vocab, beams = 0, 8, 2
-    inference = _RecordingInference()
-    decoder = BeamSearchDecoder(beams, eot, inference)
+    decoder = BeamSearchDecoder(beams, eot)
     tokens = np.array([[5], [5], [6], [6]], dtype=np.int64)  # audio 0 rows 0-1, audio 1 rows 2-3
     sums = np.zeros(4)
     logits = np.full((4, vocab), -10.0, dtype=np.float32)
@@ -127,7 +121,7 @@ def test_beam_search_with_two_audios_one_finishing_early():
     tokens, completed = decoder.update(tokens, logits, sums)
     assert not completed
     assert tokens.shape == (4, 2)
-    assert all(src // beams == row // beams for row, src in enumerate(inference.source_indices))
+    assert all(src // beams == row // beams for row, src in enumerate(decoder.source_indices))
     assert [tuple(t) for t in tokens[2:]] == [(6, 1), (6, 2)]
     # second step: both of audio 0's beams end, audio 1's end too -> every audio has 2 candidates
     logits = np.full((4, vocab), -10.0, dtype=np.float32)
@@ -188,23 +182,24 @@ def _openai_timestamp_mask(tokens: list[int], sample_begin: int, ts_begin: int, 
 
 
 def test_timestamp_state_gives_openai_rules_and_steps_on(tokenizer):
-    """ApplyTimestampRules.state -> limits_of forbids what openai-whisper's rules forbid, for random token
+    """TimestampRules.state -> limits_of forbids what openai-whisper's rules forbid, for random token
     sequences of timestamps and text, and next_state(state(tokens), t) is state(tokens + [t]) once a token is
     sampled (what timestamp_rules.onnx carries from step to step)."""
     special, v = tokenizer.special, tokenizer.n_vocab
     ts = special.timestamp_begin
     rules = ApplyTimestampRules(special, sample_begin=2, max_initial_timestamp_index=None)
+    step = rules.rules  # the per-row state backends apply
     rng = np.random.default_rng()
     ids = np.arange(v)
     for length in range(2, 12):
         tokens = np.where(rng.random((64, length)) < 0.5, rng.integers(0, special.eot, (64, length)),
                           rng.integers(ts, ts + 60, (64, length)))
-        limits = rules.limits(tokens)
+        limits = step.limits_of(rules.state(tokens))
         for row, (text_end, ts_min) in zip(tokens.tolist(), limits.tolist()):
             mask = (ids < text_end) | ((ids >= ts) & (ids < ts_min))
             assert np.array_equal(mask, _openai_timestamp_mask(row, 2, ts, special.eot, v)), row
         if length >= 4:  # at least one sampled token before the last
-            stepped = rules.next_state(rules.state(tokens[:, :-1]), tokens[:, -1])
+            stepped = step.next_state(rules.state(tokens[:, :-1]), tokens[:, -1])
             assert np.array_equal(stepped, rules.state(tokens))
 
 
@@ -243,7 +238,7 @@ def test_transcribe_options_are_split_and_checked():
 
 def test_language_the_model_lacks(ort_backend, tokenizer):
     with pytest.raises(ValueError, match="received language 'de' for an English-only model"):
-        DecodingTask(ort_backend, tokenizer, DecodingOptions(language="de"))
+        WindowDecode(tokenizer, ort_backend.dims, DecodingOptions(language="de"), "de")
 
 
 def test_backend_inputs_are_checked_by_name(ort_backend, english_mel):
@@ -252,21 +247,23 @@ def test_backend_inputs_are_checked_by_name(ort_backend, english_mel):
     with pytest.raises(ValueError, match=r"in_mel: received shape \(1, 80, 2000\)"):
         ort_backend.encode(english_mel[:1, :, :2000].copy())
     cross = ort_backend.encode(english_mel[:1])
+    with pytest.raises(ValueError, match=r"encode slots: received \[3\] for 1 windows"):
+        ort_backend.encode(english_mel[:1], into=cross, slots=[3])
     cache = ort_backend.new_cache(2, 8)
-    ok = dict(
-        tokens=np.zeros((2, 1), np.int64), offsets=np.zeros(2, np.int64),
-        cache_index=np.arange(2, dtype=np.int64), logit_positions=np.zeros(1, np.int64),
-    )
-    logits, cache = ort_backend.decode(**ok, cache=cache, cross=cross)
-    assert logits.shape == (2, 1, ort_backend.dims.n_vocab) and logits.dtype == np.float32
+    ok = dict(tokens=np.zeros((2, 1), np.int64), offsets=np.zeros(2, np.int64), group=2)
+    result = ort_backend.step(StepRequest(**ok), cache, cross)
+    assert result.logits.shape == (2, 1, ort_backend.dims.n_vocab) and result.logits.dtype == np.float32
     for name, bad, fragment in [
-        ("tokens", np.zeros((2, 1), np.int32), "in_tokens: received dtype int32, expected int64"),
-        ("offsets", np.full(2, 8, np.int64), "in_offsets: received 8..8"),
-        ("cache_index", np.array([0, 5]), "in_cache_index: received 0..5"),
-        ("logit_positions", np.array([1]), "in_logit_positions: received [1]"),
+        ("tokens", np.zeros((2, 1), np.int32), "tokens: received dtype int32, expected int64"),
+        ("offsets", np.full(2, 8, np.int64), "offsets: received 8..8"),
+        ("sources", np.array([0, 5]), "sources: received [0, 5]"),
+        ("positions", np.array([1]), "positions: received [1]"),
+        ("start", 1, "rows: received start 1 and 2 rows with group 2"),
+        ("pick", Pick("top", k=3, bias=np.zeros(3, np.float32)), "pick bias: received (3,)"),
+        ("pick", Pick("best", rules=object()), "timestamp state: received None None"),  # type: ignore[arg-type]
     ]:
         with pytest.raises(ValueError, match="received") as e:
-            ort_backend.decode(**{**ok, name: bad}, cache=cache, cross=cross)
+            ort_backend.step(StepRequest(**{**ok, name: bad}), cache, cross)
         assert fragment in str(e.value)
 
 

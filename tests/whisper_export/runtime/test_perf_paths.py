@@ -12,7 +12,7 @@ import pytest
 
 from whisper_export.runtime.audio import N_SAMPLES, load_audio, log_mel_batch, log_mel_spectrogram
 from whisper_export.bundle import Bundle, BundleError
-from whisper_export.runtime.sampling import chosen_logprobs, log_softmax
+from whisper_export.backends.picking import chosen_logprobs, log_softmax
 from whisper_export.runtime.transcribe import long_form_mel
 
 
@@ -51,7 +51,7 @@ def test_verified_hash_cache_still_catches_a_changed_file(tiny_bundle, tmp_path,
     bundle = tmp_path / "b"
     bundle.mkdir()
     for f in tiny_bundle.iterdir():
-        (bundle / f.name).symlink_to(f) if f.suffix == ".onnx" else shutil.copy(f, bundle / f.name)
+        (bundle / f.name).hardlink_to(f) if f.suffix == ".onnx" else shutil.copy(f, bundle / f.name)
     tokenizer = bundle / "tokenizer.json"
     old = time.time() - 60
     os.utime(tokenizer, (old, old))
@@ -86,9 +86,11 @@ def test_cpu_encoder_per_window_equals_one_batch(tiny_bundle, english_clips):
 
 
 def test_default_greedy_steps_stop_with_the_last_row(tiny_bundle, english_clips):
-    """Backend.decode_greedy (decode_best step by step) stops at the step where the last row chooses the stop
-    token, and runs all the steps without one."""
+    """Streamed greedy steps (Pick "best" with steps > 1; Backend.step's default runs them one call at a time)
+    stop at the step where the last live row chooses the stop token, and run all the steps without one."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.backends.picking import Pick
+    from whisper_export.backends.step import StepRequest
 
     with OnnxRuntimeBackend(tiny_bundle) as backend:
         cross = backend.encode(log_mel_batch(english_clips[:2]))
@@ -96,10 +98,10 @@ def test_default_greedy_steps_stop_with_the_last_row(tiny_bundle, english_clips)
         runs = []
         for stop in (None, 50256):
             cache = backend.new_cache(2, 64)
-            logits, cache = backend.decode(np.array([[50257, 50362]] * 2), np.zeros(2, np.int64), np.arange(2),
-                                           np.array([1]), cache, cross)
-            token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-            runs.append(backend.decode_greedy(token, np.full(2, 2), bias, cache, cross, 40, stop_token=stop)[0])
+            prompt = StepRequest(np.array([[50257, 50362]] * 2), np.zeros(2, np.int64))
+            token = backend.step(prompt, cache, cross).logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+            pick = Pick("best", bias=bias, steps=40, stop_token=stop)
+            runs.append(backend.step(StepRequest(token, np.full(2, 2), pick=pick), cache, cross).tokens)
     full, stopped = runs
     assert full.shape == (2, 40)
     last_stop = max(list(row).index(50256) for row in full)
@@ -107,51 +109,48 @@ def test_default_greedy_steps_stop_with_the_last_row(tiny_bundle, english_clips)
 
 
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
-def test_greedy_choice_by_the_backend_equals_filtering_the_logits(variant, tiny_bundle, tiny_bundle_ort, english_clips):
-    """Greedy without timestamps takes Backend.decode_best after the prompt step: the same tokens and
-    log-probabilities, bit for bit, as filtering host logits and taking their argmax (the path it replaces).
-    attention="onnxruntime": the decoder's own in-graph choice, the same tokens and log-probabilities to fp32
-    rounding (its log-sum-exp is onnxruntime's, not numpy's)."""
+def test_greedy_choice_by_the_backend_equals_filtering_the_logits(variant, tiny_bundle, tiny_bundle_ort, english_clips,
+                                                                  monkeypatch):
+    """Greedy without timestamps asks the backend for the best token after the prompt step: the same tokens and
+    log-probabilities, bit for bit, as filtering host logits and taking their argmax (the path it replaces)."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
-    from whisper_export.runtime.decoding import DecodingTask
+    from whisper_export.backends.picking import Pick
+    from whisper_export.runtime.decoding import WindowDecode
     from whisper_export.runtime.options import DecodingOptions
-
-    class LogitsEveryStep(DecodingTask):
-        def _later_bias(self, decoder):
-            return None
+    from whisper_export.runtime.scheduler import decode
 
     bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
     tokenizer = bundle.tokenizer()
     mel = log_mel_batch(english_clips)
+    options = DecodingOptions(without_timestamps=True)
     with OnnxRuntimeBackend(bundle) as backend:
         assert backend.selects == (variant == "onnxruntime")
-        calls = []
-        original = backend.decode_best
-        backend.decode_best = lambda *a: calls.append(1) or original(*a)  # counts, then runs the real one
-        options = DecodingOptions(without_timestamps=True)
-        fast = DecodingTask(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert len(calls) > 10
-        before = len(calls)
-        slow = LogitsEveryStep(backend, tokenizer, options).run(backend.encode(mel), len(mel))
-        assert len(calls) == before
+        kinds = []
+        original = backend.step
+        backend.step = lambda request, *a: kinds.append(request.pick.kind) or original(request, *a)
+        fast = decode(backend, tokenizer, mel, options)
+        assert kinds.count("best") >= 1 and kinds.count("logits") == 1  # the prompt step's logits only
+        monkeypatch.setattr(WindowDecode, "_later_pick", lambda self: Pick("logits"))
+        kinds.clear()
+        slow = decode(backend, tokenizer, mel, options)
+        assert set(kinds) == {"logits"} and len(kinds) > 10
     for a, b in zip(fast, slow):
         assert a.tokens == b.tokens and a.no_speech_prob == b.no_speech_prob
-        if variant == "onnx":
-            assert a.sum_logprob == b.sum_logprob
-        else:
-            assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=1e-5, abs=1e-5)
+        assert a.sum_logprob == b.sum_logprob
         assert len(a.tokens) > 5
-    # with timestamps the rules depend on the tokens: the loop keeps asking for logits
-    for options in (DecodingOptions(), DecodingOptions(temperature=0.5, without_timestamps=True)):
-        task = DecodingTask(backend, tokenizer, options)
-        assert task._later_bias(task._wire(None, 4)) is None
+    monkeypatch.undo()
+    # with timestamps the rules travel as per-row state; sampling needs the logits
+    dims = backend.dims
+    assert WindowDecode(tokenizer, dims, DecodingOptions(), "en").later.rules is not None
+    assert WindowDecode(tokenizer, dims, DecodingOptions(temperature=0.5), "en").later.kind == "logits"
+    assert WindowDecode(tokenizer, dims, DecodingOptions(beam_size=3), "en").later.kind == "top"
 
 
 def test_top_candidates_are_the_sorted_best_with_ties_by_id():
     """sampling.top_candidates (the host's beam candidates, and the contract of top_select.onnx): the k best
     of each row, best first, equal values by id, whatever argpartition does with ties at the k-th value;
     log-probabilities bit for bit those of log_softmax."""
-    from whisper_export.runtime.sampling import top_candidates
+    from whisper_export.backends.picking import top_candidates
 
     rng = np.random.default_rng()
     x = rng.standard_normal((6, 5000)).astype(np.float32)

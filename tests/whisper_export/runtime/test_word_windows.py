@@ -14,7 +14,7 @@ def _segment(words: list[tuple[str, float, float, float]]) -> SegmentWords:
 
 def _window(segments: list[SegmentWords], *, start_frame: int = 1000, seek: int = 4000, single: bool = False,
             last_speech: float = 9.0, n_frames: int = 3000, content_frames: int = 9000) -> WindowWords:
-    return WindowWords(0, "en", start_frame, seek, n_frames, content_frames, single, segments, last_speech)
+    return WindowWords("en", start_frame, seek, n_frames, content_frames, single, segments, last_speech)
 
 
 CLEAR = [(" Hello", 10.5, 10.9, 0.9), (" there", 10.9, 11.4, 0.8), (" friend.", 11.4, 12.34, 0.95)]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from whisper_export.atomic import write_text_atomic
 from whisper_export.backends.tensorrt.profiles import Profile, ProfileError, select_profile
 
 SIDECAR_FORMAT = "whisper-export-engine"
@@ -133,9 +134,7 @@ class EngineSidecar:
         return sidecar
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def read(cls, path: Path) -> "EngineSidecar":

@@ -1,0 +1,92 @@
+"""Continuous batching (runtime/scheduler.py): windows of different prompt lengths, beam sizes and timestamp modes,
+admitted as others finish and stepped together at different offsets, give exactly the tokens each gives alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_export.bundle import Bundle
+from whisper_export.runtime.audio import log_mel_batch
+from whisper_export.runtime.decoding import WindowDecode
+from whisper_export.runtime.options import DecodingOptions
+from whisper_export.runtime.scheduler import Scheduler, Window
+from scheduler_cases import check_mixed_batch
+
+def test_mixed_windows_in_one_continuous_batch_equal_each_alone(tiny_bundle, english_clips):
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    with OnnxRuntimeBackend(bundle) as backend:
+        check_mixed_batch(backend, bundle.tokenizer(), english_clips)
+
+
+def test_a_freed_slot_is_taken_at_once(tiny_bundle, english_clips):
+    """With two slots and three windows, the third is admitted in the tick after the first one finishes, into
+    the same pool: its cache and cross K/V stay the same objects (the rows are reused, not reallocated)."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mels = log_mel_batch(english_clips[:3])
+    finished: list[int] = []
+    with OnnxRuntimeBackend(bundle) as backend:
+        scheduler = Scheduler(backend, 2)
+        options = DecodingOptions(without_timestamps=True)
+        for i in range(3):
+            scheduler.submit(Window(mels[i], WindowDecode(tokenizer, backend.dims, options, "en"),
+                                    lambda w: finished.append(w.tag), lambda w, e: None, tag=i))
+        scheduler.tick()
+        (pool,) = scheduler.pools.values()
+        cache, cross = pool.cache, pool.cross
+        assert len(pool.live()) == 2 and len(scheduler.queue) == 1
+        while not finished:
+            assert len(scheduler.queue) == 1
+            scheduler.tick()
+        scheduler.tick()  # the waiting window takes the freed slot
+        assert not scheduler.queue and list(scheduler.pools.values()) == [pool]
+        scheduler.run()
+        assert sorted(finished) == [0, 1, 2] and pool.cache is cache and pool.cross is cross
+
+
+def test_a_failed_call_fails_its_windows_only(tiny_bundle, english_clips):
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mels = log_mel_batch(english_clips[:2])
+    outcomes: dict[int, object] = {}
+    with OnnxRuntimeBackend(bundle) as backend:
+        scheduler = Scheduler(backend, 2)
+        good = DecodingOptions(without_timestamps=True)
+        scheduler.submit(Window(mels[0], WindowDecode(tokenizer, backend.dims, good, "en"),
+                                lambda w: outcomes.setdefault(0, w.decode.result()),
+                                lambda w, e: outcomes.setdefault(0, e), tag=0))
+        broken = Window(np.zeros((3, 3000), np.float32), WindowDecode(tokenizer, backend.dims, DecodingOptions(), "en"),
+                        lambda w: outcomes.setdefault(1, w.decode.result()), lambda w, e: outcomes.setdefault(1, e), tag=1)
+        scheduler.submit(broken)
+        scheduler.run()
+    assert isinstance(outcomes[1], ValueError) and "in_mel" in str(outcomes[1])
+    assert not isinstance(outcomes[0], Exception) and outcomes[0].text
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_mixed_windows_in_one_continuous_batch_on_a_gpu(variant, tiny_bundle_fp16, tiny_checkpoint, tmp_path,
+                                                          english_clips):
+    """The must-show on a real CUDA device: fp16 bundles of both attention kinds (the on-demand GPU bundle is the
+    onnxruntime one), captured graphs and streamed greedy steps on, every window's tokens together = alone."""
+    import onnxruntime as ort
+
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.export.exporter import ExportOptions, export_bundle
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu with CUDAExecutionProvider is not installed")
+    directory = tiny_bundle_fp16 if variant == "onnx" else export_bundle(
+        tiny_checkpoint, tmp_path / "ort", ExportOptions(precision="fp16", attention="onnxruntime"),
+        progress=lambda _: None)
+    bundle = Bundle.open(directory)
+    with OnnxRuntimeBackend(bundle, device="cuda") as gpu:
+        assert gpu.graph_mode != "off", gpu.graph_error
+        check_mixed_batch(gpu, bundle.tokenizer(), english_clips)
