@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from whisper_export.backends.base import Backend
+from whisper_export.bundle import Bundle, BundleError
 from whisper_export.runtime.audio import HOP_LENGTH, N_SAMPLES, AudioInput, as_audio, log_mel_spectrogram
 from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
 from whisper_export.runtime.longform import (
@@ -139,12 +140,22 @@ class TranscriptionLoop:
         return language, initial
 
     def _check_words(self) -> None:
-        """BackendError/BundleError before any audio is read when word timestamps cannot be had here."""
+        reason = self.words_unavailable()
+        if reason is not None:
+            raise ValueError(reason)
+
+    def words_unavailable(self) -> str | None:
+        """Why this backend cannot give word timestamps (None: it can)."""
         if type(self.backend).align is Backend.align:
-            self.backend.align(None, np.zeros(0, np.int64), np.zeros((0, 0), np.int64), np.zeros(0, np.int64))
+            return (f"word_timestamps: received True for a {type(self.backend).__name__}, expected a backend with "
+                    "align() (onnxruntime or torch)")
         bundle = getattr(self.backend, "bundle", None)
-        if hasattr(bundle, "require_align"):
-            bundle.require_align()  # a bundle exported before align.onnx: re-export
+        if isinstance(bundle, Bundle) and bundle.align_path is None:
+            try:
+                bundle.require_align()
+            except BundleError as e:  # a bundle exported before align.onnx: re-export
+                return str(e)
+        return None
 
     def add(self, key: Hashable, audio: AudioInput, options: TranscribeOptions, decoding: Mapping[str, Any], *,
             progress: ProgressCallback | None = None, on_segment: SegmentCallback | None = None) -> None:

@@ -134,5 +134,5 @@ def test_bundle_without_align_opens_and_words_need_a_re_export(tiny_bundle, tmp_
     assert bundle.align_path is None and bundle.alignment_heads == []
     with WhisperRuntime.load(old) as runtime:
         assert "lazy dog" in runtime.transcribe(clips["en_fox.wav"]["path"]).text
-        with pytest.raises(BundleError, match=r"has no align\.onnx .* re-export the bundle with whisper-export >= 0\.2"):
+        with pytest.raises(ValueError, match=r"has no align\.onnx .* re-export the bundle with whisper-export >= 0\.2"):
             runtime.transcribe(clips["en_fox.wav"]["path"], word_timestamps=True)
