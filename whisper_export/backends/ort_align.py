@@ -43,14 +43,6 @@ class AlignRunner:
         self._inputs = graph_io.align_inputs(self.dims.n_text_layer)
         self.session = open_session(bundle.require_align(), self._inputs, graph_io.align_outputs())
 
-    def run_on(self, cross: Any, cross_type: type, audio_rows: np.ndarray, tokens: np.ndarray,
-               lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Backend.align over a backend's cross K/V handle (values in graph_io.cross_inputs order, slots)."""
-        if not isinstance(cross, cross_type):
-            raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle new_cross() and "
-                            "encode() return")
-        return self.run(cross.values, cross.slots, audio_rows, tokens, lengths)
-
     def run(self, cross_values: list[Any], n_audio: int, audio_rows: np.ndarray, tokens: np.ndarray,
             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """cross_values in graph_io.cross_inputs order: numpy arrays, or OrtValues bound in place."""

@@ -101,7 +101,7 @@ class OrtCpuBackend(OrtBackend):
 
     def align(self, cross: CpuCross, audio_rows, tokens, lengths):
         """Backend.align on align.onnx (ort_align.py), fed the pool's numpy cross K/V as they are."""
-        return self._align_runner().run_on(cross, CpuCross, audio_rows, tokens, lengths)
+        return self._align_on(cross, CpuCross, audio_rows, tokens, lengths)
 
     def close(self) -> None:
         self.encoder = self.decoder = self._align = None  # type: ignore[assignment]

@@ -268,7 +268,7 @@ class CudaSteps(OrtBackend):
     def align(self, cross: CrossHandle, audio_rows, tokens, lengths):
         """Backend.align on align.onnx (ort_align.py): the pool's cross K/V OrtValues bound where they lie, on the
         backend's stream; tokens in, scores and probabilities out through the host."""
-        return self._align_runner().run_on(cross, CrossHandle, audio_rows, tokens, lengths)
+        return self._align_on(cross, CrossHandle, audio_rows, tokens, lengths)
 
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone

@@ -38,7 +38,7 @@ OPTIONS: list[FieldOption] = [
     *field_options(TranscribeOptions),
     *(field_options(WriterOptions) if WriterOptions is not None else []),
 ]
-_WRITER_FIELDS = {o.name for o in OPTIONS if o.owner == "WriterOptions"}
+_WRITER_FIELDS = tuple(o.name for o in OPTIONS if o.owner == "WriterOptions")  # in field order
 
 
 def _number(flag: str, value: str | None, kind: type = float, optional: bool = False):

@@ -14,7 +14,7 @@ import pytest
 from reference_model.alignment_heads import KNOWN
 from reference_model.model import Whisper
 from whisper_export import graph_io as io
-from whisper_export.bundle import Bundle, BundleError, write_manifest
+from whisper_export.bundle import Bundle, write_manifest
 from whisper_export.checks.check import check_align
 
 
@@ -107,16 +107,17 @@ def test_backends_align_alike(tiny_bundle, tiny_checkpoint, clips):
     (dict(tokens=np.full((3, 4), 99999)), r"align tokens: received ids 99999\.\.99999, expected 0\.\.51863"),
     (dict(audio_rows=np.array([0.0, 1.0, 0.0])), r"align audio_rows: received float64 \(3,\), expected a 1-D int64"),
 ])
-def test_align_request_is_checked(bad, message, tiny_bundle, clips):
+def test_align_request_is_checked(bad, message, tiny_bundle):
+    """Checked before align.onnx is opened or run (the cross K/V's contents do not matter)."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
     bundle = Bundle.open(tiny_bundle)
     tokens, lengths = _request(bundle.tokenizer(), [" One.", " Two words.", " Three"])
     request = dict(audio_rows=np.array([0, 1, 0], np.int64), tokens=tokens, lengths=lengths) | bad
     with OnnxRuntimeBackend(bundle) as backend:
-        cross = _encoded(backend, clips)
         with pytest.raises(ValueError, match=message):
-            backend.align(cross, request["audio_rows"], request["tokens"], request["lengths"])
+            backend.align(backend.new_cross(2), request["audio_rows"], request["tokens"], request["lengths"])
+        assert backend._align is None
 
 
 def test_bundle_without_align_opens_and_words_need_a_re_export(tiny_bundle, tmp_path, clips):
