@@ -114,8 +114,17 @@ def load_huggingface(directory: Path, name: str | None = None) -> Checkpoint:
     tok = directory / "tokenizer.json"
     return Checkpoint(
         dims, state, name or cfg.get("_name_or_path") or directory.name, "huggingface", source,
-        tok if tok.is_file() else None, {},
+        tok if tok.is_file() else None, _generation_extra(directory),
     )
+
+
+def _generation_extra(directory: Path) -> dict:
+    """What generation_config.json carries that export needs: the alignment heads ([layer, head] pairs)."""
+    path = directory / "generation_config.json"
+    if not path.is_file():
+        return {}
+    heads = read_json(path).get("alignment_heads")
+    return {"alignment_heads": heads} if heads else {}
 
 
 def hf_config(dims: ModelDims, eot: int, sot: int) -> dict:
@@ -158,6 +167,9 @@ def save_huggingface(ckpt: Checkpoint, out_dir: Path) -> Path:
         weights = {canonical_to_hf(k): np.ascontiguousarray(v, np.float32) for k, v in ckpt.state.items()}
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(hf_config(ckpt.dims, eot, eot + 1), indent=2))
+        if ckpt.extra.get("alignment_heads"):
+            (tmp / "generation_config.json").write_text(
+                json.dumps({"alignment_heads": ckpt.extra["alignment_heads"]}, indent=2))
         if ckpt.tokenizer_json:
             shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
         tmp.rename(out_dir)

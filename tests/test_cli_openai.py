@@ -263,3 +263,28 @@ def test_more_decoding_fields_reach_the_decoder(fox, tiny_bundle, tmp_path):
     short = ours(tiny_bundle, path, tmp_path, *GREEDY, "--without-timestamps",
                  "--sample-len", "3")
     assert short["segments"][0]["tokens"] == text_only["segments"][0]["tokens"][:3]
+
+
+def test_word_timestamps_and_subtitle_options_are_openais(openai_model, fox, tiny_bundle, tmp_path):
+    """--word-timestamps with openai-whisper's subtitle options: the srt and vtt files openai-whisper's CLI writes
+    (its transcribe(word_timestamps=True) and writers on the same weights and alignment heads), and its JSON words."""
+    path, audio = fox
+    out = tmp_path / "out"
+    subtitles = {"highlight_words": True, "max_line_width": 20, "max_line_count": 2, "max_words_per_line": None}
+    result = runner.invoke(cli.app, ["transcribe", str(path), "--bundle", str(tiny_bundle), "-f", "all", "-o",
+                                     str(out), "--word-timestamps", "--highlight-words", "--max-line-width", "20",
+                                     "--max-line-count", "2", *GREEDY])
+    assert result.exit_code == 0, result.output
+    openai_model.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny.en"])  # the bundle's (load_model's for the name)
+    reference = whisper.transcribe(openai_model, audio, word_timestamps=True, temperature=0.0, fp16=False)
+    for fmt in ("srt", "vtt"):
+        whisper.utils.get_writer(fmt, str(tmp_path))(reference, "openai.wav", subtitles)
+        # openai-whisper's writers leave a blank line after the last cue too; its vtt times drop a zero hour
+        want = (tmp_path / f"openai.{fmt}").read_text()[:-1]
+        want = re.sub(r"(?m)^(\d\d:\d\d\.\d{3}) --> (\d\d:\d\d\.\d{3})$", r"00:\1 --> 00:\2", want)
+        assert (out / f"en_fox.{fmt}").read_text() == want, fmt
+    ours = [w for s in json.loads((out / "en_fox.json").read_text())["segments"] for w in s["words"]]
+    want = [w for s in reference["segments"] for w in s["words"]]
+    assert [(w["word"], w["start"], w["end"]) for w in ours] == [(w["word"], w["start"], w["end"]) for w in want]
+    assert np.allclose([w["probability"] for w in ours], [w["probability"] for w in want], atol=1e-3)
+    assert (out / "en_fox.srt").read_text().count("<u>") == len(ours) >= 8

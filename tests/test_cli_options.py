@@ -155,6 +155,11 @@ def test_a_new_field_becomes_an_option():
     (["--suppress-tokens", "-1,abc"], "--suppress-tokens: received '-1,abc', expected comma-separated token ids"),
     (["--task", "summarize"], "--task: received 'summarize'"),
     (["-f", "docx", "-o", "out"], "output format: received 'docx'"),
+    (["--highlight-words", "--max-line-width", "42"],
+     "--highlight-words, --max-line-width: received without --word-timestamps, expected --word-timestamps"),
+    (["--word-timestamps", "--max-line-count", "0"], "--max-line-count: received 0, expected None or an int >= 1"),
+    (["--hallucination-silence-threshold", "2"],
+     "--hallucination-silence-threshold: received 2.0 without word_timestamps"),
 ])
 def test_bad_options_fail_before_any_work(args, fragment, tmp_path):
     """A bundle that does not exist and audio that does not exist: neither is touched (that would be exit 1)."""

@@ -21,6 +21,7 @@ from whisper_export.hashing import HashCache, sha256_file
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "whisper-export-bundle"
 BUNDLE_FORMAT_VERSION = 1
+WORD_TIMESTAMPS_SINCE = "0.2.0"  # the first whisper-export whose bundles have align.onnx
 # a real manifest is a few KB; a larger one is not ours and is not read into memory
 MANIFEST_MAX_BYTES = 1 << 20
 REQUIRED_FILES = (graph_io.ENCODER_FILE, graph_io.DECODER_FILE, graph_io.REORDER_FILE, graph_io.SELECT_FILE,
@@ -220,6 +221,25 @@ class Bundle:
     def top_limited_path(self) -> Path | None:
         """timestamp_top.onnx, or None for a bundle exported before it existed."""
         return self.directory / graph_io.TOP_LIMITED_FILE if graph_io.TOP_LIMITED_FILE in self.files else None
+
+    @property
+    def align_path(self) -> Path | None:
+        """align.onnx (word timestamps), or None for a bundle exported before it existed."""
+        return self.directory / graph_io.ALIGN_FILE if graph_io.ALIGN_FILE in self.files else None
+
+    def require_align(self) -> Path:
+        """align.onnx, or BundleError saying how to get it."""
+        if self.align_path is None:
+            raise BundleError(
+                f"bundle {str(self.directory)!r} has no {graph_io.ALIGN_FILE} (exported by whisper-export "
+                f"{self.config.get('exporter_version', '?')}), expected one for word timestamps: re-export the bundle "
+                f"with whisper-export >= {WORD_TIMESTAMPS_SINCE}")
+        return self.align_path
+
+    @property
+    def alignment_heads(self) -> list[list[int]]:
+        """[[layer, head], ...] of the decoder cross-attention heads align.onnx returns."""
+        return [list(pair) for pair in self.config.get("alignment_heads") or []]
 
     @property
     def tokenizer_path(self) -> Path:

@@ -60,6 +60,20 @@ optional*)
 * optional: a version-3 bundle may lack the file (written before the exporter made it); the backend then
   picks from host logits. A `timestamp_select.onnx` in such a bundle (limits instead of the state) is never read.
 
+align.onnx (word timestamps: the decoder run once over a finished window's tokens; optional, a bundle without it
+cannot give word timestamps; standard MatMul/Softmax attention in every bundle kind, no contrib operators)
+    in_tokens          (rows, n_tokens)               int64     sot sequence, <|notimestamps|>, text, eot; rows
+                                                                shorter than n_tokens padded at the end (causal:
+                                                                padding never changes the positions before it)
+    in_audio_rows      (rows,)                        int64     which row of the cross K/V each row attends to
+    in_cross_k_{i}     (n_audio, n_head, 1500, hd)    precision as the encoder emits them
+    in_cross_v_{i}     (n_audio, n_head, 1500, hd)    precision
+    out_alignment_qk   (rows, n_heads, n_tokens, 1500) float32  the config's alignment heads' raw cross-attention
+                                                                scores q.k / sqrt(hd), in config order
+    out_text_probs     (rows, n_tokens - 1)           float32   softmax over the text tokens (ids < eot) of
+                                                                position t's logits, at token t + 1; 0 where
+                                                                token t + 1 is not text
+
 Cache positions at or beyond a row's offset + n_new are unspecified in out_self_* (never read).
 
 Row i of the caches is row i of the step: a beam search that reorders its rows reorders the caches before the
@@ -131,3 +145,18 @@ def decoder_outputs(n_layer: int, selects: bool = False) -> list[str]:
 
 def reorder_inputs(n_layer: int) -> list[str]:
     return [*self_inputs(n_layer), CACHE_INDEX]
+
+
+# align.onnx (see the module docstring): word timestamps
+ALIGN_FILE = "align.onnx"
+AUDIO_ROWS = "in_audio_rows"
+ALIGNMENT_QK = "out_alignment_qk"
+TEXT_PROBS = "out_text_probs"
+
+
+def align_inputs(n_layer: int) -> list[str]:
+    return [TOKENS, AUDIO_ROWS, *cross_inputs(n_layer)]
+
+
+def align_outputs() -> list[str]:
+    return [ALIGNMENT_QK, TEXT_PROBS]

@@ -102,6 +102,20 @@ class Backend(abc.ABC):
                     break
         return StepResult(None, np.stack(chosen, axis=1), np.stack(logprobs, axis=1).astype(np.float32))
 
+    def align(self, cross: CrossKV, audio_rows: np.ndarray, tokens: np.ndarray,
+              lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Word timestamps' decoder run over finished windows (graph_io's align.onnx).
+
+        cross: the windows' encoder output as encode() returned it (still alive); audio_rows (A,) int64: which of
+        its rows each alignment row attends to; tokens (A, T) int64: each row's sot sequence, <|notimestamps|>,
+        text tokens and eot, padded at the end to the longest; lengths (A,) int64: each row's real token count.
+        Returns (the alignment heads' raw cross-attention scores q.k / sqrt(hd) (A, n_heads, T, n_audio_ctx)
+        float32, the probability of each next text token (A, T - 1) float32: softmax over the text vocabulary
+        (ids < eot) of position t at token t + 1, 0 where that token is not text). Positions at or past a row's
+        length are unspecified."""
+        raise BackendError(f"{type(self).__name__}: received a request for word timestamps, expected a backend that "
+                           "implements align() (onnxruntime or torch)")
+
     def close(self) -> None:
         """Release sessions and device memory; the backend is unusable afterwards."""
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from whisper_export import graph_io
 from whisper_export.backends.base import Backend
+from whisper_export.backends.ort_align import AlignRunner, check_align_request
 from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.ort_sessions import open_session
 from whisper_export.bundle import Bundle, BundleError
@@ -45,12 +47,26 @@ class OrtBackend(Backend):
         self._dec_out = graph_io.decoder_outputs(n_layer, self.selects)
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, when unused
+        self._align: AlignRunner | None = None  # align.onnx (ort_align.py), opened by the first align()
 
     def _session(self, path: Path, inputs: list[str], outputs: list[str], graph: bool = False,
                  fixed: dict[str, int] | None = None) -> ort.InferenceSession:
         return open_session(path, inputs, outputs, device=self.device, device_id=self.device_id,
                             precision=self.precision, threads=self.threads, provider_options=self.provider_options,
                             graph=graph, fixed=fixed)
+
+    def _align_on(self, cross: Any, cross_type: type, audio_rows: np.ndarray, tokens: np.ndarray,
+                  lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Backend.align over this backend's cross K/V handle (values in graph_io.cross_inputs order, slots):
+        the request checked, then align.onnx's session, opened on first use by this backend's session factory
+        (same device, threads and, on CUDA, stream)."""
+        if not isinstance(cross, cross_type):
+            raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle new_cross() and "
+                            "encode() return")
+        check_align_request(self.dims, cross.slots, audio_rows, tokens, lengths)
+        if self._align is None:
+            self._align = AlignRunner(self.bundle, self._session)
+        return self._align.run(cross.values, cross.slots, audio_rows, tokens, lengths)
 
     def _check_prompt(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
         if self.selects and tokens.shape[1] > 1 and offsets.any():

@@ -99,5 +99,9 @@ class OrtCpuBackend(OrtBackend):
         self.decoder.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()  # bound last
 
+    def align(self, cross: CpuCross, audio_rows, tokens, lengths):
+        """Backend.align on align.onnx (ort_align.py), fed the pool's numpy cross K/V as they are."""
+        return self._align_on(cross, CpuCross, audio_rows, tokens, lengths)
+
     def close(self) -> None:
-        self.encoder = self.decoder = None  # type: ignore[assignment]
+        self.encoder = self.decoder = self._align = None  # type: ignore[assignment]

@@ -265,11 +265,16 @@ class CudaSteps(OrtBackend):
         cross_id = cross.lease.buffers.id if cross.lease is not None else id(cross)
         self._steps.run((cross_id, *cache.sets_key(), *key), bind_all, wait)
 
+    def align(self, cross: CrossHandle, audio_rows, tokens, lengths):
+        """Backend.align on align.onnx (ort_align.py): the pool's cross K/V OrtValues bound where they lie, on the
+        backend's stream; tokens in, scores and probabilities out through the host."""
+        return self._align_on(cross, CrossHandle, audio_rows, tokens, lengths)
+
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         self._steps = None  # type: ignore[assignment]
         self.buffers.clear()
-        self.encoder = self.decoder = self.step_decoder = self._aux = None  # type: ignore[assignment]
+        self.encoder = self.decoder = self.step_decoder = self._aux = self._align = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.bundle.directory)!r}, device='cuda', threads={self.threads}, "

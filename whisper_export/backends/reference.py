@@ -86,6 +86,23 @@ class TorchBackend(Backend):
                 pool[start:stop] = new
         return logits.numpy()
 
+    def align(self, cross: _Cross, audio_rows, tokens, lengths):
+        """Backend.align on the PyTorch decoder (reference_model.alignment: hooks on its cross-attention)."""
+        from reference_model.alignment import alignment_outputs
+        from reference_model.alignment_heads import resolve_alignment_heads
+        from whisper_export.backends.ort_align import check_align_request
+
+        if not isinstance(cross, _Cross):
+            raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle encode() returns")
+        check_align_request(self.dims, cross.slots, audio_rows, tokens, lengths)
+        if getattr(self, "_align_setup", None) is None:  # the heads export would write, the tokenizer's eot
+            self._align_setup = resolve_alignment_heads(self.checkpoint)[0], self.tokenizer().special.eot
+        heads, eot = self._align_setup
+        index = self._torch.from_numpy(audio_rows)
+        qk, probs = alignment_outputs(self.model, self._torch.from_numpy(tokens), [k[index] for k in cross.k],
+                                      [v[index] for v in cross.v], heads, eot)
+        return qk.numpy(), probs.numpy()
+
     def tokenizer(self):
         return self.checkpoint.tokenizer()
 

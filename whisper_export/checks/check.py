@@ -187,7 +187,44 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     if selects:  # the decoder's own choice on its last step's logits
         rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
     picking = (check_select, check_top, check_limited, check_top_limited)  # the weightless graphs, on these logits
-    return rows + [row for check in picking for row in check(bundle, out[0], rng)]
+    rows += [row for check in picking for row in check(bundle, out[0], rng)]
+    return rows + check_align(bundle, model, ck, cv, rng)
+
+
+def check_align(bundle: Bundle, model, cross_k: list, cross_v: list, rng: np.random.Generator) -> list[Row]:
+    """align.onnx (when the bundle has it) against reference_model.alignment (the PyTorch decoder, its cross-attention
+    queries taken by hooks): the alignment heads' scores and the log of the text probabilities within the
+    precision's tolerance, on rows of sot sequence + <|notimestamps|> + random text + eot of different lengths
+    (padded with eot), each row attending to a chosen audio of the reference cross K/V (rows repeated and out of
+    order); positions whose next token is not text must give probability 0 exactly."""
+    if bundle.align_path is None:
+        return []
+    import onnxruntime as ort
+    import torch
+
+    from reference_model.alignment import alignment_outputs
+
+    tol, dtype, special = TOLERANCES[bundle.precision], io.PRECISIONS[bundle.precision], bundle.special_tokens
+    prefix = [special["sot"], special["no_timestamps"]]
+    if bundle.dims.is_multilingual:
+        prefix = [special["sot"], special["language_tokens"][0], special["transcribe"], special["no_timestamps"]]
+    lengths = [len(prefix) + 1 + n for n in (9, 3, 14)]
+    tokens = np.full((len(lengths), max(lengths)), special["eot"], np.int64)
+    for r, n in enumerate(lengths):
+        tokens[r, : len(prefix)] = prefix
+        tokens[r, len(prefix) : n - 1] = rng.integers(0, special["eot"], n - 1 - len(prefix))
+    audio_rows = np.array([cross_k[0].shape[0] - 1, 0, cross_k[0].shape[0] - 1], np.int64)
+    session = ort.InferenceSession(str(bundle.align_path), providers=["CPUExecutionProvider"])
+    cross = [t.numpy().astype(dtype) for pair in zip(cross_k, cross_v) for t in pair]
+    feeds = {io.TOKENS: tokens, io.AUDIO_ROWS: audio_rows, **dict(zip(io.cross_inputs(bundle.dims.n_text_layer), cross))}
+    qk, probs = session.run(io.align_outputs(), feeds)
+    index = torch.from_numpy(audio_rows)
+    want_qk, want_probs = alignment_outputs(model, torch.from_numpy(tokens), [k[index] for k in cross_k],
+                                            [v[index] for v in cross_v], bundle.alignment_heads, special["eot"])
+    text = tokens[:, 1:] < special["eot"]
+    return [compare("align", io.ALIGNMENT_QK, qk, want_qk.numpy(), tol),
+            compare("align", f"log {io.TEXT_PROBS}", np.log(probs[text]), np.log(want_probs.numpy()[text]), tol),
+            compare("align", f"{io.TEXT_PROBS} not text", probs[~text], np.zeros((~text).sum()), Tolerance(0.0, 0.0, 0.0))]
 
 
 def _suppression(rng: np.random.Generator, n_vocab: int) -> np.ndarray:

@@ -38,7 +38,7 @@ OPTIONS: list[FieldOption] = [
     *field_options(TranscribeOptions),
     *(field_options(WriterOptions) if WriterOptions is not None else []),
 ]
-_WRITER_FIELDS = {o.name for o in OPTIONS if o.owner == "WriterOptions"}
+_WRITER_FIELDS = tuple(o.name for o in OPTIONS if o.owner == "WriterOptions")  # in field order
 
 
 def _number(flag: str, value: str | None, kind: type = float, optional: bool = False):
@@ -127,8 +127,11 @@ def _checked_options(params: dict[str, Any], options: list[FieldOption] = OPTION
         _number("--temperature-increment-on-fallback", params["temperature_increment_on_fallback"], optional=True))
     _checked_model(params)
     writer_values = {k: values.pop(k) for k in _WRITER_FIELDS if k in values}
-    if WriterOptions is not None:
-        WriterOptions(**writer_values)  # its _verify, before any audio is read
+    # WriterOptions' _verify runs before any audio is read
+    if WriterOptions is not None and WriterOptions(**writer_values).needs_words and not values.get("word_timestamps"):
+        named = ", ".join(f"--{k.replace('_', '-')}" for k, v in writer_values.items() if v not in (None, False))
+        raise ValueError(f"{named}: received without --word-timestamps, expected --word-timestamps (the cues are "
+                         "cut from the words)")
     split_options(values)
     return values, writer_values
 

@@ -25,6 +25,7 @@ from whisper_export.export.graphs import (
     timestamp_top_graph,
     top_select_graph,
 )
+from whisper_export.export.align_graph import align_graph
 from whisper_export.export.graphs_ort import decoder_graph_ort
 from whisper_export.export.onnx_builder import ATTENTIONS, WeightFile, streamed_weights
 from whisper_export.export.quantize import QUANTIZE
@@ -86,7 +87,10 @@ class ExportOptions:
 
 
 def bundle_config(ckpt, options: ExportOptions) -> dict:
+    from reference_model.alignment_heads import resolve_alignment_heads
+
     special = ckpt.tokenizer().special
+    alignment_heads, heads_source = resolve_alignment_heads(ckpt)
     return {
         "graph_io_version": graph_io.GRAPH_IO_VERSION,
         "exporter": "whisper-export",
@@ -104,7 +108,8 @@ def bundle_config(ckpt, options: ExportOptions) -> dict:
         "special_tokens": {
             k: (list(v) if isinstance(v, tuple) else v) for k, v in special.__dict__.items()
         },
-        "alignment_heads": ckpt.extra.get("alignment_heads"),
+        "alignment_heads": alignment_heads,  # [[layer, head], ...]: align.onnx's heads, for word timestamps
+        "alignment_heads_source": heads_source,  # "checkpoint", "known:<model>" or "last-half"
     }
 
 
@@ -187,7 +192,8 @@ def export_bundle(
     progress: Callable[[str], None] = _stderr,
 ) -> Path:
     """Write encoder.onnx, decoder.onnx, cache_reorder.onnx, greedy_select.onnx, top_select.onnx,
-    timestamp_rules.onnx, timestamp_top.onnx, tokenizer.json and manifest.json into out_dir (atomically)."""
+    timestamp_rules.onnx, timestamp_top.onnx, align.onnx, tokenizer.json and manifest.json into out_dir
+    (atomically)."""
     out_dir = Path(out_dir).absolute()
     check_destination(out_dir, options.overwrite)
     config = bundle_config(ckpt, options)
@@ -201,7 +207,7 @@ def export_bundle(
         for name, build in ((graph_io.ENCODER_FILE, encoder_graph), (graph_io.DECODER_FILE, _decoder_graph),
                             (graph_io.REORDER_FILE, cache_reorder_graph), (graph_io.SELECT_FILE, greedy_select_graph),
                             (graph_io.TOP_FILE, top_select_graph), (graph_io.LIMITED_FILE, timestamp_rules_graph),
-                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph)):
+                            (graph_io.TOP_LIMITED_FILE, timestamp_top_graph), (graph_io.ALIGN_FILE, align_graph)):
             t0 = time.perf_counter()
             weights_kind = "" if options.quantize == "none" else f", {options.quantize} weights"
             progress(f"[export] building {name} ({options.precision}{weights_kind}, attention={options.attention}, "

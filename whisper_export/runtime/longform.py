@@ -17,6 +17,8 @@ from whisper_export.runtime.audio import FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_R
 from whisper_export.runtime.decoding import DecodingResult
 from whisper_export.runtime.mel_source import MelSource
 from whisper_export.runtime.options import TranscribeOptions
+from whisper_export.runtime.word_windows import WindowWords
+from whisper_export.runtime.words import SegmentWords, Word
 from whisper_export.tokenizer import WhisperTokenizer
 
 # (audio index, frames done, frames in total) after each window
@@ -44,6 +46,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] | None = None  # with word_timestamps (an empty list for a cleared segment)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class LongFormJob:
         self.n_initial = len(initial_prompt)
         self.prompt_reset_since = 0
         self.segments: list[Segment] = []
+        self.last_speech_timestamp = 0.0  # word timestamps: where the speech so far ended (seconds)
         self._sound: np.ndarray | None = None  # skip_silence: which frames are sound, computed once
         self.max_prompt = n_ctx // 2 - 1
 
@@ -115,8 +119,11 @@ class LongFormJob:
         mel, size = self.source.window(self.seek)
         return mel, min(size, self.clips[0][1] - self.seek)
 
-    def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer, options: TranscribeOptions) -> None:
-        """Turn one window's result into segments and advance seek (openai-whisper's rules)."""
+    def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer,
+                options: TranscribeOptions) -> WindowWords | None:
+        """Turn one window's result into segments and advance seek (openai-whisper's rules). With word_timestamps
+        the segments are returned uncommitted (None for a window skipped as silence): the caller times their words
+        (word_windows.time_words, on the window's cross K/V) and then commit()s them."""
         if options.no_speech_threshold is not None:
             # silence: the model says no speech and is unsure of the text it produced anyway
             skip = result.no_speech_prob > options.no_speech_threshold
@@ -124,7 +131,7 @@ class LongFormJob:
                 skip = False
             if skip:
                 self.seek += size
-                return
+                return None
         window_seek = self.seek
         ts_begin = tokenizer.special.timestamp_begin
         time_offset = window_seek * HOP_LENGTH / SAMPLE_RATE
@@ -157,17 +164,35 @@ class LongFormJob:
                 duration = (int(stamps[-1]) - ts_begin) * precision
             pieces.append((time_offset, time_offset + duration, tokens.tolist()))
             self.seek += size
+        window = WindowWords(language=self.language or "en", previous_seek=window_seek,
+                             seek=self.seek, n_frames=size, content_frames=self.content_frames,
+                             single_timestamp_ending=single_timestamp_ending,
+                             segments=[SegmentWords(*piece) for piece in pieces],
+                             last_speech_timestamp=self.last_speech_timestamp)
+        if options.word_timestamps:
+            return window
+        self.commit(window, result, tokenizer, options)
+        return None
+
+    def commit(self, window: WindowWords, result: DecodingResult, tokenizer: WhisperTokenizer,
+               options: TranscribeOptions) -> None:
+        """The window's segments (with their words, when timed) into the transcript; seek moves to window.seek."""
+        window_seek = window.previous_seek
+        self.seek, self.last_speech_timestamp = window.seek, window.last_speech_timestamp
+        if window.dropped:  # hallucination_silence_threshold: only silence and a hallucination, decode again later
+            return
         audio_end = self.content_frames * HOP_LENGTH / SAMPLE_RATE
-        for start, end, piece_tokens in pieces:
+        for piece in window.segments:
             # timestamps past the end of the audio (in the window's zero padding) cannot be right; openai-whisper
             # keeps them, here they are clamped, and a segment wholly past the end loses its text below
-            start, end = min(start, audio_end), min(end, audio_end)
+            start, end, piece_tokens = min(piece.start, audio_end), min(piece.end, audio_end), piece.tokens
+            words = None if piece.words is None else [_clamped(w, audio_end) for w in piece.words]
             text = tokenizer.decode([t for t in piece_tokens if t < tokenizer.special.eot])
             if start == end or not text.strip():  # instantaneous or empty: keep the time, drop the text
-                text, piece_tokens = "", []
+                text, piece_tokens, words = "", [], None if words is None else []
             self.segments.append(Segment(
                 len(self.segments), window_seek, start, end, text, piece_tokens,
-                result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob,
+                result.temperature, result.avg_logprob, result.compression_ratio, result.no_speech_prob, words,
             ))
             if self.on_segment is not None:
                 self.on_segment(self.index, self.segments[-1])
@@ -183,6 +208,13 @@ class LongFormJob:
             list(self.segments),
             self.language_probs,
         )
+
+
+def _clamped(word: Word, audio_end: float) -> Word:
+    """A word inside the audio: times past its end (in the window's padding) moved to the end, as segments'."""
+    if word.end <= audio_end:
+        return word
+    return Word(word.word, min(word.start, audio_end), audio_end, word.probability)
 
 
 def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:

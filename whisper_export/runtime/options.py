@@ -15,6 +15,7 @@ from typing import Any
 
 from whisper_export import graph_io
 from whisper_export.runtime.vad import VadOptions
+from whisper_export.runtime.words import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS
 from whisper_export.tokenizer import LANGUAGES, TASKS, TO_LANGUAGE_CODE
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -204,11 +205,23 @@ class TranscribeOptions:
                                  "together and each on its own (not in openai-whisper; see README)")
     vad_options: VadOptions | None = described(None, "the speech detection's settings; None: VadOptions()",
                                                cli=False)
+    # openai-whisper's word timestamps: each segment's words with start, end and probability, from the
+    # cross-attention of the bundle's alignment heads (align.onnx) and dynamic time warping
+    word_timestamps: bool = described(
+        False, "each segment's words with start, end and probability (needs a bundle with align.onnx)")
+    prepend_punctuations: str = described(
+        PREPEND_PUNCTUATIONS, "with word timestamps: these punctuation marks join the next word")
+    append_punctuations: str = described(
+        APPEND_PUNCTUATIONS, "with word timestamps: these punctuation marks join the previous word")
+    hallucination_silence_threshold: float | None = described(
+        None, "with word timestamps: skip silences longer than this many seconds around a segment that looks "
+              "hallucinated")
 
     def __post_init__(self) -> None:
         self._verify()
 
     def _verify(self) -> None:
+        self._verify_words()
         temps = self.temperatures
         if not temps or any(not _is_number(t) or t < 0 for t in temps):
             raise ValueError(
@@ -231,6 +244,21 @@ class TranscribeOptions:
                 raise ValueError(f"vad_options: received {self.vad_options!r}, expected None or a VadOptions")
             if not self.vad:
                 raise ValueError(f"vad_options: received {self.vad_options!r} with vad=False, expected vad=True")
+
+    def _verify_words(self) -> None:
+        if not isinstance(self.word_timestamps, bool):
+            raise ValueError(f"word_timestamps: received {self.word_timestamps!r}, expected True or False")
+        for name in ("prepend_punctuations", "append_punctuations"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: received {getattr(self, name)!r}, expected a string of punctuation marks")
+        threshold = self.hallucination_silence_threshold
+        if threshold is None:
+            return
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+            raise ValueError(f"hallucination_silence_threshold: received {threshold!r}, expected None or seconds >= 0")
+        if not self.word_timestamps:
+            raise ValueError(f"hallucination_silence_threshold: received {threshold!r} without word_timestamps, "
+                             "expected word_timestamps=True (the rule needs the words' times)")
 
     @property
     def temperatures(self) -> tuple[float, ...]:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from whisper_export.backends.base import Backend
+from whisper_export.bundle import Bundle, BundleError
 from whisper_export.runtime.audio import HOP_LENGTH, N_SAMPLES, AudioInput, as_audio, log_mel_spectrogram
-from whisper_export.runtime.decoding import WindowDecode, detect_language
+from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
 from whisper_export.runtime.longform import (
     LongFormJob,
     ProgressCallback,
@@ -31,6 +32,7 @@ from whisper_export.runtime.longform import (
 from whisper_export.runtime.mel_source import MelSource
 from whisper_export.runtime.options import TranscribeOptions, decoding_at
 from whisper_export.runtime.scheduler import Scheduler, Window
+from whisper_export.runtime.word_windows import WindowWords, time_words
 from whisper_export.tokenizer import WhisperTokenizer
 
 # threads that read audio and compute the log-mel's first pass while the decoder runs (numpy's FFT and the
@@ -86,6 +88,23 @@ class _Active:
         self.request, self.job = request, job
 
 
+@dataclass(eq=False)
+class _Untimed:
+    """A decoded window of an audio with word timestamps, waiting for its words: its cross K/V (`cross`, row
+    `words.cross_row`) stay in the scheduler's pool until the next tick admits a window into that slot."""
+
+    active: _Active
+    result: DecodingResult
+    words: WindowWords
+    cross: Any
+
+    def group_key(self) -> tuple:
+        """Windows timed by one Backend.align call: one cross K/V handle and the same word options."""
+        o = self.active.request.options
+        return (id(self.cross), self.active.request.decoding.get("task", "transcribe"), o.prepend_punctuations,
+                o.append_punctuations, o.hallucination_silence_threshold)
+
+
 class TranscriptionLoop:
     """add() audios at any time, each with its own options; step() runs one scheduler tick and returns the
     (key, TranscriptionResult or the exception that stopped it) of the audios done since."""
@@ -98,6 +117,7 @@ class TranscriptionLoop:
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="whisper-export-audio")
         self.active: dict[Hashable, _Active] = {}
         self.finished: deque[tuple[Hashable, TranscriptionResult | Exception]] = deque()
+        self.untimed: list[_Untimed] = []  # windows of this tick waiting for their words
 
     def check(self, options: TranscribeOptions, decoding: Mapping[str, Any]) -> tuple[str | None, list[int]]:
         """ValueError for options this model cannot transcribe with, before any audio is read; else (the language,
@@ -115,7 +135,27 @@ class TranscriptionLoop:
         if language is None and not tok.is_multilingual:
             language = "en"
         initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+        if options.word_timestamps:
+            self._check_words()
         return language, initial
+
+    def _check_words(self) -> None:
+        reason = self.words_unavailable()
+        if reason is not None:
+            raise ValueError(reason)
+
+    def words_unavailable(self) -> str | None:
+        """Why this backend cannot give word timestamps (None: it can)."""
+        if type(self.backend).align is Backend.align:
+            return (f"word_timestamps: received True for a {type(self.backend).__name__}, expected a backend with "
+                    "align() (onnxruntime or torch)")
+        bundle = getattr(self.backend, "bundle", None)
+        if isinstance(bundle, Bundle) and bundle.align_path is None:
+            try:
+                bundle.require_align()
+            except BundleError as e:  # a bundle exported before align.onnx: re-export
+                return str(e)
+        return None
 
     def add(self, key: Hashable, audio: AudioInput, options: TranscribeOptions, decoding: Mapping[str, Any], *,
             progress: ProgressCallback | None = None, on_segment: SegmentCallback | None = None) -> None:
@@ -152,6 +192,8 @@ class TranscriptionLoop:
         self._open()
         if self.scheduler.busy:
             self.scheduler.tick()
+            # before the next tick, whose admissions may reuse the finished windows' cross K/V slots
+            self._time_words()
         done = list(self.finished)
         self.finished.clear()
         return done
@@ -233,12 +275,45 @@ class TranscriptionLoop:
             if needs_fallback(result, options) and attempt + 1 < len(options.temperatures):
                 self._submit(active, window.mel, size, attempt + 1)  # only this window, hotter
                 return
-            job.consume(result, size, self.tokenizer, options)
-            if active.request.progress:
-                active.request.progress(job.index, min(job.seek, job.content_frames), job.content_frames)
-            self._next_window(active)
+            words = job.consume(result, size, self.tokenizer, options)
+            if words is not None:  # word timestamps: aligned after this tick, with the other windows done in it
+                assert window.pool is not None
+                words.cross_row = window.slot
+                self.untimed.append(_Untimed(active, result, words, window.pool.cross))
+                return
+            self._advance(active)
         except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
             self._fail(active, e)
+
+    def _advance(self, active: _Active) -> None:
+        job = active.job
+        if active.request.progress:
+            active.request.progress(job.index, min(job.seek, job.content_frames), job.content_frames)
+        self._next_window(active)
+
+    def _time_words(self) -> None:
+        """The words of the windows decoded in the last tick (one Backend.align per cross K/V handle and word
+        options), then openai's word rules on each, its segments committed and the audio's next window queued."""
+        groups: dict[tuple, list[_Untimed]] = {}
+        for item in self.untimed:
+            if self.active.get(item.active.request.key) is item.active:  # not cancelled or failed since
+                groups.setdefault(item.group_key(), []).append(item)
+        self.untimed = []
+        for (_, task, prepend, append, threshold), items in groups.items():
+            try:
+                time_words(self.backend, self.tokenizer, items[0].cross, [i.words for i in items], task=task,
+                           prepend_punctuations=prepend, append_punctuations=append,
+                           hallucination_silence_threshold=threshold)
+            except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
+                for item in items:
+                    self._fail(item.active, e)
+                continue
+            for item in items:
+                try:
+                    item.active.job.commit(item.words, item.result, self.tokenizer, item.active.request.options)
+                    self._advance(item.active)
+                except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
+                    self._fail(item.active, e)
 
     def _finish(self, active: _Active, outcome: TranscriptionResult | Exception) -> None:
         if self.active.get(active.request.key) is active:

@@ -49,6 +49,7 @@ class ClientGone(Exception):
 class _Endpoints:
     def __init__(self, service: TranscriptionService, settings: ServeSettings):
         self.service, self.settings = service, settings
+        self.words_error = service.loop.words_unavailable()  # None: timestamp_granularities[]=word can be served
         self.metrics = Metrics(service)
         self.audio_pool = ThreadPoolExecutor(AUDIO_THREADS, thread_name_prefix="whisper-export-upload")
         self.in_flight = 0
@@ -68,7 +69,7 @@ class _Endpoints:
             with self._admitted():
                 form = await self._form(request, receive)
                 try:
-                    params = request_params(form, task, self.settings)
+                    params = request_params(form, task, self.settings, self.words_error)
                     upload = self._upload(form)
                     audio = await asyncio.get_running_loop().run_in_executor(
                         self.audio_pool, decode_upload, upload.file, upload.filename, self.settings.max_duration)

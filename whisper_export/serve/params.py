@@ -12,7 +12,8 @@
   (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), each window retried hotter while it fails the compression-ratio and
   log-probability thresholds;
 - `timestamp_granularities[]`: segment (default) and/or word, with response_format verbose_json only (OpenAI's
-  rule); word asks for TranscribeOptions.word_timestamps.
+  rule); word asks for TranscribeOptions.word_timestamps (a 400 word_timestamps_unavailable where the bundle
+  has no align.onnx or the backend no align()).
 Every other field (OpenAI's newer ones: stream, include, chunking_strategy, ...) is ignored, as OpenAI ignores
 fields a model does not support.
 """
@@ -21,20 +22,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from whisper_export.runtime.options import TranscribeOptions, fallback_temperatures
+from whisper_export.runtime.options import fallback_temperatures
 from whisper_export.serve.errors import APIError
 from whisper_export.serve.settings import ServeSettings
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
-# word timestamps exist once TranscribeOptions has the field (and Segment.words is filled)
-WORD_TIMESTAMPS = "word_timestamps" in {f.name for f in fields(TranscribeOptions)}
-WORDS_MISSING = ("timestamp_granularities[]: received 'word', but word timestamps need a whisper-export build with "
-                 "word timestamps (TranscribeOptions.word_timestamps) and a bundle with align.onnx; this build "
-                 "has none, expected 'segment'")
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ def _temperature(form: Mapping[str, Any]) -> float:
     return value
 
 
-def _granularities(form: Any, response_format: str) -> tuple[str, ...]:
+def _granularities(form: Any, response_format: str, words_error: str | None) -> tuple[str, ...]:
     given = [*form.getlist("timestamp_granularities[]"), *form.getlist("timestamp_granularities")]
     for value in given:
         if value not in GRANULARITIES:
@@ -80,19 +76,22 @@ def _granularities(form: Any, response_format: str) -> tuple[str, ...]:
         raise APIError(400, f"timestamp_granularities[]: received {given} with response_format "
                             f"{response_format!r}, expected response_format 'verbose_json'",
                        param="timestamp_granularities", code="invalid_value")
-    if "word" in given and not WORD_TIMESTAMPS:
-        raise APIError(400, WORDS_MISSING, param="timestamp_granularities", code="word_timestamps_unavailable")
+    if "word" in given and words_error is not None:
+        raise APIError(400, f"timestamp_granularities[]: received 'word', but this server cannot give word "
+                            f"timestamps ({words_error}), expected 'segment'", param="timestamp_granularities",
+                       code="word_timestamps_unavailable")
     return tuple(g for g in GRANULARITIES if g in given) or ("segment",)
 
 
-def request_params(form: Any, task: str, settings: ServeSettings) -> RequestParams:
+def request_params(form: Any, task: str, settings: ServeSettings, words_error: str | None = None) -> RequestParams:
     """The options of a transcription (task 'transcribe') or translation (task 'translate') from its form (a
-    starlette FormData: get and getlist); APIError 400 for a field that is not what OpenAI defines."""
+    starlette FormData: get and getlist); APIError 400 for a field that is not what OpenAI defines. words_error:
+    why the served model cannot give word timestamps (TranscriptionLoop.words_unavailable), None when it can."""
     response_format = _text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise APIError(400, f"response_format: received {response_format!r}, expected one of "
                             f"{', '.join(RESPONSE_FORMATS)}", param="response_format", code="invalid_value")
-    granularities = _granularities(form, response_format)
+    granularities = _granularities(form, response_format, words_error)
     options: dict[str, Any] = dict(settings.defaults)
     options["task"] = task
     language = _text(form, "language") if task == "transcribe" else None

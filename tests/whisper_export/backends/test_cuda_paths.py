@@ -422,3 +422,35 @@ def test_timestamp_rules_on_picked_steps_equal_filtering_the_logits(device, beam
             assert a.sum_logprob == b.sum_logprob
         else:
             assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
+def test_align_on_the_cuda_path_binds_the_cross_buffers(variant, tiny_bundle, tiny_bundle_ort, clips, simulated_cuda):
+    """Word timestamps on the CUDA path: Backend.align binds the encoder's pooled cross K/V OrtValues as align.onnx's
+    inputs (nothing copied through numpy) and gives the CPU path's scores and probabilities; with the GPU's default
+    bundle kind (attention="onnxruntime", greedy steps streamed), two files transcribed at once with word timestamps
+    get the CPU's words."""
+    from whisper_export.runtime.api import WhisperRuntime
+
+    bundle = Bundle.open(tiny_bundle if variant == "onnx" else tiny_bundle_ort)
+    special = bundle.tokenizer().special
+    paths = [clips[name]["path"] for name in ("en_fox.wav", "en_weather.wav")]
+    mel = log_mel_batch(paths)
+    tokens = np.array([[special.sot, special.no_timestamps, 383, 2068, 7586, special.eot],
+                       [special.sot, special.no_timestamps, 383, 6193, special.eot, special.eot]], np.int64)
+    request = (np.array([0, 1], np.int64), tokens, np.array([6, 5], np.int64))
+    with simulated_cuda(bundle, device="cuda", graphs_mode="kept") as sim, simulated_cuda(bundle) as cpu:
+        cross = sim.encode(mel)
+        assert not isinstance(cross.values[0], np.ndarray)  # OrtValues of the pooled set
+        qk, probs = sim.align(cross, *request)
+        want_qk, want_probs = cpu.align(cpu.encode(mel), *request)
+        np.testing.assert_allclose(qk, want_qk, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-7)
+        if variant == "onnx":
+            return
+        words = []
+        for backend in (sim, cpu):
+            runtime = WhisperRuntime(backend, bundle.tokenizer())
+            results = runtime.transcribe_batch(paths, word_timestamps=True, temperature=0.0)
+            words.append([[(w.word, w.start, w.end) for s in r.unwrap().segments for w in s.words] for r in results])
+        assert words[0] == words[1] and all(len(w) >= 9 for w in words[0])

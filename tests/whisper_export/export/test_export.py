@@ -72,7 +72,7 @@ def test_fp16_graph_is_strongly_typed(tiny_bundle_fp16):
 def test_graphs_pass_full_check_and_carry_metadata(tiny_bundle, tiny_checkpoint):
     bundle = Bundle.open(tiny_bundle)
     for path in (bundle.encoder_path, bundle.decoder_path, bundle.reorder_path, bundle.select_path, bundle.top_path,
-                 bundle.limited_path):
+                 bundle.limited_path, bundle.align_path):
         onnx.checker.check_model(str(path), full_check=True)
         cfg = read_graph_config(path)
         assert cfg == bundle.config
@@ -80,7 +80,8 @@ def test_graphs_pass_full_check_and_carry_metadata(tiny_bundle, tiny_checkpoint)
         assert cfg["special_tokens"]["eot"] == 50256 and cfg["opset"] == 23
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "cache_reorder.onnx", "greedy_select.onnx",
-                                      "top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx", "tokenizer.json"}
+                                      "top_select.onnx", "timestamp_rules.onnx", "timestamp_top.onnx", "align.onnx",
+                                      "tokenizer.json"}
 
 
 TORCH_FREE = r"""

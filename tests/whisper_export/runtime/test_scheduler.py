@@ -23,7 +23,9 @@ def test_mixed_windows_in_one_continuous_batch_equal_each_alone(tiny_bundle, eng
 
 def test_a_freed_slot_is_taken_at_once(tiny_bundle, english_clips):
     """With two slots and three windows, the third is admitted in the tick after the first one finishes, into
-    the same pool: its cache and cross K/V stay the same objects (the rows are reused, not reallocated)."""
+    the same pool: its cache and cross K/V stay the same objects (the rows are reused, not reallocated). Until
+    that tick a finished window's cross K/V stay in its slot as encoded (word timestamps are aligned on them
+    after the tick: runtime/transcribe.py)."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
     bundle = Bundle.open(tiny_bundle)
@@ -35,7 +37,7 @@ def test_a_freed_slot_is_taken_at_once(tiny_bundle, english_clips):
         options = DecodingOptions(without_timestamps=True)
         for i in range(3):
             scheduler.submit(Window(mels[i], WindowDecode(tokenizer, backend.dims, options, "en"),
-                                    lambda w: finished.append(w.tag), lambda w, e: None, tag=i))
+                                    lambda w: finished.append((w.tag, w.slot)), lambda w, e: None, tag=i))
         scheduler.tick()
         (pool,) = scheduler.pools.values()
         cache, cross = pool.cache, pool.cross
@@ -43,10 +45,17 @@ def test_a_freed_slot_is_taken_at_once(tiny_bundle, english_clips):
         while not finished:
             assert len(scheduler.queue) == 1
             scheduler.tick()
+        for tag, slot in finished:
+            assert pool.windows[slot] is None
+            own = backend.encode(mels[tag : tag + 1]).values
+            assert all(np.array_equal(row[slot], mine[0]) for row, mine in zip(cross.values, own))
         scheduler.tick()  # the waiting window takes the freed slot
         assert not scheduler.queue and list(scheduler.pools.values()) == [pool]
+        third = {**dict(finished), **{w.tag: w.slot for w in pool.live()}}[2]  # it may be done already
+        assert third in [slot for tag, slot in finished if tag != 2]
+        assert np.array_equal(cross.values[0][third], backend.encode(mels[2:3]).values[0][0])
         scheduler.run()
-        assert sorted(finished) == [0, 1, 2] and pool.cache is cache and pool.cross is cross
+        assert sorted(t for t, _ in finished) == [0, 1, 2] and pool.cache is cache and pool.cross is cross
 
 
 def test_a_failed_call_fails_its_windows_only(tiny_bundle, english_clips):

@@ -4,6 +4,7 @@ its speech), greedy and beam, timestamps on and off, many files at once, errors 
 
 from __future__ import annotations
 
+import difflib
 import re
 
 import numpy as np
@@ -135,3 +136,33 @@ def test_language_detected_per_file(base_bundle, clips):
         assert max(probs, key=probs.get) == item.result.language and abs(sum(probs.values()) - 1) < 1e-4
         expected = set(normalized_words(clips[name]["text"]))  # base garbles espeak-ng speech: a third must match
         assert len(set(normalized_words(item.result.text)) & expected) >= len(expected) / 3, item.result.text
+
+
+
+@pytest.mark.parametrize("decoding", [{}, {"beam_size": 5}], ids=["greedy", "beam 5"])
+def test_word_timestamps_in_the_original_time(runtime, long_file, clips, decoding):
+    """Word timestamps with vad: every word dated in the original audio (on its clip, not in the up to 35 s of
+    silence the VAD cut out), in order, making up its segment's text, at the times the sequential mode gives the
+    same words (greedy); a file decoded with another (their chunks in one batch) gets the words it gets alone."""
+    audio, placed, _ = long_file
+    fox = clips["en_fox.wav"]["path"]
+    options = dict(word_timestamps=True, temperature=0.0, batch_size=4, **decoding)
+    together = [item.unwrap() for item in runtime.transcribe_batch([audio, fox], vad=True, **options)]
+    alone = runtime.transcribe(fox, vad=True, **options)
+    assert [s.words for s in alone.segments] == [s.words for s in together[1].segments]
+    words = [w for s in together[0].segments for w in s.words]
+    assert len(words) >= 50
+    for s in together[0].segments:
+        assert "".join(w.word for w in s.words) == s.text
+        assert s.words and s.start == s.words[0].start and s.end == s.words[-1].end
+    assert all(a.start <= a.end <= b.start for a, b in zip(words, words[1:]))
+    for w in words:  # a chunk's first word may start in its region's 0.4 s speech pad, as whisper aligns it
+        assert any(start - 0.45 <= w.start and w.end <= end + 0.45 for _, start, end in placed), (w, placed)
+    if decoding:
+        return  # the sequential mode's beam search over 66 s costs more than it would add here
+    sequential = [w for s in runtime.transcribe(audio, **options).segments for w in s.words]
+    matcher = difflib.SequenceMatcher(a=[w.word for w in words], b=[w.word for w in sequential], autojunk=False)
+    pairs = [(words[m.a + k], sequential[m.b + k]) for m in matcher.get_matching_blocks() for k in range(m.size)]
+    assert len(pairs) >= 0.8 * len(words)  # tiny.en garbles the fox sentence differently in each context
+    close = [abs(a.start - b.start) <= 0.1 and abs(a.end - b.end) <= 0.1 for a, b in pairs]
+    assert sum(close) >= 0.85 * len(pairs), [(a, b) for (a, b), c in zip(pairs, close) if not c]

@@ -16,7 +16,8 @@ from whisper_export.languages import LANGUAGES
 from whisper_export.runtime.audio import load_audio
 from whisper_export.runtime.options import DEFAULT_TEMPERATURES
 from whisper_export.runtime.writers import to_srt, to_vtt
-from whisper_export.serve.params import WORD_TIMESTAMPS, request_params
+from whisper_export.serve.errors import APIError
+from whisper_export.serve.params import request_params
 from whisper_export.serve.settings import ServeSettings
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -100,21 +101,34 @@ def test_translation_equals_the_runtimes(base_bundle, clips):
 
 
 def test_word_granularity(runtime, clips):
-    """Words when the runtime has word timestamps (TranscribeOptions.word_timestamps), else a clear 400."""
+    """timestamp_granularities[]=word: OpenAI's top-level `words` ({word, start, end}, the word without its leading
+    space) are the runtime's word timestamps; segments come too only when asked for."""
     path = clips["en_fox.wav"]["path"]
+    want = runtime.transcribe(path, word_timestamps=True)
     with running(runtime) as url:
-        if not WORD_TIMESTAMPS:
-            with pytest.raises(openai.APIStatusError) as caught:
-                transcribe(url, path, response_format="verbose_json", timestamp_granularities=["word"])
-            assert caught.value.status_code == 400
-            assert caught.value.body["code"] == "word_timestamps_unavailable"
-            assert "align.onnx" in caught.value.body["message"]
-            return
-        want = runtime.transcribe(path, word_timestamps=True)
-        got = transcribe(url, path, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+        both = transcribe(url, path, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+        words_only = transcribe(url, path, response_format="verbose_json", timestamp_granularities=["word"])
     expected = [(w.word.strip(), w.start, w.end) for s in want.segments for w in s.words]
-    assert [(w.word, w.start, w.end) for w in got.words] == expected and len(expected) >= 8
-    assert [s.text for s in got.segments] == [s.text for s in want.segments]
+    assert [(w.word, w.start, w.end) for w in both.words] == expected and len(expected) >= 8
+    assert "lazy dog" in " ".join(w for w, _, _ in expected)  # the clip's words (tests/data/clips.json)
+    assert [s.text for s in both.segments] == [s.text for s in want.segments]
+    assert set(both.words[0].model_dump()) == {"word", "start", "end"}
+    assert words_only.words == both.words and not words_only.segments
+
+
+def test_word_granularity_needs_words_from_the_model():
+    """A server whose bundle cannot time words answers word granularity with a 400 naming why, segments as usual."""
+    settings = ServeSettings(model_id="m")
+    form = _Form(file="x", response_format="verbose_json", **{"timestamp_granularities[]": ["word"]})
+    reason = "bundle 'b' has no align.onnx"
+    with pytest.raises(APIError) as caught:
+        request_params(form, "transcribe", settings, words_error=reason)
+    assert caught.value.status == 400 and caught.value.code == "word_timestamps_unavailable"
+    assert reason in caught.value.message
+    form["timestamp_granularities[]"] = ["segment"]
+    assert request_params(form, "transcribe", settings, words_error=reason).granularities == ("segment",)
+    assert request_params(_Form(file="x", response_format="verbose_json", **{"timestamp_granularities[]": ["word"]}),
+                          "transcribe", settings).options["word_timestamps"] is True
 
 
 def test_models_health_and_metrics(runtime, clips):
