@@ -56,12 +56,13 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="an exported tiny.en bundle (default: exported on demand)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: the GPU figure (<= 10%%)")
     args = parser.parse_args()
 
     from whisper_export.runtime import transcribe
     from whisper_export.runtime.api import WhisperRuntime
 
-    runtime = WhisperRuntime.load(args.bundle, threads=args.threads)
+    runtime = WhisperRuntime.load(args.bundle, threads=args.threads, device=args.device)
     print(f"{runtime!r}, {args.rounds} alternating rounds")
     print(f"{'audio':<22} {'decoding':<8} {'wall off':>9} {'wall on':>8} {'ratio':>6} {'cpu off':>8} {'cpu on':>7} "
           f"{'ratio':>6} {'words':>6} {'align':>6} {'share':>6}")
