@@ -46,14 +46,17 @@ def decode_windows(backend, tokenizer, mels, cases, max_windows: int, steps_log:
     return results
 
 
-def check_mixed_batch(backend, tokenizer, english_clips):
+def check_mixed_batch(backend, tokenizer, english_clips, logprob_rel: float = 1e-6):
+    """Every window's tokens in one continuous batch equal its tokens alone; sum_logprob within logprob_rel (fp32
+    on the CPU: 1e-6; fp16 on a GPU, where a different row count picks other GEMM kernels, the sums of the
+    same tokens' log-probabilities move at the 1e-3 level)."""
     mels = list(log_mel_batch(english_clips + english_clips[:3]))  # 8 windows
     alone = [decode_windows(backend, tokenizer, [mel], [case], 1)[0] for mel, case in zip(mels, MIXED)]
     log: list = []
     together = decode_windows(backend, tokenizer, mels, MIXED, 3, log)
     for a, b, (options, _) in zip(alone, together, MIXED):
         assert a.tokens == b.tokens, options
-        assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=1e-6, abs=1e-6)
+        assert a.sum_logprob == pytest.approx(b.sum_logprob, rel=logprob_rel, abs=logprob_rel)
         assert len(a.tokens) > 3
     # the windows really overlapped, several per pool at once, and more windows than fit at once went through
     assert max(sum(step.values()) for step in log) == 3
