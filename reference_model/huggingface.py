@@ -168,8 +168,11 @@ def save_huggingface(ckpt: Checkpoint, out_dir: Path) -> Path:
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(hf_config(ckpt.dims, eot, eot + 1), indent=2))
         if ckpt.extra.get("alignment_heads"):
+            # transformers reads its generation settings from this file once it exists: the tokens config.json has
+            # must be here too, or generate() cannot start
+            tokens = {k: v for k, v in hf_config(ckpt.dims, eot, eot + 1).items() if k.endswith("_token_id")}
             (tmp / "generation_config.json").write_text(
-                json.dumps({"alignment_heads": ckpt.extra["alignment_heads"]}, indent=2))
+                json.dumps({**tokens, "alignment_heads": ckpt.extra["alignment_heads"]}, indent=2))
         if ckpt.tokenizer_json:
             shutil.copy(ckpt.tokenizer_json, tmp / "tokenizer.json")
         tmp.rename(out_dir)

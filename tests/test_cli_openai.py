@@ -84,8 +84,8 @@ def _recording(monkeypatch, owner, method: str) -> list[list[int]]:
     seen: list[list[int]] = []
     original = getattr(owner, method)
 
-    def record(self, *args):
-        tokens = original(self, *args)
+    def record(*args):  # a method's self, or a module function's first argument
+        tokens = original(*args)
         seen.append(list(tokens))
         return tokens
 
@@ -105,7 +105,7 @@ def test_window_prompts_are_openais(args, options, openai_model, two_windows, ti
     the later windows without earlier text (openai-whisper: without any prompt, unless --carry-initial-prompt);
     every window's prompt tokens and the segments are openai-whisper's."""
     path, audio = two_windows
-    mine = _recording(monkeypatch, decoding.DecodingTask, "_initial_tokens")
+    mine = _recording(monkeypatch, decoding, "initial_tokens")  # every window's, as WindowDecode builds it
     result = ours(tiny_bundle, path, tmp_path, *args, *GREEDY)
     reference = _recording(monkeypatch, whisper.decoding.DecodingTask, "_get_initial_tokens")
     expected = theirs(openai_model, audio, **options)

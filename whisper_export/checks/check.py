@@ -204,7 +204,7 @@ def check_align(bundle: Bundle, model, cross_k: list, cross_v: list, rng: np.ran
 
     from reference_model.alignment import alignment_outputs
 
-    tol, dtype, special = TOLERANCES[bundle.precision], io.PRECISIONS[bundle.precision], bundle.special_tokens
+    tol, dtype, special = bundle_tolerance(bundle.config), io.PRECISIONS[bundle.precision], bundle.special_tokens
     prefix = [special["sot"], special["no_timestamps"]]
     if bundle.dims.is_multilingual:
         prefix = [special["sot"], special["language_tokens"][0], special["transcribe"], special["no_timestamps"]]

@@ -116,8 +116,7 @@ class LongFormJob:
 
     def window(self) -> tuple[np.ndarray, int]:
         self._enter_clip()
-        mel, size = self.source.window(self.seek)
-        return mel, min(size, self.clips[0][1] - self.seek)
+        return self.source.window(self.seek, self.clips[0][1])  # openai: the clip's end pads the window
 
     def consume(self, result: DecodingResult, size: int, tokenizer: WhisperTokenizer,
                 options: TranscribeOptions) -> WindowWords | None:

@@ -142,12 +142,16 @@ class MelSource:
 
     # -- what the transcription loop asks for --------------------------------------------------------------
 
-    def window(self, seek: int) -> tuple[np.ndarray, int]:
-        """The 30 s window at mel frame seek: ((n_mels, N_FRAMES) float32 zero-padded past the audio, the number
-        of frames of audio in it), as pad_or_trim(long_form_mel(audio)[:, seek:seek + size], N_FRAMES)."""
+    def window(self, seek: int, end: int | None = None) -> tuple[np.ndarray, int]:
+        """The 30 s window at mel frame seek: ((n_mels, N_FRAMES) float32 zero-padded past the audio, or past
+        frame end (a clip's end), the number of frames of audio in it), as
+        pad_or_trim(long_form_mel(audio)[:, seek:seek + size], N_FRAMES)."""
         if not 0 <= seek < self.content_frames:
             raise ValueError(f"seek: received {seek}, expected 0 <= seek < content_frames ({self.content_frames})")
-        size = min(N_FRAMES, self.content_frames - seek)
+        stop = self.content_frames if end is None else min(end, self.content_frames)
+        if stop <= seek:
+            raise ValueError(f"end: received {end}, expected a frame after seek {seek}")
+        size = min(N_FRAMES, stop - seek)
         return pad_or_trim(self._frames(seek, seek + size), N_FRAMES), size
 
     def language_window(self) -> np.ndarray:

@@ -111,11 +111,10 @@ def test_against_openai_whisper_dtw_and_median_filter():
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    """tiny.en's and base's tokenizers (English-only and multilingual), from the packaged models."""
-    from reference_model.sources import packaged_tokenizer
+    """The English-only and multilingual vocabularies (tiny.en's and base's)."""
     from whisper_export.tokenizer import WhisperTokenizer
 
-    return tuple(WhisperTokenizer.from_file(packaged_tokenizer(n), n) for n in (51864, 51865))
+    return tuple(WhisperTokenizer.builtin(n) for n in (51864, 51865))
 
 
 def test_split_to_word_tokens_follows_openai(tokenizers):
