@@ -138,7 +138,9 @@ class DeviceBuffers:
         (slots,) = key
         d = self.dims
         shape = (slots, d.n_text_head, d.n_audio_ctx, d.text_head_dim)
-        return [self.empty(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
+        # zeroed once: a slot no window was encoded into is still stepped (whole-pool steps), and memory that
+        # onnxruntime's process-wide arena recycles (an fp32 backend's, read as fp16) holds NaN bit patterns
+        return [self.zeros(shape, self.dtype) for _ in range(2 * d.n_text_layer)]
 
     def _make_cache(self, key: tuple) -> list[Any]:
         rows, capacity = key

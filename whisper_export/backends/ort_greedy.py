@@ -46,6 +46,7 @@ class GreedyStream:
         self.states = self._memory.view(np.int64, (self.slots, rows, 3), 16 * n)
         self.logprobs = self._memory.view(np.float32, (self.slots, rows), 40 * n)
         self._unfinished = range(0)  # steps a run that raised left queued
+        self._live: np.ndarray | None = None  # the rows those steps were waited for in
 
     def _bind(self, binding: Any, s: int, which: tuple[str, ...]) -> None:
         rows, n = self.rows, self.slots * self.rows
@@ -91,14 +92,17 @@ class GreedyStream:
         self.logprobs[s] = np.nan
         return s
 
-    def wait(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def wait(self, i: int, live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Step i's (chosen (rows,) int64, log-probabilities (rows,) float32), once both have replaced their
-        sentinels (a spin: the step takes a fraction of a millisecond)."""
+        sentinels in every live row (live (rows,) bool; None: all) (a spin: the step takes a fraction of a
+        millisecond). A free row is not waited for: nothing reads its choice, and a NaN log-probability (a slot
+        holding no audio) would never replace the sentinel; the same kernels write it as the live rows."""
         s = i % self.slots
         chosen, logprobs = self.tokens[(s + 1) % self.slots], self.logprobs[s]
+        rows = slice(None) if live is None else np.flatnonzero(live)
         deadline = None
         # an int64 is written whole in practice; a half-written one (sentinel -1 = all ones) would show >= 2**31
-        while not (((chosen >= 0) & (chosen < 1 << 31)).all() and not np.isnan(logprobs).any()):
+        while not (((chosen[rows] >= 0) & (chosen[rows] < 1 << 31)).all() and not np.isnan(logprobs[rows]).any()):
             if deadline is None:
                 deadline = time.monotonic() + _SPIN_LIMIT_S
             elif time.monotonic() > deadline:
@@ -117,13 +121,14 @@ class GreedyStream:
         logprobs = np.empty((self.rows, steps), np.float32)
         stopped = np.zeros(self.rows, dtype=bool) if live is None else ~live
         self.start(tokens, state)
+        self._live = live
         queued = done = 0
         try:
             while done < queued or queued < steps and not stopped.all():
                 while queued < steps and queued - done < self.queue and not stopped.all():
                     queue_step(self.arm(queued, offsets))
                     queued += 1
-                chosen[:, done], logprobs[:, done] = self.wait(done)
+                chosen[:, done], logprobs[:, done] = self.wait(done, live)
                 if stop_token is not None:
                     stopped |= chosen[:, done] == stop_token
                 done += 1
@@ -137,4 +142,4 @@ class GreedyStream:
         write into the ring."""
         unfinished, self._unfinished = self._unfinished, range(0)
         for i in unfinished:
-            self.wait(i)
+            self.wait(i, self._live)

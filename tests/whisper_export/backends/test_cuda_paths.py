@@ -196,7 +196,7 @@ def test_streamed_greedy_steps_equal_single_steps(tiny_bundle_ort, english_clips
         del sim._run_step
         assert list(stream._unfinished) == [2, 3]  # queued, never waited for
         waited, wait = [], stream.wait
-        stream.wait = lambda i: waited.append(i) or wait(i)
+        stream.wait = lambda i, live=None: waited.append(i) or wait(i, live)
         token, cache, cross = start(sim)
         chosen, logprobs = greedy(sim, token, cache, cross, 10)
         assert waited[:2] == [2, 3] and np.array_equal(chosen, want_chosen[:, :10])
@@ -454,3 +454,47 @@ def test_align_on_the_cuda_path_binds_the_cross_buffers(variant, tiny_bundle, ti
             results = runtime.transcribe_batch(paths, word_timestamps=True, temperature=0.0)
             words.append([[(w.word, w.start, w.end) for s in r.unwrap().segments for w in s.words] for r in results])
         assert words[0] == words[1] and all(len(w) >= 9 for w in words[0])
+
+
+def test_streamed_steps_finish_with_a_free_slot_on_recycled_memory(tiny_bundle_ort, english_clips, simulated_cuda,
+                                                                   monkeypatch):
+    """A pool slot no window was encoded into, on memory a recycling allocator handed out holding NaN bit patterns
+    (as onnxruntime's process-wide CUDA arena hands an fp16 backend the buffers an fp32 backend freed): the free
+    row is stepped and ignored, so the streamed greedy steps still finish, and the live row's tokens and
+    log-probabilities are the plain CPU path's."""
+    from whisper_export.backends import ort_greedy
+    from whisper_export.backends.ort_buffers import DeviceBuffers
+
+    empty = DeviceBuffers.empty
+
+    def recycled(self, shape, dtype):
+        value = empty(self, shape, dtype)
+        if np.issubdtype(dtype, np.floating):
+            value.update_inplace(np.full(shape, np.nan, dtype))
+        return value
+
+    monkeypatch.setattr(DeviceBuffers, "empty", recycled)
+    monkeypatch.setattr(ort_greedy, "_SPIN_LIMIT_S", 2.0)  # a hang shows in seconds, not a minute
+    mel = log_mel_batch(english_clips[:1])
+    prompt = np.array([[50257, 50362]])
+    bias = np.zeros(51864, np.float32)
+
+    def greedy(backend, slots, live):
+        cross = backend.new_cross(slots)
+        backend.encode(mel, into=cross, slots=[0])  # slot 1 (if any) holds what the allocator left there
+        cache = backend.new_cache(slots, backend.dims.n_text_ctx)
+        logits = backend.step(StepRequest(np.repeat(prompt, slots, 0), np.zeros(slots, np.int64)), cache, cross).logits
+        token = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        request = StepRequest(token, np.full(slots, 2), pick=Pick("best", bias=bias, steps=12), live=live)
+        result = backend.step(request, cache, cross)
+        return result.tokens, result.logprobs
+
+    with simulated_cuda(tiny_bundle_ort, device="cuda", graphs_mode="kept") as sim, \
+            simulated_cuda(tiny_bundle_ort) as cpu:
+        chosen, logprobs = greedy(sim, 2, np.array([True, False]))
+        assert sim.buffers.streams() == [(2, 2)]  # streamed through the ring
+        want_chosen, want_logprobs = greedy(cpu, 1, None)
+        assert np.array_equal(chosen[:1], want_chosen) and np.allclose(logprobs[:1], want_logprobs, atol=1e-5)
+        assert len(set(chosen[0])) > 5  # fed back: a stuck feed repeats one token
+        # the free slot's cross K/V were zeroed when the pool's set was made: its ignored row computes numbers
+        assert np.isfinite(logprobs[1]).all()
