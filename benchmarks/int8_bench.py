@@ -168,12 +168,11 @@ def commands(bundles: dict[str, Path], ct2: dict[str, Path], files: list[str], t
     return {**ours, **theirs}
 
 
-def texts_of(name: str, stdout: str) -> list[str]:
+def texts_of(name: str, stdout: str, files: list[str]) -> list[str]:
+    """The texts in the order of files. Ours prints path<TAB>text per file as each finishes (several files)."""
     if name.startswith("ours"):
-        # one line per file, in order, as path<TAB>text when there are several files; an empty transcript is empty
-        lines = stdout.split("\n")
-        lines = lines[:-1] if stdout.endswith("\n") else lines
-        return [line.split("\t", 1)[1] if "\t" in line else line for line in lines]
+        by_path = dict(line.split("\t", 1) for line in stdout.splitlines() if "\t" in line)
+        return [by_path.get(f, "") for f in files]
     return json.loads(stdout.strip().splitlines()[-1])["texts"]
 
 
@@ -202,7 +201,7 @@ def measure(model: str, refs_tsv: Path, work: Path, threads: int, device: str, r
     truth = [normalize(r.text) for r in refs]
     result: dict = {"clips": len(files), "audio_seconds": sum(_seconds(Path(f)) for f in files), "systems": {}}
     for name, rs in runs.items():
-        texts = texts_of(name, rs[-1]["stdout"])
+        texts = texts_of(name, rs[-1]["stdout"], files)
         assert len(texts) == len(files), (name, len(texts))
         result["systems"][name] = {
             "walls": [r["wall"] for r in rs], "wall_s": statistics.median(r["wall"] for r in rs),
