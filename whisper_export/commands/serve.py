@@ -19,7 +19,6 @@ loaded).
 from __future__ import annotations
 
 import inspect
-import os
 import signal
 import sys
 import threading
@@ -30,7 +29,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from whisper_export.commands.field_options import FieldOption, command_signature, field_options
-from whisper_export.commands.transcribe import _load_runtime, _number
+from whisper_export.commands.transcribe import _checked_model, _load_runtime, _number
 from whisper_export.commands.transcribe_output import error
 from whisper_export.runtime.options import DEFAULT_TEMPERATURE_INCREMENT, DecodingOptions, TranscribeOptions
 from whisper_export.serve.settings import (
@@ -135,18 +134,7 @@ def _serve_on_ray(params: dict[str, Any], settings: ServeSettings) -> None:
 def _settings(params: dict[str, Any]) -> ServeSettings:
     """The server's settings from the command line's text; ValueError naming the option otherwise."""
     defaults = {o.name: o.parse(params.pop(o.name)) for o in OPTIONS}
-    threads = params["threads"] = _number("--threads", params["threads"], int)
-    cpus = os.cpu_count() or 1
-    if threads is not None and not 1 <= threads <= cpus:
-        raise ValueError(f"--threads: received {threads}, expected an int from 1 to {cpus} (this machine's logical CPUs)")
-    if params["backend"] not in ("onnxruntime", "tensorrt", "torch"):
-        raise ValueError(f"--backend: received {params['backend']!r}, expected onnxruntime, tensorrt or torch")
-    if params["device"] not in ("cpu", "cuda"):
-        raise ValueError(f"--device: received {params['device']!r}, expected cpu or cuda")
-    if params["bundle"] is not None and params["model"] is not None:
-        raise ValueError(f"received both --bundle {params['bundle']} and --model {params['model']}, expected one of them")
-    if params["backend"] == "tensorrt" and params["bundle"] is None:
-        raise ValueError("--backend tensorrt: received no --bundle, expected one built by 'whisper-export build --out DIR'")
+    _checked_model(params)  # --threads, --backend, --device, --bundle/--model: transcribe's rules
     params["replicas"] = _number("--replicas", params["replicas"], int)
     if params["ray"] is None and params["replicas"] is not None:
         raise ValueError(f"--replicas: received {params['replicas']}, expected it only with --ray")
