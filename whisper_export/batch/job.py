@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from whisper_export.batch.rows import WORDS_MISSING, WORD_TIMESTAMPS, decode_input, transcribe_rows
+from whisper_export.batch.rows import decode_input, transcribe_rows
 from whisper_export.batch.store import PartStore
 
 
@@ -47,8 +47,6 @@ class BatchJob:
         self._verify()
 
     def _verify(self) -> None:
-        if self.words and not WORD_TIMESTAMPS:
-            raise ValueError(WORDS_MISSING)
         _positive_int("files_per_batch", self.files_per_batch)
         _positive_int("rows_per_part", self.rows_per_part)
         _positive_int("actors", self.actors, optional=True)

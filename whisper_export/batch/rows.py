@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from whisper_export.runtime.audio import SAMPLE_RATE
-from whisper_export.runtime.options import TranscribeOptions
 
-# word timestamps exist once TranscribeOptions has the field (and Segment.words is filled)
-WORD_TIMESTAMPS = "word_timestamps" in {f.name for f in fields(TranscribeOptions)}
-WORDS_MISSING = ("--word-timestamps: received a request for word timestamps, but this whisper-export build has "
-                 "none (TranscribeOptions.word_timestamps); expected a build with word timestamps")
 # the columns, in order; "words" only in a run that asks for word timestamps
 OUTPUT_FIELDS = ("path", "text", "language", "duration", "segments", "words", "error")
 

@@ -25,8 +25,6 @@ from whisper_export.commands.transcribe_output import error
 from whisper_export.runtime.options import DEFAULT_TEMPERATURE_INCREMENT, DecodingOptions, TranscribeOptions
 
 OPTIONS: list[FieldOption] = [*field_options(DecodingOptions), *field_options(TranscribeOptions)]
-# before word timestamps are merged into the runtime, --word-timestamps is an option of its own that says so
-_WORDS_FIELD = any(o.name == "word_timestamps" for o in OPTIONS)
 
 
 def _explicit(
@@ -84,16 +82,7 @@ def batch(**params: Any) -> None:
                f"{summary.skipped} already there", err=True)
 
 
-def _word_flag() -> list[inspect.Parameter]:
-    if _WORDS_FIELD:
-        return []
-    option = typer.Option("--word-timestamps/--no-word-timestamps", help="a 'words' column (needs a build with word timestamps)")
-    return [inspect.Parameter("word_timestamps", inspect.Parameter.KEYWORD_ONLY, default=False,
-                              annotation=Annotated[bool, option])]
-
-
-_signature = command_signature(inspect.signature(_explicit, eval_str=True), OPTIONS)
-batch.__signature__ = _signature.replace(parameters=[*_signature.parameters.values(), *_word_flag()])  # type: ignore[attr-defined]
+batch.__signature__ = command_signature(inspect.signature(_explicit, eval_str=True), OPTIONS)  # type: ignore[attr-defined]
 
 
 def _checked(params: dict[str, Any]):
@@ -101,9 +90,8 @@ def _checked(params: dict[str, Any]):
     from whisper_export.batch.inputs import AUDIO_EXTENSIONS, list_inputs
     from whisper_export.batch.job import BatchJob
 
-    words = False if _WORDS_FIELD else params.pop("word_timestamps")
     options, _ = _checked_options(params, OPTIONS)  # _checked_model's checks included
-    words = bool(options.get("word_timestamps", words))
+    words = bool(options["word_timestamps"])
     if params["ray"] is None and params["actors"] is not None:
         raise ValueError(f"--actors: received {params['actors']}, expected it only with --ray")
     job = BatchJob(
