@@ -11,7 +11,7 @@ from reference_model.ctranslate2 import ctranslate2_files, load_ctranslate2
 from reference_model.generation import check_generation_settings
 from reference_model.huggingface import is_hf_dir, load_huggingface
 from reference_model.openai import load_openai
-from whisper_export.hashing import sha256_file
+from whisper_export.hashing import pinned_file
 
 DEFAULT_MODEL = "tiny.en"
 
@@ -36,16 +36,7 @@ class PackagedModel:
         return Path(list(spec.submodule_search_locations)[0]) / rel
 
     def _verified(self, module: str, rel: str, sha256: str) -> Path:
-        path = self._path(module, rel)
-        if not path.is_file():
-            raise CheckpointError(f"model {self.name!r}: {path} is missing; reinstall: pip install {self.pip_spec}")
-        digest = sha256_file(path)
-        if digest != sha256:
-            raise CheckpointError(
-                f"model {self.name!r}: {path} has sha256 {digest}, expected {sha256} "
-                f"(the upstream package changed; pin {self.pip_spec})"
-            )
-        return path
+        return pinned_file(self._path(module, rel), sha256, f"model {self.name!r}", self.pip_spec, CheckpointError)
 
     def load(self) -> Checkpoint:
         files = [self._verified(*w) for w in self.weights]

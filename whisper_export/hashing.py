@@ -22,6 +22,18 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def pinned_file(path: Path, sha256: str, owner: str, pip_spec: str, error: type[Exception]) -> Path:
+    """path, when it is a file with the pinned sha256 (a file shipped in a third-party package); else error
+    ("OWNER: PATH is missing" or "... has sha256 X, expected Y") with the pip command that restores it."""
+    if not path.is_file():
+        raise error(f"{owner}: {path} is missing; reinstall: pip install {pip_spec}")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise error(f"{owner}: {path} has sha256 {digest}, expected {sha256} (the upstream package changed; "
+                    f"pin {pip_spec})")
+    return path
+
+
 # -- verified-hash cache ------------------------------------------------------------------------------
 # Hashing a tiny.en bundle (150 MB) costs ~0.13 s, a large one seconds: a tenth of a short transcription.
 # A file whose identity and metadata (device, inode, size, mtime_ns, ctime_ns) are those it had when its

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from whisper_export.commands.field_options import FieldOption, command_signature, field_options
-from whisper_export.commands.transcribe import _as_flag, _checked_options, _number
+from whisper_export.commands.transcribe import IncrementOption, TemperatureOption, _as_flag, _checked_options, _number
 from whisper_export.commands.transcribe_output import error
 from whisper_export.runtime.options import DEFAULT_TEMPERATURE_INCREMENT, DecodingOptions, TranscribeOptions
 
@@ -40,11 +40,8 @@ def _explicit(
     cpus_per_actor: Annotated[str, typer.Option("--cpus-per-actor", metavar="INT", help="with --ray and --device cpu: CPUs (and threads) of each runtime")] = "4",
     files_per_batch: Annotated[str, typer.Option("--files-per-batch", metavar="INT", help="files handed to a runtime at once (their windows are decoded together)")] = "16",
     rows_per_part: Annotated[str, typer.Option("--rows-per-part", metavar="INT", help="rows per Parquet part file at most (a part is also written every minute)")] = "256",
-    temperature: Annotated[str, typer.Option(metavar="FLOAT", help="temperature of the first try; 0: greedy or beam search")] = "0.0",
-    temperature_increment_on_fallback: Annotated[Optional[str], typer.Option(
-        "--temperature-increment-on-fallback", metavar="FLOAT|None", show_default=True,
-        help="a window that fails the thresholds is tried again this much hotter, up to 1.0; None: no fallback",
-    )] = str(DEFAULT_TEMPERATURE_INCREMENT),
+    temperature: TemperatureOption = "0.0",
+    temperature_increment_on_fallback: IncrementOption = str(DEFAULT_TEMPERATURE_INCREMENT),
 ) -> None:
     """Only the signature is used: the options of `batch` that are not options-dataclass fields."""
 

@@ -52,6 +52,14 @@ def _number(flag: str, value: str | None, kind: type = float, optional: bool = F
         raise ValueError(f"{flag}: received {value!r}, expected {expected}") from None
 
 
+# The fallback schedule's two options, shared by transcribe and batch (a float or "None", checked by _number).
+TemperatureOption = Annotated[str, typer.Option(metavar="FLOAT", help="temperature of the first try; 0: greedy or beam search")]
+IncrementOption = Annotated[Optional[str], typer.Option(
+    "--temperature-increment-on-fallback", metavar="FLOAT|None", show_default=True,
+    help="a window that fails the thresholds is tried again this much hotter, up to 1.0; None: no fallback",
+)]
+
+
 def _explicit(
     audio: Annotated[list[Path], typer.Argument(help="audio files (wav/flac/ogg/mp3; others via ffmpeg)", show_default=False)],
     bundle: Annotated[Optional[Path], typer.Option("--bundle", "-b", help="exported bundle directory")] = None,
@@ -62,11 +70,8 @@ def _explicit(
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="write files here instead of printing text; created if missing")] = None,
     threads: Annotated[Optional[str], typer.Option(metavar="INT", help="CPU threads, at most the logical CPUs (default: physical cores)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose/--no-verbose", help="print each segment with its times on stderr as it is decoded")] = False,
-    temperature: Annotated[str, typer.Option(metavar="FLOAT", help="temperature of the first try; 0: greedy or beam search")] = "0.0",
-    temperature_increment_on_fallback: Annotated[Optional[str], typer.Option(
-        "--temperature-increment-on-fallback", metavar="FLOAT|None", show_default=True,
-        help="a window that fails the thresholds is tried again this much hotter, up to 1.0; None: no fallback",
-    )] = str(DEFAULT_TEMPERATURE_INCREMENT),
+    temperature: TemperatureOption = "0.0",
+    temperature_increment_on_fallback: IncrementOption = str(DEFAULT_TEMPERATURE_INCREMENT),
 ) -> None:
     """Only the signature is used: the options of `transcribe` that are not options-dataclass fields."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from whisper_export.hashing import sha256_file
+from whisper_export.hashing import pinned_file
 
 SAMPLE_RATE = 16000  # the model's rate (runtime/audio.py's SAMPLE_RATE; not imported: audio.py is heavier)
 FRAME_SAMPLES = 512  # one speech probability per 32 ms frame
@@ -118,15 +118,7 @@ def silero_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise VadModelError(f"vad: the Silero VAD model needs the package {SILERO_MODULE!r}: pip install {SILERO_PIP_SPEC}")
     path = Path(list(spec.submodule_search_locations)[0]) / SILERO_FILE
-    if not path.is_file():
-        raise VadModelError(f"vad: {path} is missing; reinstall: pip install {SILERO_PIP_SPEC}")
-    digest = sha256_file(path)
-    if digest != SILERO_SHA256:
-        raise VadModelError(
-            f"vad: {path} has sha256 {digest}, expected {SILERO_SHA256} (the upstream package changed; "
-            f"pin {SILERO_PIP_SPEC})"
-        )
-    return path
+    return pinned_file(path, SILERO_SHA256, "vad", SILERO_PIP_SPEC, VadModelError)
 
 
 class SileroVad:
