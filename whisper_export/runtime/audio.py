@@ -209,16 +209,36 @@ def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
     return ((np.maximum(log_spec, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
 
 
-def _log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
-    """(n_samples,) float -> (n_mels, n_samples // HOP_LENGTH) float32.
+# Zero samples after the audio that the STFT really runs over: 10 frames, >= N_FFT / 2 + 2 hops, so that the last
+# of them is pure silence. Every frame after it is that same silent frame (MelSource streams the same frames).
+SILENT_TAIL_SAMPLES = 10 * HOP_LENGTH
+
+
+def _log_mel(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.ndarray:
+    """(n_samples,) float and ``padding`` zero samples after it -> (n_mels, (n_samples + padding) // HOP_LENGTH)
+    float32.
 
     Mirrors ``torch.stft(center=True, pad_mode="reflect")`` followed by
     whisper's scaling. Computed in float64: torch works in float32, but the
     extra precision keeps us within ~5e-5 of it while float32 FFTs here
     would add their own, different rounding error.
+
+    A frame whose window lies wholly in the zero padding (the reflection at the end included) is the log-mel
+    of silence: log10 of the 1e-10 floor in every bin, then floored at the loudest bin - 8 like the rest. So
+    the STFT runs over the audio and SILENT_TAIL_SAMPLES of the zeros only, and its last frame (pure silence)
+    is repeated to the full length: bit for bit the frames of the whole padded signal, because every block
+    has the same shape and a frame's value depends on its own samples only. A 5 s clip padded to 30 s is a
+    sixth of the work.
     """
+    if padding > SILENT_TAIL_SAMPLES:
+        total = (len(audio) + padding) // HOP_LENGTH
+        mel = _log_mel(audio, n_mels, SILENT_TAIL_SAMPLES)
+        out = np.empty((n_mels, total), np.float32)
+        out[:, : mel.shape[1]] = mel
+        out[:, mel.shape[1] :] = mel[:, -1:]
+        return out
     pad = N_FFT // 2
-    padded = np.pad(audio.astype(np.float64), (pad, pad), mode="reflect")
+    padded = np.pad(np.pad(audio.astype(np.float64), (0, padding)), (pad, pad), mode="reflect")
     # frames: (n_samples // HOP_LENGTH + 1, N_FFT), a strided view, no copy.
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     # Whisper drops the last frame so that 30 s map to exactly N_FRAMES frames.
@@ -245,10 +265,7 @@ def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -
     _check_n_mels(n_mels)
     if padding < 0:
         raise AudioError(f"received padding={padding}, expected a non-negative number of samples")
-    waveform = as_audio(audio)
-    if padding:
-        waveform = np.pad(waveform, (0, padding))
-    return _log_mel(waveform, n_mels)
+    return _log_mel(as_audio(audio), n_mels, padding)
 
 
 def log_mel_batch(audios: Sequence[AudioInput], n_mels: int = 80) -> np.ndarray:
@@ -268,4 +285,5 @@ def log_mel_batch(audios: Sequence[AudioInput], n_mels: int = 80) -> np.ndarray:
         raise AudioError("received an empty batch, expected at least one clip")
     # One clip at a time: the float64 STFT of a whole batch at once is slower
     # (memory-bound) and needs ~20 MB per clip.
-    return np.stack([_log_mel(pad_or_trim(as_audio(audio)), n_mels) for audio in audios])
+    clips = (as_audio(audio)[:N_SAMPLES] for audio in audios)
+    return np.stack([_log_mel(clip, n_mels, N_SAMPLES - len(clip)) for clip in clips])
