@@ -111,9 +111,14 @@ def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -
     if size > length:
         return np.take(array, np.arange(length), axis=axis)
     if size < length:
-        pad_widths = [(0, 0)] * array.ndim
-        pad_widths[axis] = (0, length - size)
-        return np.pad(array, pad_widths)
+        # zeros (calloc: untouched pages cost nothing) and one copy; np.pad writes every padding element
+        shape = list(array.shape)
+        shape[axis] = length
+        out = np.zeros(shape, array.dtype)
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(0, size)
+        out[tuple(index)] = array
+        return out
     return array
 
 
@@ -184,23 +189,32 @@ def _hann_window() -> np.ndarray:
     return window
 
 
-# Frames per block of the STFT and the mel projection. The projection (a BLAS matmul) and log10 always run on
-# (n_mels, MEL_BLOCK_FRAMES) arrays, the last block zero-filled: a BLAS may sum in another order for another
-# shape (a one-column product differs in the last bit), so a frame's value must not depend on how many frames
-# were computed with it. The FFT rows are independent. With this, MelSource's streamed blocks on the same grid
-# are bit-identical to the whole-array computation.
+# Frames per block of the STFT and the mel projection. The projection (a BLAS matmul) runs on (n_mels, width)
+# arrays, width a multiple of MEL_COLUMN_STEP up to MEL_BLOCK_FRAMES, the extra columns zero-filled: a BLAS may
+# sum in another order for a very narrow product (a one-column product is a gemv and differs in the last bit;
+# OpenBLAS takes a small-matrix kernel under ~1e6 multiply-adds), so a frame's value must not depend on how many
+# frames were computed with it; for widths of 128 and more each column is the same dot-product sequence,
+# checked for every width on the dev machine (tests/whisper_export/runtime/test_audio_padding.py holds the
+# streamed, skipped and whole computations to each other bit for bit). The FFT rows are independent. The last
+# block of a short clip is then as wide as its frames, not a whole MEL_BLOCK_FRAMES.
 MEL_BLOCK_FRAMES = 1000
+MEL_COLUMN_STEP = 128
 
 
 def log10_mel_block(frames: np.ndarray, n_mels: int) -> np.ndarray:
-    """(n, N_FFT) float64 frames, n <= MEL_BLOCK_FRAMES -> (n_mels, MEL_BLOCK_FRAMES) float64 log10 mel power;
-    columns n.. are padding."""
+    """(n, N_FFT) float64 frames, 1 <= n <= MEL_BLOCK_FRAMES -> (n_mels, width) float64 log10 mel power, width
+    n rounded up to a multiple of MEL_COLUMN_STEP (at most MEL_BLOCK_FRAMES); columns n.. are padding."""
     n = frames.shape[0]
-    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n, n_freqs)
-    power = np.zeros((MEL_BLOCK_FRAMES, spectrum.shape[-1]))
-    power[:n] = spectrum.real**2 + spectrum.imag**2
-    mel = mel_filters(n_mels) @ power.T  # (n_mels, MEL_BLOCK_FRAMES)
-    return np.log10(np.maximum(mel, 1e-10))
+    width = min(MEL_BLOCK_FRAMES, -(-n // MEL_COLUMN_STEP) * MEL_COLUMN_STEP)
+    power = np.zeros((width, 1 + N_FFT // 2))
+    # the FFT in slices of MEL_COLUMN_STEP frames: the temporaries stay small enough for malloc to reuse, where
+    # whole-block ones (MBs) are fresh pages each call (page faults were half of a short clip's time)
+    for start in range(0, n, MEL_COLUMN_STEP):
+        spectrum = np.fft.rfft(frames[start : start + MEL_COLUMN_STEP] * _hann_window(), axis=-1)
+        power[start : start + len(spectrum)] = spectrum.real**2 + spectrum.imag**2
+    mel = mel_filters(n_mels) @ power.T  # (n_mels, width)
+    np.maximum(mel, 1e-10, out=mel)
+    return np.log10(mel, out=mel)
 
 
 def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:

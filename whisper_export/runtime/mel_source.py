@@ -206,8 +206,8 @@ def _log10_blocks(samples: Iterator[np.ndarray], n_mels: int) -> Iterator[tuple[
             break
         head.append(chunk)
         n_read += len(chunk)
-    x = np.concatenate(head) if head else np.zeros(0)
-    first = np.concatenate([x, np.zeros(max(0, pad + 1 - len(x)))])  # the tail zeros, when the audio is short
+    x = head[0] if len(head) == 1 else np.concatenate(head) if head else np.zeros(0)
+    first = np.concatenate([x[: pad + 1], np.zeros(max(0, pad + 1 - len(x)))])  # tail zeros for a short audio
     buffer, buffer_start, frame = np.concatenate([first[pad:0:-1], x]), 0, 0
     while not ended:
         while frame * HOP_LENGTH + span <= buffer_start + len(buffer):  # whole blocks whose samples have arrived

@@ -10,6 +10,7 @@ import pytest
 from whisper_export.runtime.audio import (
     HOP_LENGTH,
     MEL_BLOCK_FRAMES,
+    MEL_COLUMN_STEP,
     N_FFT,
     N_FRAMES,
     N_SAMPLES,
@@ -101,3 +102,16 @@ def test_padded_log_mel_matches_openai_whisper(n):
     assert got.shape == expected.shape
     max_abs = float(np.abs(got - expected).max())
     assert max_abs <= MEL_TOLERANCE, f"received max abs diff {max_abs:.2e}, expected <= {MEL_TOLERANCE}"
+
+
+def test_a_frame_does_not_depend_on_how_many_frames_share_its_block():
+    # the last block of a clip is only as wide as its frames (rounded up to MEL_COLUMN_STEP), so its frames must
+    # equal the same frames in a whole block; a one-column product (gemv) would not
+    audio = _audio(MEL_BLOCK_FRAMES * HOP_LENGTH + N_FFT, np.random.default_rng()).astype(np.float64)
+    frames = np.lib.stride_tricks.sliding_window_view(audio, N_FFT)[::HOP_LENGTH][:MEL_BLOCK_FRAMES]
+    whole = log10_mel_block(frames, 80)
+    assert whole.shape == (80, MEL_BLOCK_FRAMES)
+    for n in (1, 2, 7, 127, 128, 129, 500, 999):
+        part = log10_mel_block(frames[:n], 80)
+        assert part.shape[1] % MEL_COLUMN_STEP == 0 or part.shape[1] == MEL_BLOCK_FRAMES
+        assert np.array_equal(part[:, :n], whole[:, :n]), n
