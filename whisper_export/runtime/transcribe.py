@@ -92,7 +92,7 @@ class TranscriptionLoop:
 
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer, max_windows: int = 8):
         self.backend, self.tokenizer = backend, tokenizer
-        self.scheduler = Scheduler(backend, max_windows)
+        self.scheduler = Scheduler(backend, max_windows, expecting=lambda: bool(self.opening))
         self.waiting: deque[_Request] = deque()
         self.opening: list[tuple[_Request, Future]] = []  # audios being read by the reader threads
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="whisper-export-audio")
