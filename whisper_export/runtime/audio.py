@@ -189,14 +189,13 @@ def _hann_window() -> np.ndarray:
     return window
 
 
-# Frames per block of the STFT and the mel projection. The projection (a BLAS matmul) runs on (n_mels, width)
-# arrays, width a multiple of MEL_COLUMN_STEP up to MEL_BLOCK_FRAMES, the extra columns zero-filled: a BLAS may
-# sum in another order for a very narrow product (a one-column product is a gemv and differs in the last bit;
-# OpenBLAS takes a small-matrix kernel under ~1e6 multiply-adds), so a frame's value must not depend on how many
-# frames were computed with it; for widths of 128 and more each column is the same dot-product sequence,
-# checked for every width on the dev machine (tests/whisper_export/runtime/test_audio_padding.py holds the
-# streamed, skipped and whole computations to each other bit for bit). The FFT rows are independent. The last
-# block of a short clip is then as wide as its frames, not a whole MEL_BLOCK_FRAMES.
+# Frames per block of the STFT and the mel projection (MelSource streams blocks on the same grid). The projection
+# (a BLAS matmul) always runs on MEL_COLUMN_STEP columns, the last slice zero-filled: a BLAS may sum in another
+# order for a narrow product (a one-column product is a gemv and differs in the last bit; OpenBLAS takes a
+# small-matrix kernel under ~1e6 multiply-adds), so a frame's value must not depend on how many frames were
+# computed with it. With equal-width products each column is the same dot-product sequence wherever it lies
+# (tests/whisper_export/runtime/test_audio_padding.py holds the streamed, skipped and whole computations to
+# each other bit for bit). The FFT rows are independent. A short clip's block is as wide as its frames.
 MEL_BLOCK_FRAMES = 1000
 MEL_COLUMN_STEP = 128
 
@@ -206,15 +205,19 @@ def log10_mel_block(frames: np.ndarray, n_mels: int) -> np.ndarray:
     n rounded up to a multiple of MEL_COLUMN_STEP (at most MEL_BLOCK_FRAMES); columns n.. are padding."""
     n = frames.shape[0]
     width = min(MEL_BLOCK_FRAMES, -(-n // MEL_COLUMN_STEP) * MEL_COLUMN_STEP)
-    power = np.zeros((width, 1 + N_FFT // 2))
-    # the FFT in slices of MEL_COLUMN_STEP frames: the temporaries stay small enough for malloc to reuse, where
-    # whole-block ones (MBs) are fresh pages each call (page faults were half of a short clip's time)
+    filters = mel_filters(n_mels)
+    out = np.empty((n_mels, width))
+    power = np.zeros((MEL_COLUMN_STEP, 1 + N_FFT // 2))
+    # MEL_COLUMN_STEP frames at a time, every product as wide: the temporaries stay small enough for malloc to
+    # reuse, where whole-block ones (MBs) are fresh pages each call (page faults were half of a short clip's time)
     for start in range(0, n, MEL_COLUMN_STEP):
         spectrum = np.fft.rfft(frames[start : start + MEL_COLUMN_STEP] * _hann_window(), axis=-1)
-        power[start : start + len(spectrum)] = spectrum.real**2 + spectrum.imag**2
-    mel = mel_filters(n_mels) @ power.T  # (n_mels, width)
-    np.maximum(mel, 1e-10, out=mel)
-    return np.log10(mel, out=mel)
+        power[: len(spectrum)] = spectrum.real**2 + spectrum.imag**2
+        power[len(spectrum) :] = 0.0
+        columns = min(MEL_COLUMN_STEP, width - start)
+        out[:, start : start + columns] = (filters @ power.T)[:, :columns]
+    np.maximum(out, 1e-10, out=out)
+    return np.log10(out, out=out)
 
 
 def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
