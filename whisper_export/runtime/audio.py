@@ -111,9 +111,14 @@ def pad_or_trim(array: np.ndarray, length: int = N_SAMPLES, *, axis: int = -1) -
     if size > length:
         return np.take(array, np.arange(length), axis=axis)
     if size < length:
-        pad_widths = [(0, 0)] * array.ndim
-        pad_widths[axis] = (0, length - size)
-        return np.pad(array, pad_widths)
+        # zeros (calloc: untouched pages cost nothing) and one copy; np.pad writes every padding element
+        shape = list(array.shape)
+        shape[axis] = length
+        out = np.zeros(shape, array.dtype)
+        index = [slice(None)] * array.ndim
+        index[axis] = slice(0, size)
+        out[tuple(index)] = array
+        return out
     return array
 
 
@@ -184,23 +189,35 @@ def _hann_window() -> np.ndarray:
     return window
 
 
-# Frames per block of the STFT and the mel projection. The projection (a BLAS matmul) and log10 always run on
-# (n_mels, MEL_BLOCK_FRAMES) arrays, the last block zero-filled: a BLAS may sum in another order for another
-# shape (a one-column product differs in the last bit), so a frame's value must not depend on how many frames
-# were computed with it. The FFT rows are independent. With this, MelSource's streamed blocks on the same grid
-# are bit-identical to the whole-array computation.
+# Frames per block of the STFT and the mel projection (MelSource streams blocks on the same grid). The projection
+# (a BLAS matmul) always runs on MEL_COLUMN_STEP columns, the last slice zero-filled: a BLAS may sum in another
+# order for a narrow product (a one-column product is a gemv and differs in the last bit; OpenBLAS takes a
+# small-matrix kernel under ~1e6 multiply-adds), so a frame's value must not depend on how many frames were
+# computed with it. With equal-width products each column is the same dot-product sequence wherever it lies
+# (tests/whisper_export/runtime/test_audio_padding.py holds the streamed, skipped and whole computations to
+# each other bit for bit). The FFT rows are independent. A short clip's block is as wide as its frames.
 MEL_BLOCK_FRAMES = 1000
+MEL_COLUMN_STEP = 128
 
 
 def log10_mel_block(frames: np.ndarray, n_mels: int) -> np.ndarray:
-    """(n, N_FFT) float64 frames, n <= MEL_BLOCK_FRAMES -> (n_mels, MEL_BLOCK_FRAMES) float64 log10 mel power;
-    columns n.. are padding."""
+    """(n, N_FFT) float64 frames, 1 <= n <= MEL_BLOCK_FRAMES -> (n_mels, width) float64 log10 mel power, width
+    n rounded up to a multiple of MEL_COLUMN_STEP (at most MEL_BLOCK_FRAMES); columns n.. are padding."""
     n = frames.shape[0]
-    spectrum = np.fft.rfft(frames * _hann_window(), axis=-1)  # (n, n_freqs)
-    power = np.zeros((MEL_BLOCK_FRAMES, spectrum.shape[-1]))
-    power[:n] = spectrum.real**2 + spectrum.imag**2
-    mel = mel_filters(n_mels) @ power.T  # (n_mels, MEL_BLOCK_FRAMES)
-    return np.log10(np.maximum(mel, 1e-10))
+    width = min(MEL_BLOCK_FRAMES, -(-n // MEL_COLUMN_STEP) * MEL_COLUMN_STEP)
+    filters = mel_filters(n_mels)
+    out = np.empty((n_mels, width))
+    power = np.zeros((MEL_COLUMN_STEP, 1 + N_FFT // 2))
+    # MEL_COLUMN_STEP frames at a time, every product as wide: the temporaries stay small enough for malloc to
+    # reuse, where whole-block ones (MBs) are fresh pages each call (page faults were half of a short clip's time)
+    for start in range(0, n, MEL_COLUMN_STEP):
+        spectrum = np.fft.rfft(frames[start : start + MEL_COLUMN_STEP] * _hann_window(), axis=-1)
+        power[: len(spectrum)] = spectrum.real**2 + spectrum.imag**2
+        power[len(spectrum) :] = 0.0
+        columns = min(MEL_COLUMN_STEP, width - start)
+        out[:, start : start + columns] = (filters @ power.T)[:, :columns]
+    np.maximum(out, 1e-10, out=out)
+    return np.log10(out, out=out)
 
 
 def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
@@ -209,16 +226,36 @@ def scale_log_mel(log_spec: np.ndarray, peak: float) -> np.ndarray:
     return ((np.maximum(log_spec, peak - 8.0) + 4.0) / 4.0).astype(np.float32)
 
 
-def _log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:
-    """(n_samples,) float -> (n_mels, n_samples // HOP_LENGTH) float32.
+# Zero samples after the audio that the STFT really runs over: 10 frames, >= N_FFT / 2 + 2 hops, so that the last
+# of them is pure silence. Every frame after it is that same silent frame (MelSource streams the same frames).
+SILENT_TAIL_SAMPLES = 10 * HOP_LENGTH
+
+
+def _log_mel(audio: np.ndarray, n_mels: int, padding: int = 0) -> np.ndarray:
+    """(n_samples,) float and ``padding`` zero samples after it -> (n_mels, (n_samples + padding) // HOP_LENGTH)
+    float32.
 
     Mirrors ``torch.stft(center=True, pad_mode="reflect")`` followed by
     whisper's scaling. Computed in float64: torch works in float32, but the
     extra precision keeps us within ~5e-5 of it while float32 FFTs here
     would add their own, different rounding error.
+
+    A frame whose window lies wholly in the zero padding (the reflection at the end included) is the log-mel
+    of silence: log10 of the 1e-10 floor in every bin, then floored at the loudest bin - 8 like the rest. So
+    the STFT runs over the audio and SILENT_TAIL_SAMPLES of the zeros only, and its last frame (pure silence)
+    is repeated to the full length: bit for bit the frames of the whole padded signal, because every block
+    has the same shape and a frame's value depends on its own samples only. A 5 s clip padded to 30 s is a
+    sixth of the work.
     """
+    if padding > SILENT_TAIL_SAMPLES:
+        total = (len(audio) + padding) // HOP_LENGTH
+        mel = _log_mel(audio, n_mels, SILENT_TAIL_SAMPLES)
+        out = np.empty((n_mels, total), np.float32)
+        out[:, : mel.shape[1]] = mel
+        out[:, mel.shape[1] :] = mel[:, -1:]
+        return out
     pad = N_FFT // 2
-    padded = np.pad(audio.astype(np.float64), (pad, pad), mode="reflect")
+    padded = np.pad(np.pad(audio.astype(np.float64), (0, padding)), (pad, pad), mode="reflect")
     # frames: (n_samples // HOP_LENGTH + 1, N_FFT), a strided view, no copy.
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH]
     # Whisper drops the last frame so that 30 s map to exactly N_FRAMES frames.
@@ -245,10 +282,7 @@ def log_mel_spectrogram(audio: AudioInput, n_mels: int = 80, padding: int = 0) -
     _check_n_mels(n_mels)
     if padding < 0:
         raise AudioError(f"received padding={padding}, expected a non-negative number of samples")
-    waveform = as_audio(audio)
-    if padding:
-        waveform = np.pad(waveform, (0, padding))
-    return _log_mel(waveform, n_mels)
+    return _log_mel(as_audio(audio), n_mels, padding)
 
 
 def log_mel_batch(audios: Sequence[AudioInput], n_mels: int = 80) -> np.ndarray:
@@ -268,4 +302,5 @@ def log_mel_batch(audios: Sequence[AudioInput], n_mels: int = 80) -> np.ndarray:
         raise AudioError("received an empty batch, expected at least one clip")
     # One clip at a time: the float64 STFT of a whole batch at once is slower
     # (memory-bound) and needs ~20 MB per clip.
-    return np.stack([_log_mel(pad_or_trim(as_audio(audio)), n_mels) for audio in audios])
+    clips = (as_audio(audio)[:N_SAMPLES] for audio in audios)
+    return np.stack([_log_mel(clip, n_mels, N_SAMPLES - len(clip)) for clip in clips])

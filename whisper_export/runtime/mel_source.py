@@ -23,6 +23,7 @@ from whisper_export.runtime.audio import (
     N_FFT,
     N_FRAMES,
     SAMPLE_RATE,
+    SILENT_TAIL_SAMPLES,
     AudioError,
     AudioInput,
     _check_n_mels,
@@ -33,8 +34,6 @@ from whisper_export.runtime.audio import (
 )
 from whisper_export.runtime.audio_files import AudioHeader, check_header, pcm_blocks, probe
 
-# long_form_mel's STFT runs over the audio and this many zero samples; every later frame is its last one
-TAIL_SAMPLES = 10 * HOP_LENGTH
 # audio up to this many frames (2 min) keeps its first pass's frames, so its windows need no second pass; that
 # is most of the work of a short clip, and at most 7.7 MB (80 mels, float64) per open audio
 KEEP_FRAMES = 12_000
@@ -94,7 +93,7 @@ class MelSource:
             raise AudioError(f"{self.name} contains no audio: received 0 samples, expected at least 1")
         self.n_samples = n_samples
         self.content_frames = n_samples // HOP_LENGTH
-        self.computed_frames = (n_samples + TAIL_SAMPLES) // HOP_LENGTH  # long_form_mel's STFT frames
+        self.computed_frames = (n_samples + SILENT_TAIL_SAMPLES) // HOP_LENGTH  # long_form_mel's STFT frames
         self.duration = n_samples / SAMPLE_RATE
         self._peak = peak
         self._frame_max = np.concatenate(frame_max)[: self.content_frames]
@@ -192,7 +191,7 @@ class MelSource:
 
 def _log10_blocks(samples: Iterator[np.ndarray], n_mels: int) -> Iterator[tuple[int, np.ndarray, int]]:
     """(first frame, (n_mels, n) float64 log10 mel power, samples read so far) for the frames of the audio
-    followed by TAIL_SAMPLES zeros, in blocks of MEL_BLOCK_FRAMES on the grid audio._log_mel uses.
+    followed by SILENT_TAIL_SAMPLES zeros, in blocks of MEL_BLOCK_FRAMES on the grid audio._log_mel uses.
 
     The signal is reflect-padded by N_FFT // 2 at the start, as torch.stft(center=True) and np.pad do; the
     end padding lies in the zeros. Frame i covers padded samples i * HOP_LENGTH .. + N_FFT."""
@@ -207,8 +206,8 @@ def _log10_blocks(samples: Iterator[np.ndarray], n_mels: int) -> Iterator[tuple[
             break
         head.append(chunk)
         n_read += len(chunk)
-    x = np.concatenate(head) if head else np.zeros(0)
-    first = np.concatenate([x, np.zeros(max(0, pad + 1 - len(x)))])  # the tail zeros, when the audio is short
+    x = head[0] if len(head) == 1 else np.concatenate(head) if head else np.zeros(0)
+    first = np.concatenate([x[: pad + 1], np.zeros(max(0, pad + 1 - len(x)))])  # tail zeros for a short audio
     buffer, buffer_start, frame = np.concatenate([first[pad:0:-1], x]), 0, 0
     while not ended:
         while frame * HOP_LENGTH + span <= buffer_start + len(buffer):  # whole blocks whose samples have arrived
@@ -225,7 +224,7 @@ def _log10_blocks(samples: Iterator[np.ndarray], n_mels: int) -> Iterator[tuple[
             buffer = np.concatenate([buffer, chunk])
             n_read += len(chunk)
     # the end: zeros under every remaining frame, then the remaining blocks (the last one partial)
-    total = (n_read + TAIL_SAMPLES) // HOP_LENGTH
+    total = (n_read + SILENT_TAIL_SAMPLES) // HOP_LENGTH
     needed = (total - 1) * HOP_LENGTH + N_FFT
     buffer = np.concatenate([buffer, np.zeros(max(0, needed - buffer_start - len(buffer)))])
     for first_frame in range(frame, total, block):

@@ -65,10 +65,14 @@ class Pool:
 class Scheduler:
     """submit() windows, then run() until every window (and every window a callback queued) is done."""
 
-    def __init__(self, backend: Backend, max_windows: int = 8):
+    def __init__(self, backend: Backend, max_windows: int = 8, *, expecting: Callable[[], bool] | None = None):
+        """expecting: whether windows not yet submitted are on their way (audios still being read); while they
+        are, streamed greedy calls stay short, as when windows wait in the queue, so that they are admitted
+        within a few steps instead of after the running windows end."""
         if not isinstance(max_windows, int) or max_windows < 1:
             raise ValueError(f"max_windows: received {max_windows!r}, expected an int >= 1")
         self.backend, self.max_windows = backend, max_windows
+        self.expecting = expecting or (lambda: False)
         self.queue: deque[Window] = deque()
         self.pools: dict[tuple, Pool] = {}
         # a CUDA backend replays one captured graph per pool: it steps every row of a pool, free ones too
@@ -173,7 +177,8 @@ class Scheduler:
                 state[at] = w.decode.timestamp_state()
         if pick.kind == "best":
             steps = min(w.decode.budget() for w in windows)
-            pick = dataclasses.replace(pick, steps=min(steps, self.busy_steps) if self.queue else steps)
+            waiting = self.queue or self.expecting()
+            pick = dataclasses.replace(pick, steps=min(steps, self.busy_steps) if waiting else steps)
         reorder = None if np.array_equal(sources, np.arange(rows)) else sources
         request = StepRequest(tokens, offsets, 0, g, reorder, pick, state=state, live=live)
         result = self.backend.step(request, pool.cache, pool.cross)

@@ -19,7 +19,7 @@ import numpy as np
 
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle, BundleError
-from whisper_export.runtime.audio import HOP_LENGTH, N_SAMPLES, AudioInput, as_audio, log_mel_spectrogram
+from whisper_export.runtime.audio import N_SAMPLES, AudioInput, log_mel_spectrogram
 from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
 from whisper_export.runtime.longform import (
     LongFormJob,
@@ -42,29 +42,10 @@ READER_THREADS = 4
 __all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
            "ProgressCallback", "SegmentCallback"]
 
-# long_form_mel: zero samples after the audio that the STFT really runs over (10 frames; >= N_FFT / 2 + 2 hops
-# so that the last of them is pure silence)
-MEL_TAIL_SAMPLES = 10 * HOP_LENGTH
-
-
 def long_form_mel(audio: AudioInput, n_mels: int) -> np.ndarray:
-    """log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES), bit for bit, without the STFT of 30 s of zeros.
-
-    openai-whisper appends 30 s of zeros before the STFT. Past the few frames whose window reaches back into
-    the audio, every padding frame is the log-mel of pure silence: the same value, floored at the file's
-    loudest bin - 8 like the rest. So the STFT runs over the audio and MEL_TAIL_SAMPLES of zeros (its last
-    frame already pure silence) and that frame is repeated to the full length. For a 4 s clip that is a
-    tenth of the FFT work (~15 ms a file); tests/whisper_export/runtime/test_perf_paths.py holds it to the original.
-    """
-    waveform = as_audio(audio)
-    mel = log_mel_spectrogram(waveform, n_mels, padding=MEL_TAIL_SAMPLES)
-    total = (len(waveform) + N_SAMPLES) // HOP_LENGTH
-    done = mel.shape[-1]
-    out = np.empty((n_mels, total), np.float32)
-    out[:, :done] = mel
-    out[:, done:] = mel[:, -1:]
-    return out
-
+    """log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES): openai-whisper appends 30 s of zeros before the
+    STFT (audio._log_mel computes only the frames that reach into the audio)."""
+    return log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
 
 
 @dataclass(eq=False)
@@ -111,7 +92,7 @@ class TranscriptionLoop:
 
     def __init__(self, backend: Backend, tokenizer: WhisperTokenizer, max_windows: int = 8):
         self.backend, self.tokenizer = backend, tokenizer
-        self.scheduler = Scheduler(backend, max_windows)
+        self.scheduler = Scheduler(backend, max_windows, expecting=lambda: bool(self.opening))
         self.waiting: deque[_Request] = deque()
         self.opening: list[tuple[_Request, Future]] = []  # audios being read by the reader threads
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="whisper-export-audio")

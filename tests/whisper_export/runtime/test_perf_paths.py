@@ -10,23 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from whisper_export.runtime.audio import N_SAMPLES, load_audio, log_mel_batch, log_mel_spectrogram
+from whisper_export.runtime.audio import log_mel_batch
 from whisper_export.bundle import Bundle, BundleError
 from whisper_export.backends.picking import chosen_logprobs, log_softmax
-from whisper_export.runtime.transcribe import long_form_mel
-
-
-@pytest.mark.parametrize("n_mels", [80, 128])
-def test_long_form_mel_is_the_padded_mel_bit_for_bit(clips, n_mels):
-    rng = np.random.default_rng(0)
-    audios = [load_audio(c["path"]) for c in clips.values()]
-    audios += [(rng.standard_normal(n) * 0.1).astype(np.float32) for n in (1, 159, 160, 401, 16000, 480000, 500001)]
-    audios.append(np.zeros(20000, np.float32))
-    for audio in audios:
-        expected = log_mel_spectrogram(audio, n_mels, padding=N_SAMPLES)
-        got = long_form_mel(audio, n_mels)
-        assert got.dtype == expected.dtype and got.shape == expected.shape
-        assert np.array_equal(got, expected), len(audio)
 
 
 def test_chosen_logprobs_is_log_softmax_bit_for_bit():

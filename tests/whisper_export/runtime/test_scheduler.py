@@ -58,6 +58,48 @@ def test_a_freed_slot_is_taken_at_once(tiny_bundle, english_clips):
         assert sorted(t for t, _ in finished) == [0, 1, 2] and pool.cache is cache and pool.cross is cross
 
 
+def test_streamed_greedy_calls_stay_short_while_windows_are_expected(tiny_bundle, english_clips):
+    """While expecting() says more windows are coming (audios still being read), a streamed greedy call takes at
+    most busy_steps steps, as when windows wait in the queue; once nothing is expected the call runs to the end
+    of the window. The tokens are those of the window decoded without expectations."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mel = log_mel_batch(english_clips[:1])[0]
+    options = DecodingOptions(without_timestamps=True)
+    with OnnxRuntimeBackend(bundle) as backend:
+        alone: list = []
+        plain = Scheduler(backend, 2)
+        plain.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en"),
+                            lambda w: alone.append(w.decode.result()), lambda w, e: None))
+        plain.run()
+
+        expected = [True]
+        steps: list[int] = []
+        step = backend.step
+
+        def recording_step(request, cache, cross):
+            if request.pick.kind == "best":
+                steps.append(request.pick.steps)
+            return step(request, cache, cross)
+
+        backend.step = recording_step
+        scheduler = Scheduler(backend, 2, expecting=lambda: expected[0])
+        scheduler.busy_steps = 3
+        results: list = []
+        scheduler.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en"),
+                                lambda w: results.append(w.decode.result()), lambda w, e: None))
+        for _ in range(3):
+            scheduler.tick()
+        assert steps == [3, 3, 3]
+        expected[0] = False
+        scheduler.run()
+        del backend.step
+    assert len(steps) == 4 and steps[-1] > 3, steps
+    assert results[0].tokens == alone[0].tokens and results[0].text == alone[0].text
+
+
 def test_a_failed_call_fails_its_windows_only(tiny_bundle, english_clips):
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
