@@ -12,6 +12,7 @@ from whisper_export.runtime.words import (
     PREPEND_PUNCTUATIONS,
     WordTiming,
     dtw,
+    dtw_many,
     median_filter,
     merge_punctuations,
     split_to_word_tokens,
@@ -93,6 +94,35 @@ def test_dtw_matches_the_plain_dtw(shape):
         np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(cols, want_cols)
         assert rows[-1] == shape[0] - 1 and cols[-1] == shape[1] - 1  # ends in the last cell
+
+
+def test_dtw_on_float32_costs_with_ties_and_nan_matches_the_plain_dtw():
+    """The costs the word step passes (float32 values, NaN where a frame has no attention, exact ties between the
+    diagonal and up moves below the left one), each through the sweep that handles it."""
+    rng = np.random.default_rng(11)
+    for shape in ((1, 1), (7, 30), (25, 140), (40, 9)):
+        smooth = rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+        ties = rng.integers(-2, 2, shape).astype(np.float64)
+        with_nan = smooth.copy()
+        with_nan[:, rng.integers(0, shape[1], max(1, shape[1] // 5))] = np.nan
+        for x in (smooth, ties, with_nan):
+            rows, cols = dtw(x)
+            want_rows, want_cols = plain_dtw(x)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(cols, want_cols)
+
+
+def test_dtw_many_matches_dtw_one_by_one():
+    """Matrices of different shapes swept together (the smaller ones padded) give each one's own path."""
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+          for shape in ((12, 300), (3, 40), (30, 120), (1, 1))]
+    xs.append(rng.integers(-2, 2, (20, 60)).astype(np.float64))  # one with ties: the whole batch takes the rule
+    for got, x in zip(dtw_many(xs), xs):
+        want = plain_dtw(x)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert dtw_many([]) == []
 
 
 def test_against_openai_whisper_dtw_and_median_filter():
