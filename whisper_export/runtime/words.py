@@ -262,22 +262,41 @@ def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_
     return np.where(np.isinf(filtered), np.float32(np.nan), filtered).mean(axis=0)
 
 
-def find_alignment(qk: np.ndarray, text_probs: np.ndarray, text_tokens: list[int], n_sot: int, n_frames: int,
-                   tokenizer: WhisperTokenizer, language: str) -> list[WordTiming]:
-    """openai's find_alignment from align.onnx's outputs for one row whose tokens were the sot sequence (n_sot
-    tokens), <|notimestamps|>, text_tokens and eot: qk (n_heads, T, n_audio_ctx) and text_probs (T - 1,), cut to
-    that row's T; n_frames: the window's mel frames of audio. Times in seconds from the window's start."""
-    if not text_tokens:
-        return []
-    matrix = alignment_matrix(qk, n_frames)[n_sot:-1]  # the rows that predict each text token, then eot
-    text_indices, time_indices = dtw(-matrix.astype(np.float64))
-    words, word_tokens = split_to_word_tokens(tokenizer, [*text_tokens, tokenizer.special.eot], language)
+@dataclass(frozen=True)
+class AlignmentRow:
+    """One row of align.onnx's outputs, whose tokens were the sot sequence (n_sot tokens), <|notimestamps|>,
+    text_tokens and eot: qk (n_heads, T, n_audio_ctx) and text_probs (T - 1,), cut to the row's T tokens;
+    n_frames: the window's mel frames of audio; language: the window's."""
+
+    qk: np.ndarray
+    text_probs: np.ndarray
+    text_tokens: list[int]
+    n_sot: int
+    n_frames: int
+    language: str
+
+
+def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer) -> list[list[WordTiming]]:
+    """openai's find_alignment of each row (times in seconds from its window's start); the rows' DTWs run in one
+    sweep (dtw_many)."""
+    timed = [row for row in rows if row.text_tokens]
+    # the alignment matrix's rows that predict each text token, then eot
+    costs = [-alignment_matrix(row.qk, row.n_frames)[row.n_sot : -1].astype(np.float64) for row in timed]
+    paths = iter(dtw_many(costs))
+    return [_words_on_path(row, next(paths), tokenizer) if row.text_tokens else [] for row in rows]
+
+
+def _words_on_path(row: AlignmentRow, path: tuple[np.ndarray, np.ndarray],
+                   tokenizer: WhisperTokenizer) -> list[WordTiming]:
+    """The words of a row's text and their times where the DTW path jumps to their first token."""
+    text_indices, time_indices = path
+    words, word_tokens = split_to_word_tokens(tokenizer, [*row.text_tokens, tokenizer.special.eot], row.language)
     if len(word_tokens) <= 1:
         return []
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
     jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
     jump_times = time_indices[jumps] / TOKENS_PER_SECOND
-    probs = np.asarray(text_probs[n_sot : n_sot + len(text_tokens)], np.float64)
+    probs = np.asarray(row.text_probs[row.n_sot : row.n_sot + len(row.text_tokens)], np.float64)
     return [
         WordTiming(word, tokens, float(start), float(end), float(np.mean(probs[i:j])))
         for word, tokens, start, end, i, j in zip(words, word_tokens, jump_times[boundaries[:-1]],
