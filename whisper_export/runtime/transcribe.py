@@ -9,6 +9,7 @@ result as soon as it is done (step); Transcriber.run drives it over a list of fi
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterator, Mapping, Sequence
@@ -38,6 +39,9 @@ from whisper_export.tokenizer import WhisperTokenizer
 # threads that read audio and compute the log-mel's first pass while the decoder runs (numpy's FFT and the
 # decoders release the GIL)
 READER_THREADS = 4
+# threads that share the word step's per-head numpy (softmax, normalisation, median filter: numpy releases the GIL
+# in their loops) while the decode loop waits for it
+WORD_THREADS = min(8, os.cpu_count() or 1)
 
 __all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
            "ProgressCallback", "SegmentCallback"]
@@ -118,6 +122,7 @@ class TranscriptionLoop:
         self.active: dict[Hashable, _Active] = {}
         self.finished: deque[tuple[Hashable, TranscriptionResult | Exception]] = deque()
         self.untimed: list[_Untimed] = []  # windows of this tick waiting for their words
+        self._word_threads: ThreadPoolExecutor | None = None  # made by the first word step
 
     def check(self, options: TranscribeOptions, decoding: Mapping[str, Any]) -> tuple[str | None, list[int]]:
         """ValueError for options this model cannot transcribe with, before any audio is read; else (the language,
@@ -185,8 +190,10 @@ class TranscriptionLoop:
         return bool(self.waiting or self.opening or self.active or self.finished)
 
     def close(self) -> None:
-        """Stop the reader threads (after the audios they are reading)."""
+        """Stop the reader threads (after the audios they are reading) and the word step's."""
         self._readers.shutdown(wait=True, cancel_futures=True)
+        if self._word_threads is not None:
+            self._word_threads.shutdown(wait=True)
 
     def step(self) -> list[tuple[Hashable, TranscriptionResult | Exception]]:
         self._open()
@@ -299,11 +306,13 @@ class TranscriptionLoop:
             if self.active.get(item.active.request.key) is item.active:  # not cancelled or failed since
                 groups.setdefault(item.group_key(), []).append(item)
         self.untimed = []
+        if groups and self._word_threads is None:
+            self._word_threads = ThreadPoolExecutor(WORD_THREADS, thread_name_prefix="whisper-export-words")
         for (_, task, prepend, append, threshold), items in groups.items():
             try:
                 time_words(self.backend, self.tokenizer, items[0].cross, [i.words for i in items], task=task,
                            prepend_punctuations=prepend, append_punctuations=append,
-                           hallucination_silence_threshold=threshold)
+                           hallucination_silence_threshold=threshold, map_heads=self._word_threads.map)
             except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
                 for item in items:
                     self._fail(item.active, e)

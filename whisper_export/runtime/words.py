@@ -10,14 +10,18 @@ sentence and segment boundaries; each word's probability (the mean of its tokens
 from __future__ import annotations
 
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from whisper_export.runtime.audio import HOP_LENGTH, SAMPLE_RATE
+from whisper_export.runtime.dtw import dtw, dtw_many  # noqa: F401 - dtw: the words' API as before
 from whisper_export.tokenizer import WhisperTokenizer
 
+# map(function, heads): the builtin, or a thread pool's
+HeadMap = Callable[[Callable[[np.ndarray], object], Iterable[np.ndarray]], Iterator[object]]
 TOKENS_PER_SECOND = SAMPLE_RATE / (2 * HOP_LENGTH)  # 50: one audio context position per 20 ms
 MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -25,6 +29,8 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END_MARKS = ".。!！?？"
 # languages written without spaces between words: split at every complete Unicode character instead
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+# scores (heads x tokens x frames) from which alignment_matrix maps its heads' work as asked; below, one by one
+_THREADED_SIZE = 1 << 17
 _MEDIAN_ROWS = 128  # rows filtered at a time: the sorting network's arrays stay in the CPU cache
 # the standard 6-input sorting network (12 comparators, depth 5): its outputs 2 and 3 are the middle two
 _SORT6 = ((0, 5), (1, 3), (2, 4), (1, 2), (3, 4), (0, 3), (2, 5), (0, 1), (2, 3), (4, 5), (1, 2), (3, 4))
@@ -103,106 +109,6 @@ def _median7(x: np.ndarray) -> np.ndarray:
     return out[:, :n]
 
 
-def dtw(cost_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """openai-whisper's dtw_cpu: the cheapest monotonic path from (0, 0) to the last cell of cost_matrix (N, M),
-    as (row indices, column indices). The same arithmetic (float64 costs added to float32 sums, stored in
-    float32) and the same choice on ties (diagonal, then up, else left), computed one anti-diagonal at a time."""
-    return dtw_many([cost_matrix])[0]
-
-
-def dtw_many(cost_matrices: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """dtw of each matrix, all in one sweep over the anti-diagonals (the matrices stacked, the smaller ones
-    padded: a cell past a matrix's last row or column never feeds one inside it)."""
-    xs = [np.asarray(x, np.float64) for x in cost_matrices]
-    if not xs:
-        return []
-    n, m = max(x.shape[0] for x in xs), max(x.shape[1] for x in xs)
-    # costs that float32 holds exactly are added in float32: float64's sum rounded to float32 is the float32
-    # sum (53 >= 2 x 24 + 2 bits), so the tables are openai's either way
-    exact = all(np.array_equal(x.astype(np.float32), x, equal_nan=True) for x in xs)
-    # skewed tables: [d, b, i] is cell (i, d - i) of matrix b's (N + 1, M + 1) cost table (anti-diagonal d);
-    # built as [b, i, d], one row of a matrix at a time
-    skewed = np.full((len(xs), n + 1, n + m + 1), np.inf, np.float32 if exact else np.float64)
-    for b, x in enumerate(xs):
-        for i, row in enumerate(x, start=1):
-            skewed[b, i, i + 1 : i + 1 + len(row)] = row
-    skewed = np.ascontiguousarray(skewed.transpose(2, 0, 1))
-    last = max(x.shape[0] + x.shape[1] for x in xs)
-    cost = None if any(np.isnan(x).any() for x in xs) else _sweep_by_minimum(skewed, last)
-    if cost is None:
-        cost = _sweep(skewed, last)
-    return [_backtrace(_moves(cost[:, b]), n + 1, *x.shape) for b, x in enumerate(xs)]
-
-
-def _table(skewed: np.ndarray) -> np.ndarray:
-    cost = np.full(skewed.shape, np.inf, np.float32)
-    cost[0, :, 0] = 0.0
-    return cost
-
-
-def _sweep(skewed: np.ndarray, last: int) -> np.ndarray:
-    """The skewed cost tables by openai's rule, for any costs: at each cell the diagonal or up move (the smaller,
-    when they differ) if it is below the left one, else left (NaN compares false: left)."""
-    cost = _table(skewed)
-    before, after, added = cost[:, :, :-1], cost[:, :, 1:], skewed[:, :, 1:]
-    smaller = np.empty(added.shape[1:], np.float32)
-    differ, take = np.empty(smaller.shape, bool), np.empty(smaller.shape, bool)
-    for d in range(2, last + 1):
-        diagonal, up, left = before[d - 2], before[d - 1], after[d - 1]  # cells (i-1, j-1), (i-1, j), (i, j-1)
-        np.minimum(diagonal, up, out=smaller)
-        np.not_equal(diagonal, up, out=differ)
-        np.less(smaller, left, out=take)
-        take &= differ
-        np.add(added[d], np.where(take, smaller, left), out=after[d])  # rounded to float32, as openai stores it
-    return cost
-
-
-def _sweep_by_minimum(skewed: np.ndarray, last: int) -> np.ndarray | None:
-    """_sweep's tables for costs without NaN in three numpy calls a diagonal, or None where that is not exact.
-    Without NaN, openai's rule takes the smallest of the three cells except where diagonal and up tie below
-    left (it takes left then), which the finished tables show: None if that happened at any cell."""
-    cost = _table(skewed)
-    before, after, added = cost[:, :, :-1], cost[:, :, 1:], skewed[:, :, 1:]
-    smallest = np.empty(added.shape[1:], np.float32)
-    for d in range(2, last + 1):
-        np.minimum(before[d - 2], before[d - 1], out=smallest)
-        np.minimum(smallest, after[d - 1], out=smallest)
-        np.add(added[d], smallest, out=after[d])
-    diagonal, up, left = before[:-2], before[1:-1], after[1:-1]
-    tied_below_left = (diagonal == up) & (diagonal < left) & np.isfinite(added[2:])  # in a matrix, not padding
-    return None if tied_below_left.any() else cost
-
-
-def _moves(cost: np.ndarray) -> bytes:
-    """The move into each cell of a finished skewed cost table (D, N + 1), as openai's trace: 0 diagonal, 1 up,
-    2 left; flat, row-major."""
-    diagonal, up, left = cost[:-2, :-1], cost[1:-1, :-1], cost[1:-1, 1:]
-    trace = np.full(cost.shape, 2, np.int8)
-    trace[2:, 1:] -= (up < diagonal) & (up < left)
-    trace[2:, 1:] -= 2 * ((diagonal < up) & (diagonal < left))
-    return trace.tobytes()
-
-
-def _backtrace(trace: bytes, width: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """openai's backtrace from cell (n, m) over a flat skewed trace (row i + j, column i, `width` values a row):
-    row 0 goes left, column 0 goes up."""
-    i, j = n, m
-    rows, cols = [], []
-    while i > 0 and j > 0:
-        rows.append(i - 1)
-        cols.append(j - 1)
-        step = trace[(i + j) * width + i]
-        if step != 2:
-            i -= 1
-        if step != 1:
-            j -= 1
-    # the rest of the path runs along row 0 (i == 0) or column 0 (j == 0)
-    edge_rows = np.concatenate([np.arange(i - 1, -1, -1), np.full(j, -1)]).astype(np.int64)
-    edge_cols = np.concatenate([np.full(i, -1), np.arange(j - 1, -1, -1)]).astype(np.int64)
-    return (np.concatenate([np.array(rows, np.int64), edge_rows])[::-1],
-            np.concatenate([np.array(cols, np.int64), edge_cols])[::-1])
-
-
 def split_to_word_tokens(tokenizer: WhisperTokenizer, tokens: list[int], language: str) -> tuple[list[str], list[list[int]]]:
     """openai's Tokenizer.split_to_word_tokens: at spaces and punctuation, or at every complete character for
     UNSPACED_LANGUAGES. Tokens >= eot are words of their own (their text is dropped)."""
@@ -242,11 +148,24 @@ def _split_on_unicode(tokenizer: WhisperTokenizer, tokens: list[int]) -> tuple[l
     return words, word_tokens
 
 
-def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_FILTER_WIDTH) -> np.ndarray:
+def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_FILTER_WIDTH,
+                     map_heads: HeadMap = map) -> np.ndarray:
     """qk (n_heads, T, n_audio_ctx): one row's align.onnx scores (its padding cut off) -> (T, n_frames // 2) float32:
     softmax over the window's frames, normalised over the tokens (population std), median-filtered along time,
-    averaged over the heads."""
+    averaged over the heads. map_heads: how the heads' work is mapped (an executor's map runs it on threads:
+    numpy releases the GIL in its loops; each head's values are the same either way)."""
     weights = np.array(qk[:, :, : n_frames // 2], np.float32)  # a copy, worked on in place
+    heads = list(weights)
+    if weights.size < _THREADED_SIZE:
+        map_heads = map
+    nan = any(list(map_heads(_normalise, heads)))
+    list(map_heads(partial(_median_in_place, width=medfilt_width, nan=nan), heads))
+    return weights.mean(axis=0)
+
+
+def _normalise(weights: np.ndarray) -> bool:
+    """One head's (T, frames) scores, in place: softmax over the frames, normalised over the tokens. Whether
+    that made a NaN."""
     weights -= weights.max(axis=-1, keepdims=True)
     np.exp(weights, out=weights)
     weights /= weights.sum(axis=-1, keepdims=True)
@@ -254,12 +173,17 @@ def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_
     weights -= weights.mean(axis=-2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):  # a frame no token attends to: 0 / 0, NaN as in openai
         weights /= std
-    nan = np.isnan(weights)
-    if not nan.any():
-        return median_filter(weights, medfilt_width).mean(axis=0)
-    # openai's median sorts NaN above every number; the sorting network would spread it: sort it as +inf
-    filtered = median_filter(np.where(nan, np.float32(np.inf), weights), medfilt_width)
-    return np.where(np.isinf(filtered), np.float32(np.nan), filtered).mean(axis=0)
+    return bool(np.isnan(weights).any())
+
+
+def _median_in_place(weights: np.ndarray, width: int, nan: bool) -> None:
+    """One head's median filter, in place. nan: some head has NaN, which openai's median sorts above every
+    number (the sorting network would spread it): sorted as +inf, and every +inf is NaN again after."""
+    if not nan:
+        weights[...] = median_filter(weights, width)
+        return
+    filtered = median_filter(np.where(np.isnan(weights), np.float32(np.inf), weights), width)
+    weights[...] = np.where(np.isinf(filtered), np.float32(np.nan), filtered)
 
 
 @dataclass(frozen=True)
@@ -276,12 +200,14 @@ class AlignmentRow:
     language: str
 
 
-def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer) -> list[list[WordTiming]]:
+def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer,
+                    map_heads: HeadMap = map) -> list[list[WordTiming]]:
     """openai's find_alignment of each row (times in seconds from its window's start); the rows' DTWs run in one
-    sweep (dtw_many)."""
+    sweep (dtw_many); map_heads: alignment_matrix's."""
     timed = [row for row in rows if row.text_tokens]
     # the alignment matrix's rows that predict each text token, then eot
-    costs = [-alignment_matrix(row.qk, row.n_frames)[row.n_sot : -1].astype(np.float64) for row in timed]
+    costs = [-alignment_matrix(row.qk, row.n_frames, map_heads=map_heads)[row.n_sot : -1].astype(np.float64)
+             for row in timed]
     paths = iter(dtw_many(costs))
     return [_words_on_path(row, next(paths), tokenizer) if row.text_tokens else [] for row in rows]
 

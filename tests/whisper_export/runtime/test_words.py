@@ -11,6 +11,7 @@ from whisper_export.runtime.words import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
     WordTiming,
+    alignment_matrix,
     dtw,
     dtw_many,
     median_filter,
@@ -123,6 +124,24 @@ def test_dtw_many_matches_dtw_one_by_one():
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
     assert dtw_many([]) == []
+
+
+def test_alignment_matrix_on_threads_is_the_one_by_one_matrix():
+    """The per-head work mapped on a thread pool gives the same bits as one head after another, with and without
+    frames whose normalisation meets 0 / 0 (NaN in every head's column, wider than the median filter)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    scores = (rng.standard_normal((6, 40, 1500)) * 4).astype(np.float32)
+    silent = scores.copy()
+    silent[:, :, 600:620] = np.float32(-1e30)  # no token attends there: 0 / 0 after the softmax
+    with ThreadPoolExecutor(4) as pool:
+        for qk in (scores, silent):
+            one_by_one = alignment_matrix(qk, 2800)
+            threaded = alignment_matrix(qk, 2800, map_heads=pool.map)
+            assert one_by_one.shape == (40, 1400)
+            np.testing.assert_array_equal(threaded, one_by_one)
+        assert np.isnan(alignment_matrix(silent, 2800)).any() and not np.isnan(alignment_matrix(scores, 2800)).any()
 
 
 def test_against_openai_whisper_dtw_and_median_filter():
