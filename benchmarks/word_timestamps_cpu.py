@@ -8,7 +8,8 @@ in the same runs: on a shared machine the ratio of two totals moves with the loa
 
 Prints one table: wall and process CPU seconds (medians over the rounds) without and with word timestamps and their
 ratio; per transcription with words, the seconds in the word step and in Backend.align, and the word step's share
-of the wall time without words."""
+of the wall time without words; `host/win`: the word step without Backend.align (the numpy: alignment matrix, DTW,
+words and rules) in milliseconds per window timed, the part that does not move to the accelerator."""
 
 from __future__ import annotations
 
@@ -35,10 +36,12 @@ class _Timed:
     """Seconds spent in a function while installed (summed over calls)."""
 
     def __init__(self, owner, name: str):
-        self.owner, self.name, self.seconds = owner, name, 0.0
+        self.owner, self.name, self.seconds, self.windows = owner, name, 0.0, 0
         self.original = getattr(owner, name)
 
         def timed(*args, **kwargs):
+            if name == "time_words":  # (backend, tokenizer, cross, windows)
+                self.windows += len(args[3])
             t0 = time.perf_counter()
             try:
                 return self.original(*args, **kwargs)
@@ -65,7 +68,7 @@ def main() -> None:
     runtime = WhisperRuntime.load(args.bundle, threads=args.threads, device=args.device)
     print(f"{runtime!r}, {args.rounds} alternating rounds")
     print(f"{'audio':<22} {'decoding':<8} {'wall off':>9} {'wall on':>8} {'ratio':>6} {'cpu off':>8} {'cpu on':>7} "
-          f"{'ratio':>6} {'words':>6} {'align':>6} {'share':>6}")
+          f"{'ratio':>6} {'words':>6} {'align':>6} {'share':>6} {'host/win':>8}")
     for name, audios in _audios().items():
         for mode, options in (("greedy", {}), ("beam 5", {"beam_size": 5})):
             options = dict(options, temperature=0.0)
@@ -83,7 +86,8 @@ def main() -> None:
             off, on = ([statistics.median(t[k] for t in times[w]) for k in (0, 1)] for w in (False, True))
             print(f"{name:<22} {mode:<8} {off[0]:>9.3f} {on[0]:>8.3f} {on[0] / off[0]:>6.3f} {off[1]:>8.3f} "
                   f"{on[1]:>7.3f} {on[1] / off[1]:>6.3f} {step.seconds / args.rounds:>6.3f} "
-                  f"{align.seconds / args.rounds:>6.3f} {step.seconds / args.rounds / off[0]:>6.1%}")
+                  f"{align.seconds / args.rounds:>6.3f} {step.seconds / args.rounds / off[0]:>6.1%} "
+                  f"{(step.seconds - align.seconds) / max(step.windows, 1) * 1e3:>8.1f}")
     runtime.close()
 
 

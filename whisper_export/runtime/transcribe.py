@@ -38,6 +38,9 @@ from whisper_export.tokenizer import WhisperTokenizer
 # threads that read audio and compute the log-mel's first pass while the decoder runs (numpy's FFT and the
 # decoders release the GIL)
 READER_THREADS = 4
+# most threads that share the word step's per-head numpy (softmax, normalisation, median filter: numpy releases the
+# GIL in their loops) while the decode loop waits for it; as many as the backend's `threads` otherwise
+MAX_WORD_THREADS = 8
 
 __all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
            "ProgressCallback", "SegmentCallback"]
@@ -99,6 +102,7 @@ class TranscriptionLoop:
         self.active: dict[Hashable, _Active] = {}
         self.finished: deque[tuple[Hashable, TranscriptionResult | Exception]] = deque()
         self.untimed: list[_Untimed] = []  # windows of this tick waiting for their words
+        self._word_threads: ThreadPoolExecutor | None = None  # made by the first word step
 
     def check(self, options: TranscribeOptions, decoding: Mapping[str, Any]) -> tuple[str | None, list[int]]:
         """ValueError for options this model cannot transcribe with, before any audio is read; else (the language,
@@ -166,8 +170,10 @@ class TranscriptionLoop:
         return bool(self.waiting or self.opening or self.active or self.finished)
 
     def close(self) -> None:
-        """Stop the reader threads (after the audios they are reading)."""
+        """Stop the reader threads (after the audios they are reading) and the word step's."""
         self._readers.shutdown(wait=True, cancel_futures=True)
+        if self._word_threads is not None:
+            self._word_threads.shutdown(wait=True)
 
     def step(self) -> list[tuple[Hashable, TranscriptionResult | Exception]]:
         self._open()
@@ -280,11 +286,12 @@ class TranscriptionLoop:
             if self.active.get(item.active.request.key) is item.active:  # not cancelled or failed since
                 groups.setdefault(item.group_key(), []).append(item)
         self.untimed = []
+        map_heads = self._word_map() if groups else map
         for (_, task, prepend, append, threshold), items in groups.items():
             try:
                 time_words(self.backend, self.tokenizer, items[0].cross, [i.words for i in items], task=task,
                            prepend_punctuations=prepend, append_punctuations=append,
-                           hallucination_silence_threshold=threshold)
+                           hallucination_silence_threshold=threshold, map_heads=map_heads)
             except Exception as e:  # noqa: BLE001 - these audios fail, the others go on
                 for item in items:
                     self._fail(item.active, e)
@@ -295,6 +302,16 @@ class TranscriptionLoop:
                     self._advance(item.active)
                 except Exception as e:  # noqa: BLE001 - this audio fails, the others go on
                     self._fail(item.active, e)
+
+    def _word_map(self):
+        """map over the word threads (made on first use), or the builtin map where the backend has one thread."""
+        threads = getattr(self.backend, "threads", None)
+        threads = min(threads, MAX_WORD_THREADS) if isinstance(threads, int) and threads > 0 else 1
+        if threads == 1:
+            return map
+        if self._word_threads is None:
+            self._word_threads = ThreadPoolExecutor(threads, thread_name_prefix="whisper-export-words")
+        return self._word_threads.map
 
     def _finish(self, active: _Active, outcome: TranscriptionResult | Exception) -> None:
         if self.active.get(active.request.key) is active:

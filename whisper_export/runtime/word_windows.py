@@ -19,10 +19,12 @@ from whisper_export.runtime.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from whisper_export.runtime.words import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
+    AlignmentRow,
+    HeadMap,
     SegmentWords,
     WordTiming,
     add_word_timestamps,
-    find_alignment,
+    find_alignments,
 )
 from whisper_export.tokenizer import WhisperTokenizer
 
@@ -54,11 +56,12 @@ class WindowWords:
 def time_words(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, windows: Sequence[WindowWords], *,
                task: str = "transcribe", prepend_punctuations: str = PREPEND_PUNCTUATIONS,
                append_punctuations: str = APPEND_PUNCTUATIONS,
-               hallucination_silence_threshold: float | None = None) -> None:
+               hallucination_silence_threshold: float | None = None, map_heads: HeadMap = map) -> None:
     """Give every segment of the windows its words (in place), then apply openai's seek and hallucination rules
-    to each window. cross: the windows' encoder output, still alive (each window's cross_row is its row)."""
+    to each window. cross: the windows' encoder output, still alive (each window's cross_row is its row);
+    map_heads: how the alignment matrices' per-head work is mapped (words.alignment_matrix)."""
     eot = tokenizer.special.eot
-    alignments = _align(backend, tokenizer, cross, windows, task)
+    alignments = _align(backend, tokenizer, cross, windows, task, map_heads)
     for window, alignment in zip(windows, alignments):
         add_word_timestamps(window.segments, alignment, eot=eot, time_offset=window.time_offset,
                             last_speech_timestamp=window.last_speech_timestamp,
@@ -67,8 +70,8 @@ def time_words(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, wi
 
 
 def _align(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, windows: Sequence[WindowWords],
-           task: str) -> list[list[WordTiming]]:
-    """find_alignment of every window: one Backend.align over the windows with text."""
+           task: str, map_heads: HeadMap) -> list[list[WordTiming]]:
+    """openai's find_alignment of every window: one Backend.align and one DTW sweep over the windows with text."""
     special = tokenizer.special
     texts = [[t for s in w.segments for t in s.tokens if t < special.eot] for w in windows]
     rows = [k for k, text in enumerate(texts) if text]
@@ -83,10 +86,11 @@ def _align(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, window
         tokens[r, : len(sequence)] = sequence
     audio_rows = np.array([windows[k].cross_row for k in rows], np.int64)
     qk, probs = backend.align(cross, audio_rows, tokens, lengths)
-    for r, k in enumerate(rows):
-        n = int(lengths[r])
-        alignments[k] = find_alignment(qk[r, :, :n], probs[r, : n - 1], texts[k], len(prefixes[k]) - 1,
-                                       windows[k].n_frames, tokenizer, windows[k].language)
+    timed = find_alignments([AlignmentRow(qk[r, :, : lengths[r]], probs[r, : lengths[r] - 1], texts[k],
+                                          len(prefixes[k]) - 1, windows[k].n_frames, windows[k].language)
+                             for r, k in enumerate(rows)], tokenizer, map_heads)
+    for k, alignment in zip(rows, timed):
+        alignments[k] = alignment
     return alignments
 
 

@@ -10,13 +10,18 @@ sentence and segment boundaries; each word's probability (the mean of its tokens
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from whisper_export.runtime.audio import HOP_LENGTH, SAMPLE_RATE
+from whisper_export.runtime.dtw import dtw, dtw_many  # noqa: F401 - dtw: the words' API as before
 from whisper_export.tokenizer import WhisperTokenizer
 
+# map(function, heads): the builtin, or a thread pool's
+HeadMap = Callable[[Callable[[np.ndarray], object], Iterable[np.ndarray]], Iterator[object]]
 TOKENS_PER_SECOND = SAMPLE_RATE / (2 * HOP_LENGTH)  # 50: one audio context position per 20 ms
 MEDIAN_FILTER_WIDTH = 7
 PREPEND_PUNCTUATIONS = "\"'“¿([{-"
@@ -24,6 +29,8 @@ APPEND_PUNCTUATIONS = "\"'.。,，!！?？:：”)]}、"
 SENTENCE_END_MARKS = ".。!！?？"
 # languages written without spaces between words: split at every complete Unicode character instead
 UNSPACED_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+# scores (heads x tokens x frames) from which alignment_matrix maps its heads' work as asked; below, one by one
+_THREADED_SIZE = 1 << 17
 _MEDIAN_ROWS = 128  # rows filtered at a time: the sorting network's arrays stay in the CPU cache
 # the standard 6-input sorting network (12 comparators, depth 5): its outputs 2 and 3 are the middle two
 _SORT6 = ((0, 5), (1, 3), (2, 4), (1, 2), (3, 4), (0, 3), (2, 5), (0, 1), (2, 3), (4, 5), (1, 2), (3, 4))
@@ -102,49 +109,6 @@ def _median7(x: np.ndarray) -> np.ndarray:
     return out[:, :n]
 
 
-def dtw(cost_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """openai-whisper's dtw_cpu: the cheapest monotonic path from (0, 0) to the last cell of cost_matrix (N, M),
-    as (row indices, column indices). The same arithmetic (float64 costs added to float32 sums, stored in
-    float32) and the same choice on ties (diagonal, then up, else left), computed one anti-diagonal at a time."""
-    x = np.asarray(cost_matrix, np.float64)
-    n, m = x.shape
-    # skewed tables: [d, i] is cell (i, d - i) of openai's (N + 1, M + 1) cost and trace tables (anti-diagonal d)
-    skewed = np.full((n + m + 1, n + 1), np.inf)
-    rows, cols = np.arange(1, n + 1)[:, None], np.arange(1, m + 1)[None, :]
-    skewed[rows + cols, np.broadcast_to(rows, (n, m))] = x  # inf outside the matrix: those cells cost inf
-    cost = np.full((n + m + 1, n + 1), np.inf, np.float32)
-    cost[0, 0] = 0.0
-    diagonal = np.zeros((n + m + 1, n + 1), bool)  # the step into the cell: diagonal, up, else left
-    up = np.zeros((n + m + 1, n + 1), bool)
-    smaller = np.empty(n, np.float32)
-    total = np.empty(n)
-    for d in range(2, n + m + 1):
-        c0, c1, c2 = cost[d - 2, :-1], cost[d - 1, :-1], cost[d - 1, 1:]  # cells (i-1, j-1), (i-1, j), (i, j-1)
-        np.less(c0, np.minimum(c1, c2, out=smaller), out=diagonal[d, 1:])
-        np.less(c1, np.minimum(c0, c2, out=smaller), out=up[d, 1:])
-        np.add(skewed[d, 1:], np.where(diagonal[d, 1:], c0, np.where(up[d, 1:], c1, c2)), out=total)
-        cost[d, 1:] = total  # rounded to float32, as openai's table stores it
-    return _backtrace((2 - 2 * diagonal - up).astype(np.int8), n, m)
-
-
-def _backtrace(trace: np.ndarray, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """openai's backtrace over a skewed trace (row i + j, column i): 0 diagonal, 1 up, 2 left; row 0 goes left,
-    column 0 goes up."""
-    i, j = n, m
-    path = []
-    while i > 0 or j > 0:
-        path.append((i - 1, j - 1))
-        step = 2 if i == 0 else 1 if j == 0 else trace[i + j, i]
-        if step == 0:
-            i, j = i - 1, j - 1
-        elif step == 1:
-            i -= 1
-        else:
-            j -= 1
-    result = np.array(path[::-1], dtype=np.int64).reshape(-1, 2)
-    return result[:, 0], result[:, 1]
-
-
 def split_to_word_tokens(tokenizer: WhisperTokenizer, tokens: list[int], language: str) -> tuple[list[str], list[list[int]]]:
     """openai's Tokenizer.split_to_word_tokens: at spaces and punctuation, or at every complete character for
     UNSPACED_LANGUAGES. Tokens >= eot are words of their own (their text is dropped)."""
@@ -184,11 +148,24 @@ def _split_on_unicode(tokenizer: WhisperTokenizer, tokens: list[int]) -> tuple[l
     return words, word_tokens
 
 
-def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_FILTER_WIDTH) -> np.ndarray:
+def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_FILTER_WIDTH,
+                     map_heads: HeadMap = map) -> np.ndarray:
     """qk (n_heads, T, n_audio_ctx): one row's align.onnx scores (its padding cut off) -> (T, n_frames // 2) float32:
     softmax over the window's frames, normalised over the tokens (population std), median-filtered along time,
-    averaged over the heads."""
+    averaged over the heads. map_heads: how the heads' work is mapped (an executor's map runs it on threads:
+    numpy releases the GIL in its loops; each head's values are the same either way)."""
     weights = np.array(qk[:, :, : n_frames // 2], np.float32)  # a copy, worked on in place
+    heads = list(weights)
+    if weights.size < _THREADED_SIZE:
+        map_heads = map
+    nan = any(list(map_heads(_normalise, heads)))
+    list(map_heads(partial(_median_in_place, width=medfilt_width, nan=nan), heads))
+    return weights.mean(axis=0)
+
+
+def _normalise(weights: np.ndarray) -> bool:
+    """One head's (T, frames) scores, in place: softmax over the frames, normalised over the tokens. Whether
+    that made a NaN."""
     weights -= weights.max(axis=-1, keepdims=True)
     np.exp(weights, out=weights)
     weights /= weights.sum(axis=-1, keepdims=True)
@@ -196,30 +173,56 @@ def alignment_matrix(qk: np.ndarray, n_frames: int, medfilt_width: int = MEDIAN_
     weights -= weights.mean(axis=-2, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):  # a frame no token attends to: 0 / 0, NaN as in openai
         weights /= std
-    nan = np.isnan(weights)
-    if not nan.any():
-        return median_filter(weights, medfilt_width).mean(axis=0)
-    # openai's median sorts NaN above every number; the sorting network would spread it: sort it as +inf
-    filtered = median_filter(np.where(nan, np.float32(np.inf), weights), medfilt_width)
-    return np.where(np.isinf(filtered), np.float32(np.nan), filtered).mean(axis=0)
+    return bool(np.isnan(weights).any())
 
 
-def find_alignment(qk: np.ndarray, text_probs: np.ndarray, text_tokens: list[int], n_sot: int, n_frames: int,
-                   tokenizer: WhisperTokenizer, language: str) -> list[WordTiming]:
-    """openai's find_alignment from align.onnx's outputs for one row whose tokens were the sot sequence (n_sot
-    tokens), <|notimestamps|>, text_tokens and eot: qk (n_heads, T, n_audio_ctx) and text_probs (T - 1,), cut to
-    that row's T; n_frames: the window's mel frames of audio. Times in seconds from the window's start."""
-    if not text_tokens:
-        return []
-    matrix = alignment_matrix(qk, n_frames)[n_sot:-1]  # the rows that predict each text token, then eot
-    text_indices, time_indices = dtw(-matrix.astype(np.float64))
-    words, word_tokens = split_to_word_tokens(tokenizer, [*text_tokens, tokenizer.special.eot], language)
+def _median_in_place(weights: np.ndarray, width: int, nan: bool) -> None:
+    """One head's median filter, in place. nan: some head has NaN, which openai's median sorts above every
+    number (the sorting network would spread it): sorted as +inf, and every +inf is NaN again after."""
+    if not nan:
+        weights[...] = median_filter(weights, width)
+        return
+    filtered = median_filter(np.where(np.isnan(weights), np.float32(np.inf), weights), width)
+    weights[...] = np.where(np.isinf(filtered), np.float32(np.nan), filtered)
+
+
+@dataclass(frozen=True)
+class AlignmentRow:
+    """One row of align.onnx's outputs, whose tokens were the sot sequence (n_sot tokens), <|notimestamps|>,
+    text_tokens and eot: qk (n_heads, T, n_audio_ctx) and text_probs (T - 1,), cut to the row's T tokens;
+    n_frames: the window's mel frames of audio; language: the window's."""
+
+    qk: np.ndarray
+    text_probs: np.ndarray
+    text_tokens: list[int]
+    n_sot: int
+    n_frames: int
+    language: str
+
+
+def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer,
+                    map_heads: HeadMap = map) -> list[list[WordTiming]]:
+    """openai's find_alignment of each row (times in seconds from its window's start); the rows' DTWs run in one
+    sweep (dtw_many); map_heads: alignment_matrix's."""
+    timed = [row for row in rows if row.text_tokens]
+    # the alignment matrix's rows that predict each text token, then eot
+    costs = [-alignment_matrix(row.qk, row.n_frames, map_heads=map_heads)[row.n_sot : -1].astype(np.float64)
+             for row in timed]
+    paths = iter(dtw_many(costs))
+    return [_words_on_path(row, next(paths), tokenizer) if row.text_tokens else [] for row in rows]
+
+
+def _words_on_path(row: AlignmentRow, path: tuple[np.ndarray, np.ndarray],
+                   tokenizer: WhisperTokenizer) -> list[WordTiming]:
+    """The words of a row's text and their times where the DTW path jumps to their first token."""
+    text_indices, time_indices = path
+    words, word_tokens = split_to_word_tokens(tokenizer, [*row.text_tokens, tokenizer.special.eot], row.language)
     if len(word_tokens) <= 1:
         return []
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
     jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
     jump_times = time_indices[jumps] / TOKENS_PER_SECOND
-    probs = np.asarray(text_probs[n_sot : n_sot + len(text_tokens)], np.float64)
+    probs = np.asarray(row.text_probs[row.n_sot : row.n_sot + len(row.text_tokens)], np.float64)
     return [
         WordTiming(word, tokens, float(start), float(end), float(np.mean(probs[i:j])))
         for word, tokens, start, end, i, j in zip(words, word_tokens, jump_times[boundaries[:-1]],

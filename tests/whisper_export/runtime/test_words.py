@@ -11,7 +11,9 @@ from whisper_export.runtime.words import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
     WordTiming,
+    alignment_matrix,
     dtw,
+    dtw_many,
     median_filter,
     merge_punctuations,
     split_to_word_tokens,
@@ -93,6 +95,53 @@ def test_dtw_matches_the_plain_dtw(shape):
         np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(cols, want_cols)
         assert rows[-1] == shape[0] - 1 and cols[-1] == shape[1] - 1  # ends in the last cell
+
+
+def test_dtw_on_float32_costs_with_ties_and_nan_matches_the_plain_dtw():
+    """The costs the word step passes (float32 values, NaN where a frame has no attention, exact ties between the
+    diagonal and up moves below the left one), each through the sweep that handles it."""
+    rng = np.random.default_rng(11)
+    for shape in ((1, 1), (7, 30), (25, 140), (40, 9)):
+        smooth = rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+        ties = rng.integers(-2, 2, shape).astype(np.float64)
+        with_nan = smooth.copy()
+        with_nan[:, rng.integers(0, shape[1], max(1, shape[1] // 5))] = np.nan
+        for x in (smooth, ties, with_nan):
+            rows, cols = dtw(x)
+            want_rows, want_cols = plain_dtw(x)
+            np.testing.assert_array_equal(rows, want_rows)
+            np.testing.assert_array_equal(cols, want_cols)
+
+
+def test_dtw_many_matches_dtw_one_by_one():
+    """Matrices of different shapes swept together (the smaller ones padded) give each one's own path."""
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(shape).astype(np.float32).astype(np.float64)
+          for shape in ((12, 300), (3, 40), (30, 120), (1, 1))]
+    xs.append(rng.integers(-2, 2, (20, 60)).astype(np.float64))  # one with ties: the whole batch takes the rule
+    for got, x in zip(dtw_many(xs), xs):
+        want = plain_dtw(x)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    assert dtw_many([]) == []
+
+
+def test_alignment_matrix_on_threads_is_the_one_by_one_matrix():
+    """The per-head work mapped on a thread pool gives the same bits as one head after another, with and without
+    frames whose normalisation meets 0 / 0 (NaN in every head's column, wider than the median filter)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(9)
+    scores = (rng.standard_normal((6, 40, 1500)) * 4).astype(np.float32)
+    silent = scores.copy()
+    silent[:, :, 600:620] = np.float32(-1e30)  # no token attends there: 0 / 0 after the softmax
+    with ThreadPoolExecutor(4) as pool:
+        for qk in (scores, silent):
+            one_by_one = alignment_matrix(qk, 2800)
+            threaded = alignment_matrix(qk, 2800, map_heads=pool.map)
+            assert one_by_one.shape == (40, 1400)
+            np.testing.assert_array_equal(threaded, one_by_one)
+        assert np.isnan(alignment_matrix(silent, 2800)).any() and not np.isnan(alignment_matrix(scores, 2800)).any()
 
 
 def test_against_openai_whisper_dtw_and_median_filter():
