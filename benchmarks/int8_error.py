@@ -2,11 +2,12 @@
 groups of matrices quantized, against fp32, on many clips.
 
     python benchmarks/int8_error.py --model tiny.en --clips 'tests/data/*.wav' --clips 'DIR/*.wav' \
-        [--schemes all,encoder,...] [--out int8_error.json]
+        [--schemes 'all,only logits,...'] [--calibration WAV ...] [--out int8_error.json]
 
 The quantization is simulated in PyTorch (fake quantization: weights and activations rounded to their 8-bit
 grids, then multiplied in float), which computes what export/quantize.py's MatMulInteger graphs compute up to the
-float rounding of the products (checked here against an exported int8 bundle with --bundle). For each clip, the
+float rounding of the products. The clip sets are interleaved (one of each, then what is left), and the table
+(int8_error.txt beside --out) is rewritten after every clip, so a long run can be read early. For each clip, the
 fp32 model's greedy tokens (argmax, no suppression, up to 200) are fed to both models at once, and every position's
 logits compared: mean and max |difference|, cosine, KL(fp32 || quantized) of the softmax, top-1 agreement, and the
 fp32 top-1 margin at the positions whose top-1 differs.
@@ -27,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
