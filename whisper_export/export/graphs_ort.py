@@ -91,7 +91,7 @@ def decoder_graph_ort(
         stream.add(nn.projection(g.op("Reshape", [a, io_.unfold]), f"{p}.cross_attn.out"))  # (R, n, D)
 
         h, b1 = nn.projection(stream.norm(f"{p}.mlp_ln"), f"{p}.mlp.0")
-        stream.add(nn.projection(g.ort_op("BiasGelu", [h, b1]), f"{p}.mlp.2"))
+        stream.add(nn.projection(g.ort_op("BiasGelu", [h, b1]), f"{p}.mlp.2", one_sided=True))
 
     logits = io_.finish(g, dims, stream.norm("decoder.ln"), emb)
     # the greedy choice in the same graph: a greedy step is one run (graph_io)

@@ -142,11 +142,12 @@ class Layers:
             raise ValueError(f"attention: received {attention!r}, expected one of {', '.join(ATTENTIONS)}")
         self.g, self.state, self.attention, self.width = g, state, attention, width
 
-    def linear(self, x: str, prefix: str, scale: float = 1.0) -> str:
-        """x @ W.T + b; a power-of-two ``scale`` is folded into W and b, which is exact in binary floating point."""
-        return self.fused_linear(x, [prefix], scale)
+    def linear(self, x: str, prefix: str, scale: float = 1.0, one_sided: bool = False) -> str:
+        """x @ W.T + b; a power-of-two ``scale`` is folded into W and b, which is exact in binary floating point;
+        ``one_sided``: x is mostly on one side of 0 (GELU's output), for a quantized matmul (Quantizer.matmul)."""
+        return self.fused_linear(x, [prefix], scale, one_sided)
 
-    def fused_linear(self, x: str, prefixes: list[str], q_scale: float = 1.0) -> str:
+    def fused_linear(self, x: str, prefixes: list[str], q_scale: float = 1.0, one_sided: bool = False) -> str:
         """One MatMul (and one bias Add) for several projections of x, concatenated on the last axis.
 
         The first projection is multiplied by ``q_scale`` (the attention scale, folded into the query weights);
@@ -155,22 +156,23 @@ class Layers:
         g, state = self.g, self.state
         scales = [q_scale] + [1.0] * (len(prefixes) - 1)
         w = np.concatenate([state[f"{p}.weight"].T * s for p, s in zip(prefixes, scales)], axis=1)
-        y = self.matmul(x, f"{'+'.join(prefixes)}.weight_t", w)
+        y = self.matmul(x, f"{'+'.join(prefixes)}.weight_t", w, one_sided)
         if any(f"{p}.bias" in state for p in prefixes):
             b = np.concatenate([state.get(f"{p}.bias", np.zeros(state[f"{p}.weight"].shape[0], np.float32)) * s
                                 for p, s in zip(prefixes, scales)])
             y = g.op("Add", [y, g.weight(f"{'+'.join(prefixes)}.bias", b)])
         return y
 
-    def projection(self, x: str, prefix: str) -> tuple[str, str]:
+    def projection(self, x: str, prefix: str, one_sided: bool = False) -> tuple[str, str]:
         """(x @ W.T, b): the bias left for a consumer that adds it in its own kernel (SkipLayerNormalization)."""
-        y = self.matmul(x, f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T)
+        y = self.matmul(x, f"{prefix}.weight_t", self.state[f"{prefix}.weight"].T, one_sided)
         return y, self.g.weight(f"{prefix}.bias", self.state[f"{prefix}.bias"])
 
-    def matmul(self, x: str, hint: str, w_t: np.ndarray) -> str:
-        """x @ w_t for a weight w_t (K, N): a float initializer, or the builder's quantized form."""
+    def matmul(self, x: str, hint: str, w_t: np.ndarray, one_sided: bool = False) -> str:
+        """x @ w_t for a weight w_t (K, N): a float initializer, or the builder's quantized form (``one_sided``:
+        see Quantizer.matmul)."""
         if self.g.quantizer is not None:
-            return self.g.quantizer.matmul(self.g, x, hint, w_t)
+            return self.g.quantizer.matmul(self.g, x, hint, w_t, one_sided)
         return self.g.op("MatMul", [x, self.g.weight(hint, w_t)])
 
     def layer_norm(self, x: str, prefix: str) -> str:
@@ -187,7 +189,7 @@ class Layers:
 
     def mlp(self, x: str, prefix: str) -> str:
         h = self.g.op("Gelu", [self.linear(x, f"{prefix}.mlp.0")])
-        return self.linear(h, f"{prefix}.mlp.2")
+        return self.linear(h, f"{prefix}.mlp.2", one_sided=True)
 
     def self_attention(self, x: str, prefix: str, n_head: int) -> str:
         """The encoder's bidirectional self-attention, (B, T, D) -> (B, T, D), before the output projection."""
