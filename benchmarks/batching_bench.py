@@ -43,7 +43,8 @@ def _options(decoding: str) -> dict:
 
 def time_files(runtime, files: list[str], batch_sizes: list[int], repeats: int, decoding: str) -> dict:
     options = _options(decoding)
-    runtime.transcribe_batch(files[:1], batch_size=1, **options)  # warm-up: sessions, captures, allocations
+    for b in batch_sizes:  # warm-up of every size: sessions, captures, allocations, cuDNN's plans per batch shape
+        runtime.transcribe_batch(files, batch_size=b, **options)
     seconds: dict[int, list[float]] = {b: [] for b in batch_sizes}
     texts: dict[int, list[str]] = {}
     for _ in range(repeats):

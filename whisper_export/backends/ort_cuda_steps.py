@@ -155,7 +155,7 @@ class CudaSteps(OrtBackend):
                            rows, capacity)
 
     def encode(self, mel: np.ndarray, into: CrossHandle | None = None, slots: Sequence[int] | None = None) -> CrossHandle:
-        """Each run of consecutive slots in one encoder run, written into the slots by address."""
+        """Each run of consecutive slots in encoder runs of power-of-two batches, written into the slots by address."""
         written = self.check_encode(mel, into, slots, CrossHandle)
         cross = into if into is not None else self.new_cross(mel.shape[0])
         order = np.argsort(written, kind="stable")
@@ -164,6 +164,9 @@ class CudaSteps(OrtBackend):
             j = i + 1
             while j < len(order) and written[order[j]] == written[order[j - 1]] + 1:
                 j += 1
+            # runs are power-of-two batches: cuDNN plans the convolutions once per input shape (~0.1 s each on
+            # an H200, against ~10 ms to encode 16 windows), so a process meets at most log2(rows) + 1 shapes
+            j = i + _pow2_floor(j - i)
             first, batch = written[order[i]], np.ascontiguousarray(mel[order[i:j]])
             binding = self.encoder.io_binding()
             binding.bind_cpu_input(graph_io.MEL, batch)
@@ -279,3 +282,8 @@ class CudaSteps(OrtBackend):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.bundle.directory)!r}, device='cuda', threads={self.threads}, "
                 f"cuda_graph={self.graph_mode!r})")
+
+
+def _pow2_floor(n: int) -> int:
+    """The largest power of two <= n (n >= 1)."""
+    return 1 << (n.bit_length() - 1)

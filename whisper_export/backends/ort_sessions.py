@@ -15,7 +15,10 @@ from whisper_export.bundle import BundleError
 def providers(device: str, device_id: int, precision: str, provider_options: dict[str, str], graph: bool) -> list:
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    options = {"device_id": str(device_id), **provider_options}
+    # cuDNN's exhaustive search (the provider's default) benchmarks the encoder's convolutions again at every
+    # change of batch size (~0.1-0.2 s each on an H200, against ~10 ms to encode 16 windows), and a continuous
+    # batcher changes it at every admission; its default heuristic picks kernels as fast at these shapes
+    options = {"device_id": str(device_id), "cudnn_conv_algo_search": "DEFAULT", **provider_options}
     if precision == "fp32":
         options["use_tf32"] = "0"  # fp32 bundles give the CPU's tokens; TF32 GEMMs would round to 10 bits
     if graph:

@@ -111,6 +111,8 @@ class Scheduler:
     def _admit(self) -> None:
         admitted: dict[int, list[Window]] = {}
         live = sum(len(pool.live()) for pool in self.pools.values())
+        if self.whole_pool and live and not self._wave_due(live):
+            return
         while self.queue and live < self.max_windows:
             window = self.queue.popleft()
             try:
@@ -126,6 +128,14 @@ class Scheduler:
             live += 1
         for windows in admitted.values():
             self._guarded(windows, lambda ws=windows: self._start(ws))
+
+    def _wave_due(self, live: int) -> bool:
+        """On a backend that steps whole pools, windows are admitted in waves: each admission costs an encoder
+        call and a prompt step and ends the streamed greedy call, while a free row is stepped anyway at no extra
+        cost, so admitting one window whenever one ends makes many small encoder calls. A wave is due once half
+        the slots (or as many as wait, if fewer) are free."""
+        free = self.max_windows - live
+        return free >= min(max(1, self.max_windows // 2), len(self.queue))
 
     def _pool(self, decode: WindowDecode) -> Pool:
         key = decode.pick_key()

@@ -510,3 +510,55 @@ def test_streamed_steps_finish_with_a_free_slot_on_recycled_memory(tiny_bundle_o
         assert len(set(chosen[0])) > 5  # fed back: a stuck feed repeats one token
         # the free slot's cross K/V were zeroed when the pool's set was made: its ignored row computes numbers
         assert np.isfinite(logprobs[1]).all()
+
+
+def test_encoder_runs_are_power_of_two_batches_written_into_their_slots(tiny_bundle, english_clips, simulated_cuda):
+    """cuDNN plans the encoder's convolutions once per batch shape, so the CUDA path cuts each run of consecutive
+    slots into power-of-two batches (7 windows: 4 + 2 + 1); every slot holds what the CPU path encodes for its
+    window alone."""
+    bundle = Bundle.open(tiny_bundle)
+    mel = log_mel_batch([*english_clips, *english_clips[:2]])[:7]
+    slots = [2, 3, 4, 5, 6, 7, 8]
+    with simulated_cuda(bundle, device="cuda") as sim, simulated_cuda(bundle) as cpu:
+        encoder, batches = sim.encoder, []
+
+        class RecordingBinding:
+            def __init__(self, binding):
+                self.binding = binding
+
+            def __getattr__(self, name):
+                return getattr(self.binding, name)
+
+            def bind_cpu_input(self, name, value):
+                batches.append(len(value))
+                self.binding.bind_cpu_input(name, value)
+
+        class RecordingEncoder:
+            def __getattr__(self, name):
+                return getattr(encoder, name)
+
+            def io_binding(self):
+                return RecordingBinding(encoder.io_binding())
+
+            def run_with_iobinding(self, binding, *args):
+                return encoder.run_with_iobinding(binding.binding, *args)
+
+        sim.encoder = RecordingEncoder()
+        cross = sim.encode(mel, into=sim.new_cross(9), slots=slots)
+        assert batches == [4, 2, 1]
+        for i, slot in enumerate(slots):
+            alone = cpu.encode(mel[i : i + 1]).values
+            for value, want in zip(cross.values, alone):
+                np.testing.assert_allclose(value.numpy()[slot], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_sessions_use_cudnns_heuristic_unless_told_otherwise():
+    """The exhaustive cuDNN search (the CUDA provider's default) benchmarks the encoder again at every new batch
+    size; sessions ask for the heuristic, and a caller's provider_options still win."""
+    from whisper_export.backends.ort_sessions import providers
+
+    (name, options), _ = providers("cuda", 0, "fp16", {}, graph=False)
+    assert name == "CUDAExecutionProvider" and options["cudnn_conv_algo_search"] == "DEFAULT"
+    (_, options), _ = providers("cuda", 1, "fp32", {"cudnn_conv_algo_search": "EXHAUSTIVE"}, graph=True)
+    assert options["cudnn_conv_algo_search"] == "EXHAUSTIVE" and options["device_id"] == "1"
+    assert options["use_tf32"] == "0" and options["enable_cuda_graph"] == "1"

@@ -141,3 +141,44 @@ def test_mixed_windows_in_one_continuous_batch_on_a_gpu(variant, tiny_bundle_fp1
     with OnnxRuntimeBackend(bundle, device="cuda") as gpu:
         assert gpu.graph_mode != "off", gpu.graph_error
         check_mixed_batch(gpu, bundle.tokenizer(), english_clips, logprob_rel=2e-3)
+
+
+def test_a_backend_that_steps_whole_pools_admits_in_waves(tiny_bundle, english_clips):
+    """Where free rows are stepped anyway (CUDA), a freed slot waits until half the slots are free (or as many as
+    windows wait): encoder calls take several windows at once. Every window's tokens are those of the plain
+    scheduler, which admits a window as soon as a slot is free."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mels = log_mel_batch([*english_clips, *english_clips[:3]])
+    options = DecodingOptions(without_timestamps=True)
+
+    def decode_all(scheduler: Scheduler) -> dict[int, list[int]]:
+        tokens: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            scheduler.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en"),
+                                    lambda w: tokens.__setitem__(w.tag, w.decode.result().tokens),
+                                    lambda w, e: None, tag=i))
+        scheduler.run()
+        return tokens
+
+    with OnnxRuntimeBackend(bundle) as backend:
+        alone = decode_all(Scheduler(backend, 4))
+        sizes: list[tuple[int, int]] = []  # (windows encoded, windows still waiting then)
+        encode = backend.encode
+        waves = Scheduler(backend, 4)
+        waves.whole_pool = True
+
+        def recording_encode(mel, into=None, slots=None):
+            sizes.append((len(mel), len(waves.queue)))
+            return encode(mel, into, slots)
+
+        backend.encode = recording_encode
+        try:
+            assert decode_all(waves) == alone
+        finally:
+            del backend.encode
+    assert sizes[0] == (4, len(mels) - 4)
+    assert sum(n for n, _ in sizes) == len(mels)
+    assert all(n >= min(2, n + waiting) for n, waiting in sizes[1:]), sizes
