@@ -49,8 +49,25 @@ def cli(*args) -> list[str]:
     return [sys.executable, "-m", "cli", *map(str, args)]
 
 
+TIME_V = "/usr/bin/time"
+TIME_V_FIELDS = {"Maximum resident set size (kbytes)": "time_v_max_rss_kib",
+                 "Elapsed (wall clock) time (h:mm:ss or m:ss)": "time_v_elapsed"}
+TIME_V_ARGS: list[str] = []  # ["/usr/bin/time", "-v"] with --time-v
+
+
+def _time_v_figures(stderr: str) -> dict:
+    """GNU time -v's peak RSS and elapsed time from a step's stderr (its report is the last thing written)."""
+    found = {}
+    for line in stderr.splitlines():
+        name, _, value = line.strip().rpartition(": ")
+        if name in TIME_V_FIELDS:
+            found[TIME_V_FIELDS[name]] = int(value) if value.isdigit() else value
+    return found
+
+
 def measured(argv: list[str], max_memory_gb: float | None, label: str) -> dict:
     """One whole process: wall s, peak RSS MiB, exit code; under an address-space cap when asked."""
+    argv = [*TIME_V_ARGS, *argv]
     if max_memory_gb:
         argv = [shutil.which("prlimit") or "/usr/bin/prlimit", f"--as={int(max_memory_gb * 1e9)}", "--", *argv]
     print(f"[{label}] {shlex.join(argv)}", file=sys.stderr, flush=True)
@@ -61,7 +78,8 @@ def measured(argv: list[str], max_memory_gb: float | None, label: str) -> dict:
     if r["returncode"] != 0:
         print(r["stderr"], file=sys.stderr)
     return {"step": label, "wall_s": round(r["wall"], 1), "peak_rss_gib": round(r["maxrss_mib"] / 1024, 2),
-            "returncode": r["returncode"], "stdout_tail": r["stdout"][-1500:], "stderr_tail": r["stderr"][-600:]}
+            "returncode": r["returncode"], **_time_v_figures(r["stderr"]), "stdout_tail": r["stdout"][-1500:],
+            "stderr_tail": r["stderr"][-600:]}
 
 
 # -- make ---------------------------------------------------------------------------------------------------------
@@ -83,8 +101,8 @@ else:
 """
 
 
-def make(work: Path, variants: list[str], formats: list[str], max_memory_gb: float | None, narrow: bool) -> list[dict]:
-    rows = []
+def make(work: Path, variants: list[str], formats: list[str], max_memory_gb: float | None, narrow: bool,
+         rows: list[dict]) -> list[dict]:
     for variant in variants:
         hf = checkpoint_path(work, variant, "hf")
         for fmt in ["hf", *[f for f in formats if f != "hf"]]:  # the others are made from the HF directory
@@ -109,9 +127,8 @@ def _size(path: Path) -> int:
 
 
 def verify(work: Path, variants: list[str], formats: list[str], max_memory_gb: float | None, device: str,
-           threads: int, keep_bundles: bool) -> list[dict]:
+           threads: int, keep_bundles: bool, reuse_bundles: bool, rows: list[dict]) -> list[dict]:
     """Per checkpoint: export --fp16, check --quick on the clip, transcribe the clip (greedy, one temperature)."""
-    rows = []
     for variant in variants:
         for fmt in formats:
             model = checkpoint_path(work, variant, fmt)
@@ -119,8 +136,12 @@ def verify(work: Path, variants: list[str], formats: list[str], max_memory_gb: f
                 print(f"[verify] {model} missing: run make first", file=sys.stderr)
                 continue
             bundle = work / variant / f"bundle-{fmt}-fp16"
+            reused = reuse_bundles and (bundle / "manifest.json").is_file()
+            if reused:
+                print(f"[verify] {bundle} exists; kept, not exported again", file=sys.stderr)
             steps = [
-                ("export", cli("export", "--model", model, "--out", bundle, "--fp16", "--overwrite")),
+                *([] if reused else [("export", cli("export", "--model", model, "--out", bundle, "--fp16",
+                                                    "--overwrite"))]),
                 ("check", cli("check", "--bundle", bundle, "--quick", "--audio", CLIP, "--seed", 0)),
                 ("transcribe", cli("transcribe", CLIP, "--bundle", bundle, "--device", device, "--language", "en",
                                    "--beam-size", 1, "--temperature", 0, "--threads", threads)),
@@ -132,7 +153,7 @@ def verify(work: Path, variants: list[str], formats: list[str], max_memory_gb: f
                     row["files"] = sorted(p.name for p in bundle.iterdir()) if bundle.exists() else []
                 if step == "check":
                     row["passed"] = row["returncode"] == 0 and row["stdout_tail"].strip().endswith("PASS")
-                rows.append({"variant": variant, "format": fmt, **row})
+                rows.append({"variant": variant, "format": fmt, "bundle_reused": reused, **row})
                 if row["returncode"] != 0:
                     break
             if not keep_bundles:
@@ -162,9 +183,8 @@ def long_audio(path: Path, minutes: float) -> float:
 
 
 def speed(work: Path, bundle: Path | None, model: Path | None, device: str, long_minutes: float,
-          transcribe_args: str, threads: int, max_memory_gb: float | None) -> list[dict]:
+          transcribe_args: str, threads: int, max_memory_gb: float | None, rows: list[dict]) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
     if bundle is None:
         bundle = work / f"bundle-{device}"
         attention = ["--attention", "onnxruntime"] if device == "cuda" else []  # on_demand.ON_DEMAND's choice
@@ -192,6 +212,26 @@ def speed(work: Path, bundle: Path | None, model: Path | None, device: str, long
     return rows
 
 
+class RecordedRows(list):
+    """Rows written to WORK/results.json as each is appended, so that an interrupted run keeps its finished steps."""
+
+    def __init__(self, results: Path, entry: dict) -> None:
+        super().__init__()
+        self.results = results
+        self.history = json.loads(results.read_text()) if results.is_file() else []
+        self.history.append({**entry, "rows": self})
+        self.save()
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        self.save()
+
+    def save(self) -> None:
+        partial = self.results.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.history, indent=2))
+        partial.rename(self.results)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("mode", choices=["make", "verify", "speed"])
@@ -202,6 +242,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-memory-gb", type=float, default=None, help="address-space cap of each step (prlimit --as)")
     p.add_argument("--narrow", action="store_true", help="make: the variants' structure at width 64 (a dry run)")
+    p.add_argument("--time-v", action="store_true", help=f"run each step under {TIME_V} -v and record its figures")
+    p.add_argument("--reuse-bundles", action="store_true",
+                   help="verify: check and transcribe an already exported bundle instead of exporting it again")
     p.add_argument("--keep-bundles", action="store_true", help="verify: keep the exported bundles")
     p.add_argument("--bundle", type=Path, help="speed: an exported bundle")
     p.add_argument("--model", type=Path, help="speed: a checkpoint, exported --fp16 first (no --bundle)")
@@ -216,21 +259,19 @@ def main() -> None:
         p.error(f"received {bad}, expected variants from {sorted(VARIANTS)} and formats from {FORMATS}")
     if a.mode == "speed" and (a.bundle is None) == (a.model is None):
         p.error("speed: received neither or both of --bundle and --model, expected one")
+    if a.time_v:
+        TIME_V_ARGS[:] = [TIME_V, "-v"]
     a.work.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    rows = RecordedRows(a.work / "results.json", {"mode": a.mode, "started": started, "argv": sys.argv[1:]})
     if a.mode == "make":
-        rows = make(a.work, variants, formats, a.max_memory_gb, a.narrow)
+        make(a.work, variants, formats, a.max_memory_gb, a.narrow, rows)
     elif a.mode == "verify":
-        rows = verify(a.work, variants, formats, a.max_memory_gb, a.device, a.threads, a.keep_bundles)
+        verify(a.work, variants, formats, a.max_memory_gb, a.device, a.threads, a.keep_bundles or a.reuse_bundles,
+               a.reuse_bundles, rows)
     else:
-        rows = speed(a.work, a.bundle, a.model, a.device, a.long_minutes, a.transcribe_args, a.threads,
-                     a.max_memory_gb)
-    results = a.work / "results.json"
-    history = json.loads(results.read_text()) if results.is_file() else []
-    history.append({"mode": a.mode, "started": started, "argv": sys.argv[1:], "rows": rows})
-    partial = results.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(history, indent=2))
-    partial.rename(results)
+        speed(a.work, a.bundle, a.model, a.device, a.long_minutes, a.transcribe_args, a.threads, a.max_memory_gb,
+              rows)
     for row in rows:
         keep = {k: v for k, v in row.items() if not k.endswith("_tail") and k != "files"}
         print(json.dumps(keep))
