@@ -16,12 +16,15 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.hashing import pinned_file
+from whisper_export.runtime.onnx_cut import cut
 
 SAMPLE_RATE = 16000  # the model's rate (runtime/audio.py's SAMPLE_RATE; not imported: audio.py is heavier)
 FRAME_SAMPLES = 512  # one speech probability per 32 ms frame
@@ -29,6 +32,10 @@ CONTEXT_SAMPLES = 64  # each frame is fed with the last 64 samples of the frame 
 # frames per onnxruntime run, the LSTM state carried from one run to the next; runs of a few thousand frames
 # cost the same per frame as one run over a whole file (NOTES.md, "Speech VAD"), and bound the memory
 FRAMES_PER_RUN = 8192
+# frames of one run of the convolutions; the parts of a run go to parallel threads (16 s each)
+PART_FRAMES = 512
+# where the model is cut: the convolutions' output, the LSTM's input
+FEATURES = "/encoder/relu_3/Relu_output_0"
 # a region longer than max_speech_duration_s is split at the last silence longer than this, where there is one
 MIN_SILENCE_AT_MAX_SPEECH_MS = 98
 
@@ -122,19 +129,15 @@ def silero_model_path() -> Path:
 
 
 class SileroVad:
-    """One onnxruntime CPU session of the model, reused for every audio."""
+    """The model as two onnxruntime CPU sessions, reused for every audio: its convolutions (each frame alone,
+    so parts of the audio run on parallel threads) and its LSTM (the frames in order). The probabilities are
+    the whole model's: the cut only changes where the frames' features wait between the two."""
 
     def __init__(self, path: Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.inter_op_num_threads = 1
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-        # one run per file: idle threads spinning after it would take cores from the decoder
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        front, back = cut(path.read_bytes(), FEATURES)
+        self.features = _cpu_session(front)
+        self.recurrent = _cpu_session(back)
+        self.workers = threads or physical_cores()
 
     def speech_probs(self, audio: np.ndarray) -> np.ndarray:
         """(n_frames,) float32: the speech probability of each 512-sample frame, the last one zero-padded."""
@@ -149,10 +152,30 @@ class SileroVad:
         h = np.zeros((1, 1, 128), np.float32)
         c = np.zeros((1, 1, 128), np.float32)
         probs = []
-        for begin in range(0, n_frames, FRAMES_PER_RUN):
-            out, h, c = self.session.run(None, {"input": frames[begin : begin + FRAMES_PER_RUN], "h": h, "c": c})
-            probs.append(out)
+        with ThreadPoolExecutor(max_workers=min(self.workers, math.ceil(n_frames / PART_FRAMES))) as pool:
+            # every part queued at once, so that the pool computes the next runs' features during each LSTM run
+            runs = [[pool.submit(self._features, frames[k : min(k + PART_FRAMES, begin + FRAMES_PER_RUN)])
+                     for k in range(begin, min(begin + FRAMES_PER_RUN, n_frames), PART_FRAMES)]
+                    for begin in range(0, n_frames, FRAMES_PER_RUN)]
+            for parts in runs:
+                features = np.concatenate([part.result() for part in parts])  # (frames of the run, 128, 1)
+                out, h, c = self.recurrent.run(None, {FEATURES: features, "h": h, "c": c})
+                probs.append(out)
         return np.concatenate(probs).astype(np.float32, copy=False)
+
+    def _features(self, frames: np.ndarray) -> np.ndarray:
+        return self.features.run(None, {"input": frames})[0]
+
+
+def _cpu_session(model: bytes):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    # one thread a run: the convolutions of one frame are too small for onnxruntime to share between threads
+    # (2 threads measured no faster than 1), so parts of the audio run side by side instead
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 @functools.lru_cache(maxsize=2)

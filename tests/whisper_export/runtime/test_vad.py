@@ -69,6 +69,31 @@ def test_speech_timestamps_equal_faster_whispers(inputs, name):
         assert found > 0
 
 
+def _whole_model_probs(audio: np.ndarray) -> np.ndarray:
+    """The pinned file as one session, frame runs in order with the LSTM state carried: the model as published."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(vad_module.silero_model_path()), providers=["CPUExecutionProvider"])
+    body = np.pad(audio, (0, -len(audio) % FRAME_SAMPLES)).reshape(-1, FRAME_SAMPLES)
+    context = np.concatenate([np.zeros((1, 64), np.float32), body[:-1, -64:]])
+    frames = np.concatenate([context, body], axis=1)
+    h = c = np.zeros((1, 1, 128), np.float32)
+    probs = []
+    for begin in range(0, len(frames), 10_000):
+        out, h, c = session.run(None, {"input": frames[begin : begin + 10_000], "h": h, "c": c})
+        probs.append(out)
+    return np.concatenate(probs)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_the_model_cut_in_two_gives_the_whole_models_probabilities(inputs, workers):
+    """Features in parallel parts, then the LSTM: bit-identical to the uncut model over several runs."""
+    audio = np.concatenate([inputs["on_noise"]] * 6)  # > 8192 frames: the LSTM state crosses runs
+    assert len(audio) > 1.2 * vad_module.FRAMES_PER_RUN * FRAME_SAMPLES
+    probs = vad_module.SileroVad(vad_module.silero_model_path(), workers).speech_probs(audio)
+    np.testing.assert_array_equal(probs, _whole_model_probs(audio))
+
+
 def test_regions_are_ordered_padded_and_capped(inputs):
     audio = inputs["running"]
     for options in OPTION_SETS.values():
