@@ -71,7 +71,8 @@ def measured(argv: list[str], max_memory_gb: float | None, label: str) -> dict:
     if max_memory_gb:
         argv = [shutil.which("prlimit") or "/usr/bin/prlimit", f"--as={int(max_memory_gb * 1e9)}", "--", *argv]
     print(f"[{label}] {shlex.join(argv)}", file=sys.stderr, flush=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the repository first, then the caller's path (where extra wheels such as onnxruntime-gpu may live)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     r = run_child_rusage(argv, env=env, cwd=str(REPO))
     print(f"[{label}] exit {r['returncode']}, {r['wall']:.1f} s, peak RSS {r['maxrss_mib'] / 1024:.2f} GiB",
           file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
     python benchmarks/vad_bench.py --threads 2                                   # CPU, tiny.en exported on demand
     python benchmarks/vad_bench.py --device cuda --bundle B --batch-size 16      # a GPU (onnxruntime-gpu)
     python benchmarks/vad_bench.py --audio talk.wav --text talk.txt              # a real recording, its transcript
+    python benchmarks/vad_bench.py --vad-without-timestamps      # --vad without timestamps against sequential with
 
 Without --audio, a recording of about --minutes minutes is built once into --work-dir from espeak-ng speech:
 sentences read by three voices, 0.3-2.5 s of silence between them and 8-20 s after every eighth (a meeting's
@@ -131,7 +132,8 @@ def load_runtime(args):
 
 
 def options_for(args, vad: bool) -> dict:
-    options = {"batch_size": args.batch_size, "without_timestamps": args.without_timestamps, "vad": vad}
+    without_timestamps = args.without_timestamps or (vad and args.vad_without_timestamps)
+    options = {"batch_size": args.batch_size, "without_timestamps": without_timestamps, "vad": vad}
     if args.beam_size > 1:
         options["beam_size"] = args.beam_size
     if args.language:
@@ -179,7 +181,8 @@ def _runtime_argv(args) -> list[str]:
                         ("--language", args.language)):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--without-timestamps"] if args.without_timestamps else [])
+    return (argv + (["--without-timestamps"] if args.without_timestamps else [])
+            + (["--vad-without-timestamps"] if args.vad_without_timestamps else []))
 
 
 def child(args) -> None:
@@ -206,7 +209,8 @@ def report(args, duration: float, reference: str, inproc: dict, whole: dict) -> 
         }
     speedup = inproc["sequential"]["seconds"] / inproc["vad"]["seconds"]
     wer_delta = rows["vad"]["wer"] - rows["sequential"]["wer"]
-    print(f"audio {duration:.1f} s; VAD model alone {inproc['vad_model_s']:.3f} s; options {options_for(args, True)}")
+    print(f"audio {duration:.1f} s; VAD model alone {inproc['vad_model_s']:.3f} s; "
+          f"options {options_for(args, False)} / {options_for(args, True)}")
     print(f"{'mode':<11} {'in-proc s':>9} {'RTF':>7} {'process s':>9} {'RTF':>7} {'WER %':>6} {'segments':>8}")
     for mode, r in rows.items():
         print(f"{mode:<11} {r['in_process_s']:>9.2f} {r['in_process_rtf']:>7.1f} {r['whole_process_s']:>9.2f} "
@@ -231,6 +235,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--language", help="skip language detection (multilingual models)")
     p.add_argument("--without-timestamps", action="store_true")
+    p.add_argument("--vad-without-timestamps", action="store_true",
+                   help="the --vad mode without timestamps (one segment per chunk, as faster-whisper's batched "
+                        "pipeline), the sequential mode with them")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the results as JSON here")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
