@@ -103,7 +103,15 @@ def build(
         dims, precision, ckpt = existing.dims, existing.precision, None
     else:
         from reference_model import load_checkpoint
+        from whisper_export.export.exporter import ExportError, check_destination
 
+        try:
+            if out is not None:
+                check_destination(out, overwrite)  # before loading the model
+        except ExportError as e:
+            hint = " (or --engines-only to build engines for the existing bundle)" if out.exists() else ""
+            _err(f"{e}{hint}")
+            raise typer.Exit(EXIT_USAGE) from None
         try:
             _progress(f"[build] loading {model or 'tiny.en'}")
             ckpt = load_checkpoint(model)

@@ -179,6 +179,18 @@ def test_profile_too_small_is_refused_before_anything_is_built(tmp_path, args, m
     assert not out.exists()  # not even exported
 
 
+def test_an_existing_output_is_refused_before_the_model_is_loaded(tmp_path):
+    out = tmp_path / "kept"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = run_build_cli(["--fp16", "--compute-capability", TARGET_CC, "--out", str(out),
+                            "--model", str(tmp_path / "no_such_checkpoint")])
+    assert result.exit_code == 2, result.stderr
+    assert "already exists; pass --overwrite" in result.stderr and "--engines-only" in result.stderr
+    assert "[build] loading" not in result.stderr and "no_such_checkpoint" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
 def test_opt_above_max_is_refused(tiny_checkpoint):
     from whisper_export.backends.tensorrt.profiles import EngineLimits, ProfileError
 
