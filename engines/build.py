@@ -297,7 +297,10 @@ def _build_one(
         layers, source = _inspect_engine(built.data, log, device_cc if runnable_here else None)
         att.check_engine(fused, layers, source)
         progress(f"[build] {fused.summary()}")
-        if timing_cache.loaded_bytes:
+        if timing_cache.loaded_bytes and device_cc is None and not timing_cache.accepted:
+            # the usual case of an ahead-of-time build: harmless, so not worded as a failure
+            progress(f"[build] {graph}: timing cache not used (built without a CUDA device; the sidecar says why)")
+        elif timing_cache.loaded_bytes:
             progress(f"[build] {graph}: timing cache {timing_cache.loaded_bytes} bytes read, "
                      + ("accepted" if timing_cache.accepted else f"not usable here: {timing_cache.detail}"))
         if options.require_fused_attention:
