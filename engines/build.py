@@ -32,6 +32,7 @@ from engines import attention as att
 from whisper_export.backends.tensorrt import trt_api
 from whisper_export.backends.tensorrt.cuda import probe_device
 from engines.loaders import (
+    BuiltEngine,
     CreateConfig,
     EngineBytesFromNetwork,
     NetworkFromOnnxPath,
@@ -278,33 +279,9 @@ def _build_one(
     log_path.unlink(missing_ok=True)
     log = BuildLog(log_path, prefix=f"[build] {graph}: ")
     try:
-        progress(f"[build] {graph}: parsing {onnx_path.name} (strongly typed)")
-        parsed = NetworkFromOnnxPath(onnx_path, log)()
-        io = io_specs(parsed)
-        check_profiles_cover(profiles, {t.name: t.shape for t in io if t.mode == "input"}, graph)
-        fused = att.check_network(graph, expected_attention, att.network_attention(parsed.network))
-        if options.require_fused_attention and fused.problems:
-            raise att.FusedAttentionError(f"{graph}: {'; '.join(fused.problems)}")
-        timing_cache = TimingCache(cache_file)
-        config = CreateConfig(profiles, log, options.compute_capabilities, options.hardware_compatibility,
-                              timing_cache, options.builder_optimization_level)
-        progress(f"[build] {graph}: building {len(profiles)} profile(s) "
-                 f"({', '.join(p.name for p in profiles)}), {fused.network_attention} IAttention layers")
-        built = EngineBytesFromNetwork(parsed, config)()
-        # the inspector needs to deserialize the engine: only where it was built for this machine's GPU
-        runnable_here = device_cc is not None and (not options.compute_capabilities
-                                                   or device_cc in options.compute_capabilities)
-        layers, source = _inspect_engine(built.data, log, device_cc if runnable_here else None)
-        att.check_engine(fused, layers, source)
-        progress(f"[build] {fused.summary()}")
-        if timing_cache.loaded_bytes and device_cc is None and not timing_cache.accepted:
-            # the usual case of an ahead-of-time build: harmless, so not worded as a failure
-            progress(f"[build] {graph}: timing cache not used (built without a CUDA device; the sidecar says why)")
-        elif timing_cache.loaded_bytes:
-            progress(f"[build] {graph}: timing cache {timing_cache.loaded_bytes} bytes read, "
-                     + ("accepted" if timing_cache.accepted else f"not usable here: {timing_cache.detail}"))
-        if options.require_fused_attention:
-            att.require_fused(fused)
+        parsed, io, fused = _parse_checked(graph, onnx_path, log, profiles, options, expected_attention, progress)
+        built, timing_cache = _build_inspected(graph, parsed, profiles, fused, options, device_cc, cache_file, log,
+                                               progress)
         SaveEngine(built, engine_path)()
         sidecar = EngineSidecar(
             graph=graph,
@@ -339,3 +316,58 @@ def _build_one(
         return EngineResult(graph, engine_path, sidecar, built.seconds, total)
     finally:
         log.close()
+
+
+def _parse_checked(
+    graph: str,
+    onnx_path: Path,
+    log: BuildLog,
+    profiles: list[Profile],
+    options: BuildOptions,
+    expected_attention: int,
+    progress: Callable[[str], None],
+) -> tuple[ParsedNetwork, list[TensorSpec], att.FusedAttentionReport]:
+    """Step 2 of the module docstring: parse, profiles cover every input, IAttention layers before the build."""
+    progress(f"[build] {graph}: parsing {onnx_path.name} (strongly typed)")
+    parsed = NetworkFromOnnxPath(onnx_path, log)()
+    io = io_specs(parsed)
+    check_profiles_cover(profiles, {t.name: t.shape for t in io if t.mode == "input"}, graph)
+    fused = att.check_network(graph, expected_attention, att.network_attention(parsed.network))
+    if options.require_fused_attention and fused.problems:
+        raise att.FusedAttentionError(f"{graph}: {'; '.join(fused.problems)}")
+    return parsed, io, fused
+
+
+def _build_inspected(
+    graph: str,
+    parsed: ParsedNetwork,
+    profiles: list[Profile],
+    fused: att.FusedAttentionReport,
+    options: BuildOptions,
+    device_cc: str | None,
+    cache_file: Path,
+    log: BuildLog,
+    progress: Callable[[str], None],
+) -> tuple[BuiltEngine, TimingCache]:
+    """Step 3 up to the write: build, then look for fused attention kernels in the engine's layers."""
+    timing_cache = TimingCache(cache_file)
+    config = CreateConfig(profiles, log, options.compute_capabilities, options.hardware_compatibility,
+                          timing_cache, options.builder_optimization_level)
+    progress(f"[build] {graph}: building {len(profiles)} profile(s) "
+             f"({', '.join(p.name for p in profiles)}), {fused.network_attention} IAttention layers")
+    built = EngineBytesFromNetwork(parsed, config)()
+    # the inspector needs to deserialize the engine: only where it was built for this machine's GPU
+    runnable_here = device_cc is not None and (not options.compute_capabilities
+                                               or device_cc in options.compute_capabilities)
+    layers, source = _inspect_engine(built.data, log, device_cc if runnable_here else None)
+    att.check_engine(fused, layers, source)
+    progress(f"[build] {fused.summary()}")
+    if timing_cache.loaded_bytes and device_cc is None and not timing_cache.accepted:
+        # the usual case of an ahead-of-time build: harmless, so not worded as a failure
+        progress(f"[build] {graph}: timing cache not used (built without a CUDA device; the sidecar says why)")
+    elif timing_cache.loaded_bytes:
+        progress(f"[build] {graph}: timing cache {timing_cache.loaded_bytes} bytes read, "
+                 + ("accepted" if timing_cache.accepted else f"not usable here: {timing_cache.detail}"))
+    if options.require_fused_attention:
+        att.require_fused(fused)
+    return built, timing_cache

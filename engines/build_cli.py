@@ -9,7 +9,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -70,13 +70,8 @@ def build(
     --overwrite); 3 no usable TensorRT Python module: the ONNX bundle is written and works with the
     onnxruntime backend, the engines are not.
     """
-    from whisper_export.backends.tensorrt import trt_api
-    from engines.attention import FusedAttentionError
-    from engines.build import BuildOptions, TargetError, build_engines, check_buildable, check_precision, check_target
-    from whisper_export.backends.tensorrt.cuda import probe_device
-    from engines.loaders import EngineBuildError, OnnxParseError
-    from whisper_export.backends.tensorrt.profiles import EngineLimits, ProfileError
-    from whisper_export.bundle import Bundle, BundleError
+    from engines.build import BuildOptions
+    from whisper_export.backends.tensorrt.profiles import EngineLimits
 
     ccs = _split_cc(compute_capability)
     limits = EngineLimits(max_batch=max_batch, max_beam=max_beam, max_rows=max_rows, max_tokens=max_tokens)
@@ -91,36 +86,79 @@ def build(
     # 1. everything that can be refused without exporting: the model, the profiles, the target
     precision = "fp16" if fp16 else "fp32"
     if engines_only:
-        if out is None:
-            _err("--engines-only needs --out, the bundle to build engines for")
-            raise typer.Exit(EXIT_USAGE)
-        try:
-            existing = Bundle.open(out)
-            check_buildable(existing)
-        except (BundleError, TargetError) as e:
-            _err(str(e))
-            raise typer.Exit(EXIT_USAGE) from None
-        dims, precision, ckpt = existing.dims, existing.precision, None
+        out, dims, precision, ckpt = _open_existing_bundle(out)
     else:
-        from reference_model import load_checkpoint
-        from whisper_export.export.exporter import ExportError, check_destination
+        out, dims, ckpt = _load_model(model, out, overwrite, precision)
+    unavailable = _check_profiles_and_target(options, limits, dims, ccs, precision)
 
-        try:
-            if out is not None:
-                check_destination(out, overwrite)  # before loading the model
-        except ExportError as e:
-            hint = " (or --engines-only to build engines for the existing bundle)" if out.exists() else ""
-            _err(f"{e}{hint}")
-            raise typer.Exit(EXIT_USAGE) from None
-        try:
-            _progress(f"[build] loading {model or 'tiny.en'}")
-            ckpt = load_checkpoint(model)
-        except (ValueError, FileNotFoundError, PermissionError) as e:
-            _err(str(e))
-            raise typer.Exit(EXIT_USAGE) from None
-        dims = ckpt.dims
-        if out is None:
-            out = Path(f"bundle-{re.sub(r'[^A-Za-z0-9._-]+', '_', ckpt.name)}-{precision}")
+    # 2. the ONNX bundle, which stays usable whatever happens to the engines
+    if ckpt is not None:
+        _export(ckpt, out, precision, overwrite)
+    assert out is not None
+    if unavailable:
+        _err(f"{unavailable}\nThe ONNX bundle {out} is complete (use it with the onnxruntime backend); "
+             "no TensorRT engines were built.")
+        raise typer.Exit(EXIT_NO_TENSORRT)
+
+    # 3. the engines
+    _build_engines(out, options)
+    typer.echo(str(out))
+
+
+def _open_existing_bundle(out: Path | None) -> tuple[Path, Any, str, None]:
+    """--engines-only: the bundle --out, refused unless its engines can be built; (out, dims, precision, None)."""
+    from engines.build import TargetError, check_buildable
+    from whisper_export.bundle import Bundle, BundleError
+
+    if out is None:
+        _err("--engines-only needs --out, the bundle to build engines for")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        existing = Bundle.open(out)
+        check_buildable(existing)
+    except (BundleError, TargetError) as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+    return out, existing.dims, existing.precision, None
+
+
+def _load_model(model: str | None, out: Path | None, overwrite: bool, precision: str) -> tuple[Path, Any, Any]:
+    """The checkpoint to export, after --out is known to be writable; (out, dims, checkpoint)."""
+    from reference_model import load_checkpoint
+    from whisper_export.export.exporter import ExportError, check_destination
+
+    try:
+        if out is not None:
+            check_destination(out, overwrite)  # before loading the model
+    except ExportError as e:
+        _refuse_destination(e, out)
+    try:
+        _progress(f"[build] loading {model or 'tiny.en'}")
+        ckpt = load_checkpoint(model)
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+    if out is None:
+        out = Path(f"bundle-{re.sub(r'[^A-Za-z0-9._-]+', '_', ckpt.name)}-{precision}")
+    return out, ckpt.dims, ckpt
+
+
+def _refuse_destination(e: Exception, out: Path) -> NoReturn:
+    hint = " (or --engines-only to build engines for the existing bundle)" if out.exists() else ""
+    _err(f"{e}{hint}")
+    raise typer.Exit(EXIT_USAGE) from None
+
+
+def _check_profiles_and_target(options: Any, limits: Any, dims: Any, ccs: tuple[str, ...], precision: str) -> str:
+    """Refuses (exit 2) profiles the model cannot take and targets the TensorRT module cannot build for.
+
+    Returns why no TensorRT module is usable, or "": the export still goes ahead without one.
+    """
+    from engines.build import TargetError, check_precision, check_target
+    from whisper_export.backends.tensorrt import trt_api
+    from whisper_export.backends.tensorrt.cuda import probe_device
+    from whisper_export.backends.tensorrt.profiles import ProfileError
+
     try:
         limits.resolved(dims)
     except ProfileError as e:
@@ -138,27 +176,28 @@ def build(
     except (TargetError, ValueError) as e:
         _err(str(e))
         raise typer.Exit(EXIT_USAGE) from None
+    return unavailable
 
-    # 2. the ONNX bundle, which stays usable whatever happens to the engines
-    if ckpt is not None:
-        from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
 
-        try:
-            export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite), progress=_progress)
-        except ExportError as e:
-            hint = " (or --engines-only to build engines for the existing bundle)" if out.exists() else ""
-            _err(f"{e}{hint}")
-            raise typer.Exit(EXIT_USAGE) from None
-        except Exception as e:
-            _err(f"export failed: {e}")
-            raise typer.Exit(EXIT_FAILED) from None
-    assert out is not None
-    if unavailable:
-        _err(f"{unavailable}\nThe ONNX bundle {out} is complete (use it with the onnxruntime backend); "
-             "no TensorRT engines were built.")
-        raise typer.Exit(EXIT_NO_TENSORRT)
+def _export(ckpt: Any, out: Path, precision: str, overwrite: bool) -> None:
+    from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
 
-    # 3. the engines
+    try:
+        export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite), progress=_progress)
+    except ExportError as e:
+        _refuse_destination(e, out)
+    except Exception as e:
+        _err(f"export failed: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _build_engines(out: Path, options: Any) -> None:
+    """Both engines into the exported bundle, each reported on stderr."""
+    from engines.attention import FusedAttentionError
+    from engines.build import TargetError, build_engines
+    from engines.loaders import EngineBuildError, OnnxParseError
+    from whisper_export.backends.tensorrt.profiles import ProfileError
+
     try:
         report = build_engines(out, options, progress=_progress)
     except (ProfileError, TargetError) as e:
@@ -170,4 +209,3 @@ def build(
     for engine in report.engines:
         _progress(f"[build] {engine.path}: {engine.sidecar.engine_bytes / 1e6:.1f} MB, built in "
                   f"{engine.build_seconds:.1f} s for {', '.join(engine.sidecar.compute_capabilities) or 'this GPU'}")
-    typer.echo(str(out))

@@ -17,6 +17,7 @@ from whisper_export import graph_io as io
 from whisper_export.backends.picking import TimestampRules, chosen_logprobs, top_candidates
 from whisper_export.bundle import Bundle, BundleError
 from whisper_export.checks.tolerances import TOLERANCES, Tolerance, bundle_tolerance
+from whisper_export.checks.tokens import check_tokens
 
 
 @dataclass(frozen=True)
@@ -122,16 +123,25 @@ def _session(path: Path, options=None):
 def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 20) -> list[Row]:
     """Encoder on random mel; decoder over a teacher-forced greedy rollout from different offsets."""
     import onnxruntime as ort
-    import torch
 
     tol = bundle_tolerance(bundle.config)
-    dims, L = bundle.dims, bundle.dims.n_text_layer
-    dtype = io.PRECISIONS[bundle.precision]
     rng = np.random.default_rng(seed)
     opts = ort.SessionOptions()
     enc = _session(bundle.encoder_path, opts)
     dec = _session(bundle.decoder_path, opts)
+    rows, ck, cv = _check_encoder(bundle, model, enc, rng, batch, tol)
+    decoder_rows, logits = _check_decoder(bundle, model, dec, ck, cv, rng, batch, steps, tol)
+    rows += decoder_rows
+    picking = (check_select, check_top, check_limited, check_top_limited)  # the weightless graphs, on these logits
+    rows += [row for check in picking for row in check(bundle, logits, rng)]
+    return rows + check_align(bundle, model, ck, cv, rng)
 
+
+def _check_encoder(bundle: Bundle, model, enc, rng: np.random.Generator, batch: int, tol: Tolerance):
+    """The encoder on random mel: (its rows, the reference's cross keys, its cross values)."""
+    import torch
+
+    dims, L = bundle.dims, bundle.dims.n_text_layer
     mel = rng.standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx)).astype(np.float32)
     got = enc.run(io.cross_outputs(L), {io.MEL: mel})
     with torch.no_grad():
@@ -139,26 +149,24 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
     ref_cross = [t for pair in zip(ck, cv) for t in pair]
     rows = [compare("encoder", name, g, r.numpy(), tol)
             for name, g, r in zip(io.cross_outputs(L), got, ref_cross)]
+    return rows, ck, cv
 
+
+def _check_decoder(bundle: Bundle, model, dec, ck: list, cv: list, rng: np.random.Generator, batch: int,
+                   steps: int, tol: Tolerance) -> tuple[list[Row], np.ndarray]:
+    """The decoder over a teacher-forced greedy rollout: (its rows, merged over the steps; its last step's logits)."""
+    import torch
+
+    dims, L = bundle.dims, bundle.dims.n_text_layer
+    dtype = io.PRECISIONS[bundle.precision]
     # each row starts at its own offset; its earlier cache slots hold the reference decoder's own keys/values
     # for random tokens (prefilled row by row), so both sides continue from a cache the model could have made.
     # attention="onnxruntime" (GroupQueryAttention) takes several tokens only as a prompt at offset 0
     spread = 0 if bundle.config.get("attention") == "onnxruntime" else 3
     offsets = np.array([spread * r for r in range(batch)], np.int64)
-    capacity = int(offsets.max()) + 4 + steps
-    shape = (batch, dims.n_text_head, capacity, dims.text_head_dim)
-    ref_cache = [torch.zeros(shape) for _ in range(2 * L)]
-    with torch.no_grad():
-        for r in np.flatnonzero(offsets):
-            prefix = torch.from_numpy(rng.integers(0, dims.n_vocab, (1, int(offsets[r]))))
-            _, k, v = model.decoder(
-                prefix, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
-                [c[r : r + 1] for c in ref_cache[0::2]], [c[r : r + 1] for c in ref_cache[1::2]],
-                [c[r : r + 1] for c in ck], [c[r : r + 1] for c in cv], torch.tensor([0]))
-            for i in range(L):
-                ref_cache[2 * i][r], ref_cache[2 * i + 1][r] = k[i][0], v[i][0]
+    ref_cache = _prefilled_cache(model, dims, offsets, int(offsets.max()) + 4 + steps, ck, cv, rng)
     onnx_cache = [c.numpy().astype(dtype) for c in ref_cache]
-    onnx_cross = [c.numpy().astype(dtype) for c in ref_cross]
+    onnx_cross = [c.numpy().astype(dtype) for pair in zip(ck, cv) for c in pair]
     tokens = rng.integers(0, dims.n_vocab, (batch, 4))
     rows_idx = np.arange(batch)
     selects = bundle.config.get("attention") == "onnxruntime"  # the decoder also chooses greedily (graph_io)
@@ -183,12 +191,30 @@ def check_graphs(bundle: Bundle, model, seed: int, batch: int = 3, steps: int = 
         onnx_cache = out[1 : 1 + 2 * L]
         offsets = offsets + tokens.shape[1]
         tokens = logits[:, -1].argmax(-1).numpy()[:, None]  # teacher-forced by the reference
-    rows += _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
+    rows = _merge(logit_rows, "decoder", f"{io.LOGITS} x{steps}") + _merge(cache_rows, "decoder", "out_self_*")
     if selects:  # the decoder's own choice on its last step's logits
         rows += _select_rows("decoder", out[0], bias, *out[1 + 2 * L :])
-    picking = (check_select, check_top, check_limited, check_top_limited)  # the weightless graphs, on these logits
-    rows += [row for check in picking for row in check(bundle, out[0], rng)]
-    return rows + check_align(bundle, model, ck, cv, rng)
+    return rows, out[0]
+
+
+def _prefilled_cache(model, dims, offsets: np.ndarray, capacity: int, ck: list, cv: list,
+                     rng: np.random.Generator) -> list:
+    """The reference's self-attention cache (k, v per layer): row r's first offsets[r] slots from random tokens."""
+    import torch
+
+    L = dims.n_text_layer
+    shape = (len(offsets), dims.n_text_head, capacity, dims.text_head_dim)
+    ref_cache = [torch.zeros(shape) for _ in range(2 * L)]
+    with torch.no_grad():
+        for r in np.flatnonzero(offsets):
+            prefix = torch.from_numpy(rng.integers(0, dims.n_vocab, (1, int(offsets[r]))))
+            _, k, v = model.decoder(
+                prefix, torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                [c[r : r + 1] for c in ref_cache[0::2]], [c[r : r + 1] for c in ref_cache[1::2]],
+                [c[r : r + 1] for c in ck], [c[r : r + 1] for c in cv], torch.tensor([0]))
+            for i in range(L):
+                ref_cache[2 * i][r], ref_cache[2 * i + 1][r] = k[i][0], v[i][0]
+    return ref_cache
 
 
 def check_align(bundle: Bundle, model, cross_k: list, cross_v: list, rng: np.random.Generator) -> list[Row]:
@@ -317,63 +343,6 @@ def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator
     biased = first[:, 0] + bias
     rules.filter(biased, state)
     return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
-
-
-def check_tokens(bundle: Bundle, model, audio_paths: list[Path], max_tokens: int | None = None) -> list[dict]:
-    """Greedy tokens of the runtime on the bundle against the torch reference, with the same suppression (at most
-    max_tokens new tokens per clip; None: n_text_ctx // 2, DecodingOptions' default), and each clip's greedy-token
-    agreement: the share of the reference's choices (its tokens and final eot) that the bundle's decoder also makes
-    when fed the reference's tokens before each (1.0 exactly when the tokens are identical); at least the bundle
-    tolerance's min_token_agreement passes."""
-    import torch
-
-    from reference_model.greedy import greedy_decode
-    from whisper_export.runtime.audio import load_audio, log_mel_batch
-    from whisper_export.runtime.decoding import suppress_set
-    from whisper_export.runtime.options import DecodingOptions
-    from whisper_export.runtime.api import WhisperRuntime
-
-    tok = bundle.tokenizer()
-    sp = tok.special
-    sample_len = max_tokens or bundle.dims.n_text_ctx // 2
-    options = DecodingOptions(language="en" if tok.is_multilingual else None, without_timestamps=True,
-                              sample_len=sample_len)
-    prompt = [*tok.sot_sequence(options.language), sp.no_timestamps]
-    suppress, at_begin = suppress_set(tok, options), [*tok.encode(" "), sp.eot]
-    min_agreement = bundle_tolerance(bundle.config).min_token_agreement
-    results = []
-    with WhisperRuntime.load(bundle.directory) as runtime:
-        for path in audio_paths:
-            mel = log_mel_batch([load_audio(path)], bundle.dims.n_mels)
-            ref = greedy_decode(model, torch.from_numpy(mel), prompt, sp.eot, sample_len, suppress, at_begin)[0]
-            got = runtime.decode(mel, options)[0].tokens
-            # the reference's choices: its tokens, and eot unless it stopped at the cap
-            choices = ref + ([sp.eot] if len(ref) < sample_len else [])
-            logits = teacher_forced_logits(bundle, mel, prompt + ref)[len(prompt) - 1:][:len(choices)]
-            logits[:, list(suppress)] = -np.inf
-            logits[0, at_begin] = -np.inf
-            agreement = float(np.mean(logits.argmax(-1) == np.asarray(choices)))
-            results.append({"audio": str(path), "reference": ref, "bundle": got, "identical": ref == got,
-                            "agreement": agreement, "ok": agreement >= min_agreement, "text": tok.decode(got)})
-    return results
-
-
-def teacher_forced_logits(bundle: Bundle, mel: np.ndarray, tokens: list[int]) -> np.ndarray:
-    """The bundle decoder's logits (n, V) at every position of one step over tokens (n) on its encoder's output
-    of mel (1, n_mels, 3000): the graphs through onnxruntime on the CPU."""
-    import onnxruntime as ort
-
-    dims, layers = bundle.dims, bundle.dims.n_text_layer
-    encoder = ort.InferenceSession(str(bundle.encoder_path), providers=["CPUExecutionProvider"])
-    decoder = ort.InferenceSession(str(bundle.decoder_path), providers=["CPUExecutionProvider"])
-    cross = encoder.run(io.cross_outputs(layers), {io.MEL: mel})
-    cache = np.zeros((1, dims.n_text_head, len(tokens), dims.text_head_dim), io.PRECISIONS[bundle.precision])
-    selects = bundle.config.get("attention") == "onnxruntime"  # the decoder also chooses greedily (graph_io)
-    feeds = {io.TOKENS: np.asarray([tokens], np.int64), io.OFFSETS: np.zeros(1, np.int64),
-             io.LOGIT_POSITIONS: np.arange(len(tokens), dtype=np.int64),
-             **{name: cache for name in io.self_inputs(layers)}, **dict(zip(io.cross_inputs(layers), cross)),
-             **({io.LOGIT_BIAS: np.zeros(dims.n_vocab, np.float32)} if selects else {})}
-    return decoder.run([io.LOGITS], feeds)[0][0]
 
 
 def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str | None = None,

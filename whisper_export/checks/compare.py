@@ -26,7 +26,7 @@ import numpy as np
 
 from whisper_export import graph_io as io
 from whisper_export.bundle import Bundle
-from whisper_export.checks.tolerances import bundle_tolerance
+from whisper_export.checks.tolerances import Tolerance, bundle_tolerance
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
@@ -255,7 +255,6 @@ def compare_backends(
     checkpoint: for the torch backend (a reference_model Checkpoint or a load_checkpoint spec); default:
     the bundle's own model when it can be found here.
     """
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     unknown = [b for b in backends if b not in BACKENDS]
@@ -266,6 +265,25 @@ def compare_backends(
     feeds = make_feeds(bundle, seed)
 
     rows: list[CompareRow] = []
+    available = _available_backends(bundle, backends, checkpoint, rows)
+    if len(available) < 2:
+        rows.append(CompareRow("*", "*", ",".join(available) or "-", "-", status="skipped",
+                               reason="fewer than two backends available: nothing to compare"))
+        return rows
+
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        for graph in graphs:
+            rows += _compare_graph(bundle, graph, available, feeds[graph], tol)
+    finally:
+        G_LOGGER.module_severity = severity
+    return rows
+
+
+def _available_backends(bundle: Bundle, backends: Sequence[str], checkpoint: Any,
+                        rows: list[CompareRow]) -> dict[str, Any]:
+    """The backends that can run here (torch: its model), in request order; a skipped row for each other."""
     available: dict[str, Any] = {}
     for name in backends:
         try:
@@ -283,48 +301,45 @@ def compare_backends(
         except Exception as e:  # ImportError, a missing checkpoint, no GPU, an engine to rebuild, ...
             reason = str(e) if name == "tensorrt" else f"{type(e).__name__}: {e}"
             rows.append(CompareRow("*", "*", name, "-", status="skipped", reason=reason))
-    if len(available) < 2:
-        rows.append(CompareRow("*", "*", ",".join(available) or "-", "-", status="skipped",
-                               reason="fewer than two backends available: nothing to compare"))
-        return rows
+    return available
+
+
+def _compare_graph(bundle: Bundle, graph: str, available: dict[str, Any], graph_feeds: Any,
+                   tol: Tolerance) -> list[CompareRow]:
+    """One graph's rows: every output of each backend against the first one's, on the same feeds."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
 
     reference = next(iter(available))
-    severity = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.ERROR
-    try:
-        for graph in graphs:
-            graph_feeds = feeds[graph]
-            runners = []
-            for name in available:
-                if name == "torch":
-                    runners.append(torch_runner(graph, available[name], graph_feeds[0]))
-                elif name == "onnxruntime":
-                    runners.append(onnxruntime_runner(graph, bundle.directory / f"{graph}.onnx"))
-                else:
-                    runners.append(tensorrt_runner(graph, bundle.directory / f"{graph}.engine", graph_feeds[0]))
-            results = Comparator.run(runners, data_loader=graph_feeds)
-            names = list(available)
-            outputs = {name: [dict(it) for it in iters] for name, iters in results}
-            ref_iters = outputs[runners[0].name]
-            atol = {out: max(tol.bound(np.asarray(it[out], np.float64)) for it in ref_iters) for out in ref_iters[0]}
-            accuracy = Comparator.compare_accuracy(
-                results, comparisons=[(0, i) for i in range(1, len(runners))],
-                compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max"),
-            )
-            for (ref_name, other_name), iterations in accuracy[0].items():
-                backend = names[[r.name for r in runners].index(other_name)]
-                for index, iteration in enumerate(iterations):
-                    label = graph if graph == "encoder" else f"decoder[{'prompt' if index == 0 else 'step'}]"
-                    for out_name, cmp in iteration.items():
-                        got = np.asarray(outputs[other_name][index][out_name], np.float64).ravel()
-                        ref = np.asarray(outputs[ref_name][index][out_name], np.float64).ravel()
-                        norm = float(np.linalg.norm(got) * np.linalg.norm(ref))
-                        cos = float(got @ ref) / max(norm, 1e-30)
-                        limit = atol[out_name]
-                        passed = bool(cmp) and cos >= tol.min_cosine
-                        rows.append(CompareRow(label, out_name, backend, reference, float(cmp.max_absdiff),
-                                               float(cmp.max_reldiff), float(cmp.mean_absdiff), cos, limit,
-                                               tol.min_cosine, "pass" if passed else "FAIL"))
-    finally:
-        G_LOGGER.module_severity = severity
+    runners = []
+    for name in available:
+        if name == "torch":
+            runners.append(torch_runner(graph, available[name], graph_feeds[0]))
+        elif name == "onnxruntime":
+            runners.append(onnxruntime_runner(graph, bundle.directory / f"{graph}.onnx"))
+        else:
+            runners.append(tensorrt_runner(graph, bundle.directory / f"{graph}.engine", graph_feeds[0]))
+    results = Comparator.run(runners, data_loader=graph_feeds)
+    names = list(available)
+    outputs = {name: [dict(it) for it in iters] for name, iters in results}
+    ref_iters = outputs[runners[0].name]
+    atol = {out: max(tol.bound(np.asarray(it[out], np.float64)) for it in ref_iters) for out in ref_iters[0]}
+    accuracy = Comparator.compare_accuracy(
+        results, comparisons=[(0, i) for i in range(1, len(runners))],
+        compare_func=SimpleCompareFunc(atol=atol, rtol=0.0, check_error_stat="max"),
+    )
+    rows: list[CompareRow] = []
+    for (ref_name, other_name), iterations in accuracy[0].items():
+        backend = names[[r.name for r in runners].index(other_name)]
+        for index, iteration in enumerate(iterations):
+            label = graph if graph == "encoder" else f"decoder[{'prompt' if index == 0 else 'step'}]"
+            for out_name, cmp in iteration.items():
+                got = np.asarray(outputs[other_name][index][out_name], np.float64).ravel()
+                ref = np.asarray(outputs[ref_name][index][out_name], np.float64).ravel()
+                norm = float(np.linalg.norm(got) * np.linalg.norm(ref))
+                cos = float(got @ ref) / max(norm, 1e-30)
+                limit = atol[out_name]
+                passed = bool(cmp) and cos >= tol.min_cosine
+                rows.append(CompareRow(label, out_name, backend, reference, float(cmp.max_absdiff),
+                                       float(cmp.max_reldiff), float(cmp.mean_absdiff), cos, limit,
+                                       tol.min_cosine, "pass" if passed else "FAIL"))
     return rows

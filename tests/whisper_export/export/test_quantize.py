@@ -21,7 +21,8 @@ def test_int8_logits_cosine_against_fp32_on_the_bundled_audio(tiny_bundle, tiny_
     bundle's greedy tokens, each bundle on its own encoder output, have cosine >= 0.99 with the fp32 ones
     (check.compare's cosine: the clip's logits as one vector). Single positions where the logits are small
     reach less (NOTES.md, "int8 bundles"); the greedy choice is checked by the next test."""
-    from whisper_export.checks.check import teacher_forced_logits, compare
+    from whisper_export.checks.check import compare
+    from whisper_export.checks.tokens import teacher_forced_logits
     from whisper_export.checks.tolerances import TOLERANCES
     from whisper_export.runtime import WhisperRuntime
     from whisper_export.runtime.audio import load_audio, log_mel_batch
@@ -54,7 +55,7 @@ def test_int8_greedy_text_equals_fp32_except_at_a_near_tie(tiny_bundle, tiny_bun
     first differing token was a near tie (its top two logits within 0.1). Measured: en_stella, ' their' 12.435
     against ' her' 12.386 in fp32; int8 picks ' her', the word spoken. No other clip differs. The asymmetric
     rows after the GELU cut the int8 logit error by 10-17% over many clips (NOTES.md), not this near tie."""
-    from whisper_export.checks.check import teacher_forced_logits
+    from whisper_export.checks.tokens import teacher_forced_logits
     from whisper_export.runtime import WhisperRuntime
 
     with WhisperRuntime.load(tiny_bundle) as fp32, WhisperRuntime.load(tiny_bundle_int8) as int8:
