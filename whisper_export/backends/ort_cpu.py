@@ -33,7 +33,9 @@ class CpuCache:
 
 
 def _bind_array(binding, name: str, array: np.ndarray, output: bool) -> None:
-    """Bind a C-contiguous array (or slice) by address: onnxruntime reads or writes it in place."""
+    """Bind a C-contiguous array (or slice) by address: onnxruntime reads or writes it in place. The binding
+    holds only the address: the caller keeps `array` alive until the run has returned (a temporary freed
+    earlier is memory that another thread may already be writing)."""
     assert array.flags.c_contiguous, name
     bind = binding.bind_output if output else binding.bind_input
     bind(name, "cpu", 0, array.dtype, list(array.shape), array.ctypes.data)
@@ -67,7 +69,8 @@ class OrtCpuBackend(OrtBackend):
         cross = into if into is not None else self.new_cross(mel.shape[0])
         for i, slot in enumerate(written):
             binding = self.encoder.io_binding()
-            _bind_array(binding, graph_io.MEL, np.ascontiguousarray(mel[i : i + 1]), output=False)
+            window = np.ascontiguousarray(mel[i : i + 1])  # alive until the run returns
+            _bind_array(binding, graph_io.MEL, window, output=False)
             for name, value in zip(self._cross_out, cross.values):
                 _bind_array(binding, name, value[slot : slot + 1], output=True)
             self.encoder.run_with_iobinding(binding)
@@ -83,9 +86,12 @@ class OrtCpuBackend(OrtBackend):
             for view in rows:
                 view[...] = view[index]  # fancy indexing copies first, so the rows move as a whole
         binding = self.decoder.io_binding()
-        for name, value in ((graph_io.TOKENS, request.tokens), (graph_io.OFFSETS, request.offsets),
-                            (graph_io.LOGIT_POSITIONS, request.logit_positions())):
-            _bind_array(binding, name, np.ascontiguousarray(value, dtype=np.int64), output=False)
+        # held in this dict until the run returns: logit_positions() and any int64 copy are temporaries
+        small_inputs = {graph_io.TOKENS: request.tokens, graph_io.OFFSETS: request.offsets,
+                        graph_io.LOGIT_POSITIONS: request.logit_positions()}
+        small_inputs = {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in small_inputs.items()}
+        for name, value in small_inputs.items():
+            _bind_array(binding, name, value, output=False)
         for name_in, name_out, view in zip(self._self_in, self._self_out, rows):
             _bind_array(binding, name_in, view, output=False)
             _bind_array(binding, name_out, view, output=True)
