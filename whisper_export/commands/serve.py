@@ -93,6 +93,11 @@ def serve(**params: Any) -> None:
         error(f"--host {settings.host} --port {settings.port}: cannot listen there ({e.strerror or e})")
         raise typer.Exit(1)
     with sock, _load_runtime(params) as runtime:
+        try:  # defaults this model cannot decode with (token ids past its vocabulary, ...) stop it here
+            runtime.check_options(**settings.defaults)
+        except (ValueError, TypeError) as e:
+            error(_as_flag(str(e)))
+            raise typer.Exit(2)
         run(runtime, settings, sock)
 
 

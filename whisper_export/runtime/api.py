@@ -29,6 +29,7 @@ from whisper_export.runtime.transcribe import (
     Segment,
     SegmentCallback,
     Transcriber,
+    TranscriptionLoop,
     TranscriptionResult,
 )
 from whisper_export.runtime.vad_transcribe import transcribe_speech
@@ -127,6 +128,17 @@ class WhisperRuntime:
         """A path or a (n_samples,) float32 array at 16 kHz, any length. Options: DecodingOptions and
         TranscribeOptions fields (temperature is the fallback schedule)."""
         return self.transcribe_batch([audio], progress=progress, **options)[0].unwrap()
+
+    def check_options(self, **options) -> None:
+        """ValueError/TypeError for options this model cannot transcribe with: what transcribe() raises before
+        it reads any audio (a server checks its defaults with it at startup)."""
+        self._check_open()
+        transcribe_options, decoding = split_options(options)
+        loop = TranscriptionLoop(self.backend, self.tokenizer, transcribe_options.batch_size)
+        try:
+            loop.check(transcribe_options, decoding)
+        finally:
+            loop.close()
 
     def transcribe_batch(
         self, audios: Sequence[AudioInput], *, progress: ProgressCallback | None = None, **options

@@ -143,6 +143,8 @@ class DecodingOptions:
             raise ValueError(
                 f"max_initial_timestamp: received {self.max_initial_timestamp!r}, expected None or seconds >= 0"
             )
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"seed: received {self.seed!r}, expected None or an int >= 0")
         self.suppress_token_ids()  # raises on a malformed list
 
     def suppress_token_ids(self) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Hashable, Iterator, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from whisper_export.backends.base import Backend
 from whisper_export.bundle import Bundle, BundleError
 from whisper_export.runtime.audio import N_SAMPLES, AudioInput, log_mel_spectrogram
-from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language
+from whisper_export.runtime.decoding import DecodingResult, WindowDecode, detect_language, initial_tokens
 from whisper_export.runtime.longform import (
     LongFormJob,
     ProgressCallback,
@@ -30,7 +31,7 @@ from whisper_export.runtime.longform import (
     needs_fallback,
 )
 from whisper_export.runtime.mel_source import MelSource
-from whisper_export.runtime.options import TranscribeOptions, decoding_at
+from whisper_export.runtime.options import DecodingOptions, TranscribeOptions, decoding_at
 from whisper_export.runtime.scheduler import Scheduler, Window
 from whisper_export.runtime.word_windows import WindowWords, time_words
 from whisper_export.tokenizer import WhisperTokenizer
@@ -120,9 +121,28 @@ class TranscriptionLoop:
         if language is None and not tok.is_multilingual:
             language = "en"
         initial = tok.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else []
+        self._check_token_options(decoding_at(decoding, options.temperatures[0]), language)
         if options.word_timestamps:
             self._check_words()
         return language, initial
+
+    def _check_token_options(self, decoding: DecodingOptions, language: str | None) -> None:
+        """Token ids past the vocabulary, and a prefix that leaves no room in the text context, refused up front
+        (they would fail inside the first decoder step of every window)."""
+        tok, n_ctx = self.tokenizer, self.backend.dims.n_text_ctx
+        beyond = [t for t in decoding.suppress_token_ids() if t >= tok.n_vocab]
+        if beyond:
+            raise ValueError(f"suppress_tokens: received {beyond[0]}, expected token ids below the model's "
+                             f"vocabulary size {tok.n_vocab} (or -1)")
+        if decoding.prefix:
+            language = language or "en"  # a detected language adds one token, as any would
+            start = initial_tokens(tok, dataclasses.replace(decoding, prefix=None), language, None, n_ctx, n_ctx // 2)
+            prefix = initial_tokens(tok, decoding, language, None, n_ctx, n_ctx // 2)[len(start) :]
+            # the earlier text takes up to half the context; the prefix and the start tokens share the rest
+            room = n_ctx // 2 - len(start) - 1
+            if len(prefix) > room:
+                raise ValueError(f"prefix: received {len(prefix)} tokens, expected at most {room} (half the "
+                                 f"model's text context {n_ctx}, less {len(start)} start token(s) and one to sample)")
 
     def _check_words(self) -> None:
         reason = self.words_unavailable()

@@ -218,6 +218,8 @@ def test_timestamp_state_gives_openai_rules_and_steps_on(tokenizer):
         (dict(beam_size=2, length_penalty=1.5), "length_penalty: received 1.5"),
         (dict(temperature=(0.0, 0.2)), "temperature: received (0.0, 0.2)"),
         (dict(suppress_tokens="a,b"), "suppress_tokens: received 'a,b'"),
+        (dict(seed=-1), "seed: received -1"),
+        (dict(seed=1.5), "seed: received 1.5"),
     ],
 )
 def test_decoding_options_say_what_was_received(kwargs, fragment):

@@ -185,6 +185,24 @@ def test_options_fail_before_any_audio_is_read(runtime, tmp_path):
         runtime.transcribe_batch([tmp_path / "never-read.wav"], language="fr")
     with pytest.raises(TypeError, match="received unknown option"):
         runtime.transcribe(tmp_path / "never-read.wav", beam=5)
+    # values only the model can judge: ids past its vocabulary, a prefix with no room left in its text context
+    with pytest.raises(ValueError, match="suppress_tokens: received 51864, expected token ids below the model's "
+                                         "vocabulary size 51864"):
+        runtime.transcribe_batch([tmp_path / "never-read.wav"], suppress_tokens="-1,51864")
+    with pytest.raises(ValueError, match=r"prefix: received 300 tokens, expected at most 222 \(half the model's"):
+        runtime.transcribe_batch([tmp_path / "never-read.wav"], prefix=" word" * 300)
+    with pytest.raises(ValueError, match="seed: received -1, expected None or an int >= 0"):
+        runtime.transcribe_batch([tmp_path / "never-read.wav"], seed=-1)
+    with pytest.raises(ValueError, match="suppress_tokens: received 99999"):
+        runtime.check_options(suppress_tokens="99999", beam_size=5)
+    runtime.check_options(suppress_tokens="-1,51863", prefix=" word" * 222)  # the limits themselves are fine
+
+
+def test_a_prefix_at_the_limit_transcribes(runtime, clips):
+    """The longest prefix the check lets through (221 tokens: two start tokens without timestamps) fits the first window's context with room to sample."""
+    result = runtime.transcribe(clips["en_fox.wav"]["path"], prefix=" word" * 221, without_timestamps=True, temperature=0.0,
+                                beam_size=1)
+    assert result.segments
 
 
 # -- loading --------------------------------------------------------------------------------------------

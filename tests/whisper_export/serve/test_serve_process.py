@@ -112,3 +112,15 @@ def test_an_address_in_use_is_exit_1(tiny_bundle):
         port = taken.getsockname()[1]
         result = runner.invoke(cli.app, ["serve", "--bundle", str(tiny_bundle), "--port", str(port)])
     assert result.exit_code == 1 and f"--port {port}: cannot listen there" in result.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--suppress-tokens", "999999"], "--suppress-tokens: received 999999, expected token ids below"),
+    (["--prefix", " word" * 300], "--prefix: received 300 tokens, expected at most"),
+])
+def test_defaults_the_model_cannot_decode_with_fail_at_startup(tiny_bundle, args, fragment):
+    """Values only the loaded model can judge stop the server before it listens (not a 500 on every request)."""
+    result = runner.invoke(cli.app, ["serve", "--bundle", str(tiny_bundle), "--port", "0", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
