@@ -248,7 +248,13 @@ class Bundle:
     def tokenizer(self):
         from whisper_export.tokenizer import WhisperTokenizer
 
-        return WhisperTokenizer.from_file(self.tokenizer_path, self.dims.n_vocab)
+        try:
+            return WhisperTokenizer.from_file(self.tokenizer_path, self.dims.n_vocab)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for malformed JSON
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BundleError(f"{str(self.tokenizer_path)!r}: received a tokenizer that cannot be used ({reason}), "
+                              f"expected a tokenizers JSON file with Whisper's {self.dims.n_vocab}-token vocabulary "
+                              "(re-export the bundle)") from None
 
     @classmethod
     def open(cls, directory: str | Path, verify: bool = True) -> "Bundle":

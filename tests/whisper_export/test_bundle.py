@@ -168,3 +168,19 @@ def test_unreadable_manifests(tmp_path, content, message):
     (tmp_path / MANIFEST).write_bytes(content)
     with pytest.raises(BundleError, match=message.replace("(", r"\(").replace(")", r"\)")):
         Bundle.open(tmp_path)
+
+
+@pytest.mark.parametrize("text", ['{"x":', "[]", '{"model": {}}'])
+def test_a_malformed_tokenizer_with_a_consistent_manifest_is_a_bundle_error(tiny_bundle, tmp_path, text):
+    """tokenizer.json replaced and its sha256 updated to match: opening passes, loading the tokenizer is one
+    BundleError naming the file (not the tokenizers library's own exception)."""
+    bundle = bundle_copy(tiny_bundle, tmp_path / "b")
+    (bundle / "tokenizer.json").unlink()
+    (bundle / "tokenizer.json").write_text(text)
+    manifest = manifest_of(bundle)
+    manifest["files"]["tokenizer.json"] = hashlib.sha256(text.encode()).hexdigest()
+    write(bundle, manifest)
+    opened = Bundle.open(bundle)
+    with pytest.raises(BundleError, match="tokenizer.json': received a tokenizer that cannot be used") as e:
+        opened.tokenizer()
+    assert "\n" not in str(e.value) and "re-export" in str(e.value)
