@@ -198,6 +198,10 @@ def check(
     from whisper_export.checks.check import CheckOptions, check_bundle
 
     try:
+        if backends is not None:  # checked before the long graph checks, as --wer is
+            from whisper_export.checks.compare import check_backend_names
+
+            check_backend_names([b.strip() for b in backends.split(",") if b.strip()])
         if wer is not None:  # checked before the long graph checks
             from whisper_export.checks.wer import WerGate
 

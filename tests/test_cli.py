@@ -148,3 +148,10 @@ def test_bench_measures_every_system_on_the_same_audio(tiny_bundle, english_clip
         bad = tmp_path / "bad.json"
         res = run_cli("bench", *args, "--bundle", tiny_bundle, "--out", bad)
         assert res.returncode == 2 and message in res.stderr and not bad.exists(), res.stderr
+
+
+def test_check_refuses_unknown_backends_before_any_work(tmp_path):
+    res = run_cli("check", "--bundle", tmp_path / "absent", "--backends", "torch,foo")
+    assert res.returncode == 2, res.stderr
+    assert "backends: received ['torch', 'foo'], expected a non-empty subset" in res.stderr
+    assert "Traceback" not in res.stderr and res.stdout == ""

@@ -31,6 +31,14 @@ from whisper_export.checks.tolerances import Tolerance, bundle_tolerance
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
+def check_backend_names(backends: Sequence[str]) -> list[str]:
+    """ValueError unless backends is a non-empty list of BACKENDS names."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"backends: received {list(backends)}, expected a non-empty subset of {list(BACKENDS)}")
+    return list(backends)
+
+
 @dataclass
 class CompareRow:
     graph: str  # "encoder", "decoder[prompt]", "decoder[step]"; "*" for a skipped backend
@@ -257,9 +265,7 @@ def compare_backends(
     """
     from polygraphy.logger import G_LOGGER
 
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown or not backends:
-        raise ValueError(f"backends: received {list(backends)}, expected a non-empty subset of {list(BACKENDS)}")
+    check_backend_names(backends)
     bundle = Bundle.open(Path(bundle_dir))
     tol = bundle_tolerance(bundle.config)
     feeds = make_feeds(bundle, seed)
