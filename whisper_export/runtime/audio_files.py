@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +33,9 @@ from whisper_export.runtime.audio import SAMPLE_RATE, AudioError
 MIN_SAMPLE_RATE = 1000
 MAX_SAMPLE_RATE = 768_000
 BLOCK_SAMPLES = 1 << 18  # samples (all channels together) read per block: 1 MiB of float32
+# A pipe (a FIFO, `<(ffmpeg ...)`, /dev/stdin) can be read once only, while a header is read before the audio:
+# its bytes are copied to a temporary file first, at most this many (24 h of 16-bit 16 kHz stereo is 5.5 GB)
+MAX_PIPE_BYTES = 6 << 30
 SOUNDFILE_FORMATS = "WAV, FLAC, OGG/Vorbis, MP3, AIFF"
 FFMPEG_INSTALL = ("install ffmpeg (Debian/Ubuntu: `apt-get install ffmpeg`, macOS: `brew install ffmpeg`, "
                   "Windows: `winget install ffmpeg`) or convert the file to WAV/FLAC")
@@ -48,6 +53,13 @@ class AudioHeader:
     sample_rate: int  # the file's rate (ffmpeg: SAMPLE_RATE, it resamples itself)
     channels: int
     frames: int | None  # samples per channel; None when the container does not say (ffmpeg without a duration)
+    # a pipe's bytes in a temporary file (deleted with this header), read instead of path
+    spool: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def source(self) -> Path:
+        """What the decoders open: the file itself, or the temporary copy of a pipe."""
+        return Path(self.spool.name) if self.spool is not None else self.path
 
     @property
     def duration(self) -> float | None:
@@ -62,20 +74,51 @@ def probe(path: str | os.PathLike[str]) -> AudioHeader:
     if path.is_dir():
         raise AudioError(f"received directory {str(path)!r}, expected an audio file ({SOUNDFILE_FORMATS}, "
                          "or any format ffmpeg decodes)")
+    spool = _spooled(path)
+    source = Path(spool.name) if spool is not None else path
     try:
-        with open(path, "rb") as f:
+        with open(source, "rb") as f:
             head = f.read(512)
     except OSError as e:
         raise AudioError(f"cannot read {str(path)!r}: {e.strerror}") from None
     import soundfile  # deferred: it loads a C library
 
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(str(source))
     except (RuntimeError, TypeError, ValueError) as e:  # LibsndfileError is a RuntimeError
-        return _probe_ffmpeg(path, head, _libsndfile_reason(e, path))
-    header = AudioHeader(path, "soundfile", int(info.samplerate), int(info.channels), int(info.frames))
+        return _probe_ffmpeg(path, head, _libsndfile_reason(e, source), spool)
+    header = AudioHeader(path, "soundfile", int(info.samplerate), int(info.channels), int(info.frames), spool)
     check_header(header)
     return header
+
+
+def _spooled(path: Path) -> Any:
+    """None for a regular file; for a pipe, a temporary file holding all its bytes (MAX_PIPE_BYTES at most).
+    Devices and sockets are refused."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise AudioError(f"cannot read {str(path)!r}: {e.strerror}") from None
+    if stat.S_ISREG(mode):
+        return None
+    if not stat.S_ISFIFO(mode):
+        raise AudioError(f"received {str(path)!r}, a device or socket, expected an audio file or a pipe")
+    spool = tempfile.NamedTemporaryFile(prefix="whisper-export-pipe-", suffix=path.suffix)
+    try:
+        with open(path, "rb") as pipe:
+            while chunk := pipe.read(1 << 20):
+                if spool.tell() + len(chunk) > MAX_PIPE_BYTES:
+                    raise AudioError(f"{str(path)!r}: received more than {MAX_PIPE_BYTES >> 30} GiB from the pipe, "
+                                     "expected at most that (pass a file, or split the audio)")
+                spool.write(chunk)
+        spool.flush()
+    except OSError as e:
+        spool.close()
+        raise AudioError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    except AudioError:
+        spool.close()
+        raise
+    return spool
 
 
 def check_header(header: AudioHeader, max_duration: float | None = None) -> None:
@@ -126,7 +169,7 @@ def ffmpeg_format(head: bytes) -> str | None:
     return None
 
 
-def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str) -> AudioHeader:
+def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str, spool: Any = None) -> AudioHeader:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         known = ffmpeg_format(head)
@@ -134,7 +177,8 @@ def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str) -> AudioHeader:
             raise AudioError(f"cannot read {str(path)!r}: it looks like {known}, which libsndfile does not decode "
                              f"(it said: {libsndfile}), and the ffmpeg executable is not on PATH; {FFMPEG_INSTALL}")
         raise AudioError(f"cannot read {str(path)!r}: {libsndfile} (libsndfile); expected {SOUNDFILE_FORMATS}")
-    result = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(path)], capture_output=True, check=False)
+    source = Path(spool.name) if spool is not None else path
+    result = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(source)], capture_output=True, check=False)
     text = result.stderr.decode(errors="replace")
     if not re.search(r"Stream #\S+.*: Audio:", text):
         lines = text.strip().splitlines()
@@ -145,7 +189,7 @@ def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str) -> AudioHeader:
     if duration:
         h, m, s = duration.groups()
         frames = round((int(h) * 3600 + int(m) * 60 + float(s)) * SAMPLE_RATE)
-    return AudioHeader(path, "ffmpeg", SAMPLE_RATE, 1, frames)
+    return AudioHeader(path, "ffmpeg", SAMPLE_RATE, 1, frames, spool)
 
 
 def pcm_blocks(header: AudioHeader, max_samples: int | None = None) -> Iterator[np.ndarray]:
@@ -181,7 +225,7 @@ def _soundfile_blocks(header: AudioHeader) -> Iterator[np.ndarray]:
                              f"{SAMPLE_RATE} Hz; resampling needs the `soxr` package (pip install soxr)") from e
         resampler = soxr.ResampleStream(header.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     try:
-        with soundfile.SoundFile(str(header.path)) as f:
+        with soundfile.SoundFile(str(header.source)) as f:
             while True:
                 data = f.read(frames, dtype="float32", always_2d=True)
                 mono = mix_to_mono(data)
@@ -190,7 +234,7 @@ def _soundfile_blocks(header: AudioHeader) -> Iterator[np.ndarray]:
                 if last:
                     return
     except RuntimeError as e:
-        raise AudioError(f"cannot read {str(header.path)!r}: {_libsndfile_reason(e, header.path)} "
+        raise AudioError(f"cannot read {str(header.path)!r}: {_libsndfile_reason(e, header.source)} "
                          "(libsndfile)") from None
 
 
@@ -209,7 +253,7 @@ def _ffmpeg_blocks(header: AudioHeader) -> Iterator[np.ndarray]:
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         raise AudioError(f"cannot read {str(header.path)!r}: the ffmpeg executable left PATH; {FFMPEG_INSTALL}")
-    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", str(header.path),
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "0", "-i", str(header.source),
            "-f", "s16le", "-ac", "1", "-acodec", "pcm_s16le", "-ar", str(SAMPLE_RATE), "-"]  # fmt: skip
     with tempfile.TemporaryFile() as errors:  # a file, not a pipe: ffmpeg never blocks on what it says
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)

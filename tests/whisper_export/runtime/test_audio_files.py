@@ -156,3 +156,47 @@ def test_truncated_data_is_read_as_far_as_it_goes(tmp_path, wav_bytes):
     there, as ffmpeg does; refusing it would lose the part that is intact."""
     path = write(tmp_path / "cut.wav", wav_bytes(data=b"\x00\x10" * 8000, claimed=64000))
     assert load_audio(path).shape == (8000,)
+
+
+def _fifo_with_writer(path: Path, data: bytes):
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def write() -> None:
+        with open(path, "wb") as pipe:
+            pipe.write(data)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return writer
+
+
+def test_a_pipe_is_read_once_into_a_temporary_copy(tmp_path, clips):
+    """A FIFO (as `<(ffmpeg ...)` or /dev/stdin give) can be read only once, while the header is read before the
+    audio: the samples equal the file's, and the temporary copy is gone with the header."""
+    wav = clips["en_fox.wav"]["path"]
+    writer = _fifo_with_writer(tmp_path / "pipe.wav", wav.read_bytes())
+    header = probe(tmp_path / "pipe.wav")
+    writer.join(10)
+    assert header.path == tmp_path / "pipe.wav" and header.source != header.path and header.source.is_file()
+    spooled = header.source
+    from whisper_export.runtime.audio_files import pcm_blocks
+
+    np.testing.assert_array_equal(np.concatenate(list(pcm_blocks(header))), load_audio(wav))
+    del header
+    import gc
+
+    gc.collect()
+    assert not spooled.exists()
+
+
+def test_a_pipe_of_garbage_and_a_device_are_one_line_errors(tmp_path):
+    writer = _fifo_with_writer(tmp_path / "noise.wav", bytes(range(256)) * 12)
+    with pytest.raises(AudioError, match=r"cannot read '.*noise.wav': .*\(libsndfile\)") as e:
+        probe(tmp_path / "noise.wav")
+    writer.join(10)
+    assert "\n" not in str(e.value)
+    with pytest.raises(AudioError, match="received '/dev/zero', a device or socket, expected an audio file or a pipe"):
+        probe("/dev/zero")
