@@ -345,6 +345,15 @@ def _timestamp_case(bundle: Bundle, logits: np.ndarray, rng: np.random.Generator
     return rules, {io.SELECT_LOGITS: first, io.LOGIT_BIAS: bias, io.TIMESTAMP_STATE: state}, biased
 
 
+def require_same_dims(spec: str, dims, bundle: Bundle) -> None:
+    """ValueError naming the fields where the checkpoint's dims and the bundle's differ."""
+    ours, theirs = dims.to_dict(), bundle.dims.to_dict()
+    differ = [f"{k} {ours[k]} vs {theirs.get(k)}" for k in ours if ours[k] != theirs.get(k)]
+    if differ:
+        raise ValueError(f"checkpoint {spec!r} and bundle {str(bundle.directory)!r} differ: {', '.join(differ)} "
+                         "(checkpoint vs bundle); expected the checkpoint the bundle was exported from (--model)")
+
+
 def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str | None = None,
                  seed: int | None = None, options: CheckOptions = CheckOptions()) -> CheckReport:
     """Compare a bundle with the fp32 PyTorch reference built from the checkpoint it was exported from."""
@@ -357,8 +366,7 @@ def check_bundle(bundle_dir: str | Path, audio: list[Path] = (), model_spec: str
         raise BundleError(f"bundle {str(bundle.directory)!r}: config.model_spec is {spec!r}, expected the name or "
                           "path of the checkpoint it was exported from; pass --model")
     ckpt = load_checkpoint(spec)
-    if ckpt.dims != bundle.dims:
-        raise ValueError(f"checkpoint {spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
+    require_same_dims(spec, ckpt.dims, bundle)
     # fp16 weights stay fp16, widened at each use: the same fp32 reference in half the memory (large-v3: 3.1 GB)
     model = Whisper.from_state_dict(ckpt.dims, ckpt.state, keep_fp16=True)
     del ckpt  # the reference holds its own copy of the weights

@@ -133,6 +133,7 @@ def check_wer(bundle_dir: str | Path, gate: WerGate, model_spec: str | None = No
     checkpoint it was exported from (model_spec overrides), and compare their WERs."""
     from reference_model import load_checkpoint
     from whisper_export.bundle import Bundle
+    from whisper_export.checks.check import require_same_dims
     from whisper_export.runtime.api import WhisperRuntime
     from whisper_export.runtime.normalizers import NORMALIZERS
 
@@ -142,8 +143,7 @@ def check_wer(bundle_dir: str | Path, gate: WerGate, model_spec: str | None = No
     with WhisperRuntime.load(bundle.directory, threads=threads) as runtime:
         ours = _transcripts(runtime, audio)
     ckpt = load_checkpoint(model_spec or bundle.config.get("model_spec") or bundle.config["model_source"])
-    if ckpt.dims != bundle.dims:
-        raise ValueError(f"checkpoint {ckpt.spec!r} has dims {ckpt.dims.to_dict()}, bundle has {bundle.dims.to_dict()}")
+    require_same_dims(ckpt.spec, ckpt.dims, bundle)
     with WhisperRuntime.load(model=ckpt, backend="torch", threads=threads) as runtime:
         theirs = _transcripts(runtime, audio)
     normalize = NORMALIZERS[gate.normalizer]()
