@@ -127,11 +127,11 @@ def _load_model(model: str | None, out: Path | None, overwrite: bool, precision:
     from reference_model import load_checkpoint
     from whisper_export.export.exporter import ExportError, check_destination
 
-    try:
-        if out is not None:
+    if out is not None:
+        try:
             check_destination(out, overwrite)  # before loading the model
-    except ExportError as e:
-        _refuse_destination(e, out)
+        except ExportError as e:
+            _refuse_destination(e, out)
     try:
         _progress(f"[build] loading {model or 'tiny.en'}")
         ckpt = load_checkpoint(model)
