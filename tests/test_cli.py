@@ -15,11 +15,11 @@ from reference_model.sources import DEFAULT_MODEL, PACKAGED
 from whisper_export.export import on_demand as bundle_cache
 
 
-def run_cli(*args, env_extra: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(*args, env_extra: dict | None = None, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:
     exe = shutil.which("whisper-export")
     assert exe, "the whisper-export console script is not installed (pip install -e .)"
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
@@ -119,10 +119,12 @@ def test_bench_measures_every_system_on_the_same_audio(tiny_bundle, english_clip
     the fastest baseline of each row and our ratio against it, the step-loop curve, and the greedy tokens of every
     system equal to ours; the table goes to stdout. Bad options get exit code 2 and no JSON."""
     out = tmp_path / "bench.json"
-    res = run_cli("bench", english_clips[0], "--bundle", tiny_bundle, "--repeats", "1", "--batch-sizes", "1,2",
-                  "--steps", "4", "--out", out)
+    # the clip named relative to the working directory, as a user types it: the whole-process children get it too
+    res = run_cli("bench", english_clips[0].name, "--bundle", tiny_bundle, "--repeats", "1", "--batch-sizes", "1,2",
+                  "--steps", "4", "--out", out, cwd=english_clips[0].parent)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert not [n for n in report["notes"] if "whole process failed" in n], report["notes"]
     systems = ("ours", "torch", "transformers", "faster-whisper")
     rows = {row["key"]: row for row in report["table"]}
     assert set(rows) == {"encoder_ms", "greedy_b1_ms_per_token", "beam5_b1_ms_per_token", "greedy_b16_tokens_per_s",

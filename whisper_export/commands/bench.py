@@ -110,7 +110,7 @@ def run_bench(files: list[Path], bundle: Path | None, model_spec: str | None, de
     ct2_model_path = bench_faster_whisper(run, windows) if "faster-whisper" in systems else None
     if e2e:
         _log("end to end: whole processes (interleaved) and in-process")
-        file_args = [str(f) for f in files]
+        file_args = [str(Path(f).resolve()) for f in files]  # the children run in the checkout's folder
         bench_whole_process(run, whole_process_commands(run, file_args, bundle, backends, hf_dir, ct2_model_path))
         bench_in_process(run, file_args, runtime, backends, tokenizer, windows, hf_dir, ct2_model_path)
 

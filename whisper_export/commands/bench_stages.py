@@ -267,7 +267,7 @@ def whole_process_commands(run: BenchRun, file_args: list[str], bundle: Path | N
 def bench_whole_process(run: BenchRun, commands: dict[str, list[str]]) -> None:
     """Each command --repeats times, the systems interleaved: wall time, peak RSS and the tokens or text."""
     env = {**os.environ, "OMP_NUM_THREADS": str(run.threads)}
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]  # the checkout (cli.py's folder): whisper_export/commands/ is 2 down
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
     for _ in range(run.repeats):
