@@ -1,7 +1,8 @@
 """The cost of word timestamps on CPU transcription: WhisperRuntime with and without word_timestamps, in alternating
 rounds in one process (the baseline measured in the same run), greedy and beam 5, on the bundled English clips (one
 batch) and on dense speech (the clips three times over, 0.5 s apart: 30 s windows full of words), plus the time the
-word step itself takes (word_windows.time_words: Backend.align, the numpy alignment and DTW, the rules), measured
+word step itself takes (word_windows.time_words: Backend.align_matrices or Backend.align and the numpy alignment
+matrices, the DTW, the rules), measured
 in the same runs: on a shared machine the ratio of two totals moves with the load, the step's own time less.
 
     python benchmarks/word_timestamps_cpu.py [--bundle DIR] [--rounds 5] [--threads N]
@@ -74,20 +75,23 @@ def main() -> None:
             options = dict(options, temperature=0.0)
             runtime.transcribe_batch(audios, word_timestamps=True, **options)  # warm: sessions, caches
             times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-            align = _Timed(runtime.backend, "align")
+            aligns = [_Timed(runtime.backend, name) for name in ("align", "align_matrices")  # whichever runs
+                      if hasattr(runtime.backend, name)]
             step = _Timed(transcribe, "time_words")
             for _ in range(args.rounds):
                 for words in (False, True):
                     wall, cpu = time.perf_counter(), time.process_time()
                     runtime.transcribe_batch(audios, word_timestamps=words, **options)
                     times[words].append((time.perf_counter() - wall, time.process_time() - cpu))
-            align.remove()
+            for timed in aligns:
+                timed.remove()
             step.remove()
+            align_seconds = sum(timed.seconds for timed in aligns)
             off, on = ([statistics.median(t[k] for t in times[w]) for k in (0, 1)] for w in (False, True))
             print(f"{name:<22} {mode:<8} {off[0]:>9.3f} {on[0]:>8.3f} {on[0] / off[0]:>6.3f} {off[1]:>8.3f} "
                   f"{on[1]:>7.3f} {on[1] / off[1]:>6.3f} {step.seconds / args.rounds:>6.3f} "
-                  f"{align.seconds / args.rounds:>6.3f} {step.seconds / args.rounds / off[0]:>6.1%} "
-                  f"{(step.seconds - align.seconds) / max(step.windows, 1) * 1e3:>8.1f}")
+                  f"{align_seconds / args.rounds:>6.3f} {step.seconds / args.rounds / off[0]:>6.1%} "
+                  f"{(step.seconds - align_seconds) / max(step.windows, 1) * 1e3:>8.1f}")
     runtime.close()
 
 

@@ -83,6 +83,8 @@ not copy the caches through a gather.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 GRAPH_IO_VERSION = 3
@@ -154,9 +156,23 @@ ALIGNMENT_QK = "out_alignment_qk"
 TEXT_PROBS = "out_text_probs"
 
 
+# alignment_matrix.onnx (export/alignment_matrix_graph.py; shipped in whisper_export/assets/): align.onnx's scores
+# -> openai's alignment matrix (softmax, normalisation, median filter, heads' mean) where the scores lie
+ALIGNMENT_MATRIX_FILE = "alignment_matrix.onnx"
+ALIGNMENT_MATRIX_PATH = Path(__file__).resolve().parent / "assets" / ALIGNMENT_MATRIX_FILE
+IN_ALIGNMENT_QK = "in_alignment_qk"  # (rows, n_heads, n_tokens, n_frames) float32: align.onnx's out_alignment_qk
+IN_LENGTHS = "in_lengths"  # (rows,) int64: each row's real token count
+IN_FRAMES = "in_frames"  # (rows,) int64: each row's audio positions (the window's mel frames // 2)
+ALIGNMENT_MATRIX = "out_alignment_matrix"  # (rows, n_tokens, n_frames) float32; unspecified past lengths/frames
+
+
 def align_inputs(n_layer: int) -> list[str]:
     return [TOKENS, AUDIO_ROWS, *cross_inputs(n_layer)]
 
 
 def align_outputs() -> list[str]:
     return [ALIGNMENT_QK, TEXT_PROBS]
+
+
+def alignment_matrix_inputs() -> list[str]:
+    return [IN_ALIGNMENT_QK, IN_LENGTHS, IN_FRAMES]

@@ -116,6 +116,18 @@ class Backend(abc.ABC):
         raise BackendError(f"{type(self).__name__}: received a request for word timestamps, expected a backend that "
                            "implements align() (onnxruntime or torch)")
 
+    def align_matrices(self, cross: CrossKV, audio_rows: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
+                       frames: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """align() followed by openai-whisper's alignment matrix of each row, computed where the scores lie
+        (graph_io's alignment_matrix.onnx), or None where this backend has no cheaper way than the host's
+        (runtime/words.alignment_matrix over align()'s scores, which the caller then uses).
+
+        frames (A,) int64: each row's audio positions (its window's mel frames // 2). Returns (the matrices
+        (A, T, n_audio_ctx) float32: softmax over the row's frames, normalised over its tokens, median-filtered
+        along time, the heads' mean; NaN where openai's is; unspecified at or past a row's length or frames,
+        align()'s probabilities)."""
+        return None
+
     def close(self) -> None:
         """Release sessions and device memory; the backend is unusable afterwards."""
 

@@ -35,17 +35,49 @@ def check_align_request(dims: ModelDims, n_audio: int, audio_rows: np.ndarray, t
 
 
 class AlignRunner:
-    """align.onnx's session (opened by the backend's own session factory: same device, threads and stream)."""
+    """align.onnx's session (opened by the backend's own session factory: same device, threads and stream) and,
+    for alignment matrices, the packaged alignment_matrix.onnx's on the same device: the scores stay where align.onnx
+    wrote them."""
 
     def __init__(self, bundle: Bundle, open_session: Callable[[Path, list[str], list[str]], Any]):
         self.dims = bundle.dims
         self.n_heads = len(bundle.alignment_heads)
         self._inputs = graph_io.align_inputs(self.dims.n_text_layer)
+        self._open = open_session
         self.session = open_session(bundle.require_align(), self._inputs, graph_io.align_outputs())
+        self._matrix_session: Any = None
 
     def run(self, cross_values: list[Any], n_audio: int, audio_rows: np.ndarray, tokens: np.ndarray,
             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cross_values in graph_io.cross_inputs order: numpy arrays, or OrtValues bound in place."""
+        """Backend.align: cross_values in graph_io.cross_inputs order, numpy arrays or OrtValues bound in place."""
+        qk, probs = self._run_align(cross_values, n_audio, audio_rows, tokens, lengths, "cpu", 0)
+        return qk if isinstance(qk, np.ndarray) else qk.numpy(), probs
+
+    def run_matrices(self, cross_values: list[Any], n_audio: int, audio_rows: np.ndarray, tokens: np.ndarray,
+                     lengths: np.ndarray, frames: np.ndarray,
+                     scores_on: tuple[str, int] = ("cpu", 0)) -> tuple[np.ndarray, np.ndarray]:
+        """Backend.align_matrices: align.onnx, then alignment_matrix.onnx on its scores, bound on scores_on (an
+        onnxruntime device name and id) when the cross K/V are OrtValues."""
+        check_frames(frames, len(tokens), self.dims.n_audio_ctx)
+        qk, probs = self._run_align(cross_values, n_audio, audio_rows, tokens, lengths, *scores_on)
+        if self._matrix_session is None:
+            self._matrix_session = self._open(graph_io.ALIGNMENT_MATRIX_PATH, graph_io.alignment_matrix_inputs(),
+                                              [graph_io.ALIGNMENT_MATRIX])
+        binding = self._matrix_session.io_binding()
+        if isinstance(qk, np.ndarray):
+            binding.bind_cpu_input(graph_io.IN_ALIGNMENT_QK, qk)
+        else:
+            binding.bind_ortvalue_input(graph_io.IN_ALIGNMENT_QK, qk)
+        binding.bind_cpu_input(graph_io.IN_LENGTHS, np.ascontiguousarray(lengths))
+        binding.bind_cpu_input(graph_io.IN_FRAMES, np.ascontiguousarray(frames))
+        binding.bind_output(graph_io.ALIGNMENT_MATRIX, "cpu")
+        self._matrix_session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy(), probs
+
+    def _run_align(self, cross_values: list[Any], n_audio: int, audio_rows: np.ndarray, tokens: np.ndarray,
+                   lengths: np.ndarray, qk_device: str, qk_device_id: int) -> tuple[Any, np.ndarray]:
+        """align.onnx's (scores, probabilities): the scores a numpy array, or an OrtValue on qk_device when the
+        cross K/V are OrtValues (bound in place)."""
         check_align_request(self.dims, n_audio, audio_rows, tokens, lengths)
         tokens = np.ascontiguousarray(tokens)
         audio_rows = np.ascontiguousarray(audio_rows)
@@ -59,8 +91,17 @@ class AlignRunner:
         binding.bind_cpu_input(graph_io.AUDIO_ROWS, audio_rows)
         for name, value in zip(cross_names, cross_values):
             binding.bind_ortvalue_input(name, value)
-        for name in graph_io.align_outputs():
-            binding.bind_output(name, "cpu")
+        binding.bind_output(graph_io.ALIGNMENT_QK, qk_device, qk_device_id)
+        binding.bind_output(graph_io.TEXT_PROBS, "cpu")
         self.session.run_with_iobinding(binding)
-        qk, probs = (value.numpy() for value in binding.get_outputs())
-        return qk, probs
+        qk, probs = binding.get_outputs()
+        return qk, probs.numpy()
+
+
+def check_frames(frames: np.ndarray, rows: int, n_audio_ctx: int) -> None:
+    """ValueError for Backend.align_matrices' frames: (rows,) int64 in 0..n_audio_ctx."""
+    if (not isinstance(frames, np.ndarray) or frames.dtype != np.int64 or frames.shape != (rows,)
+            or frames.min() < 0 or frames.max() > n_audio_ctx):
+        received = f"{frames.dtype} {frames.tolist()}" if isinstance(frames, np.ndarray) else type(frames).__name__
+        raise ValueError(f"align frames: received {received}, expected {rows} int64 counts in 0..{n_audio_ctx} "
+                         "(each window's mel frames // 2)")

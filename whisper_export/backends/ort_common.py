@@ -56,17 +56,21 @@ class OrtBackend(Backend):
                             graph=graph, fixed=fixed)
 
     def _align_on(self, cross: Any, cross_type: type, audio_rows: np.ndarray, tokens: np.ndarray,
-                  lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Backend.align over this backend's cross K/V handle (values in graph_io.cross_inputs order, slots):
-        the request checked, then align.onnx's session, opened on first use by this backend's session factory
-        (same device, threads and, on CUDA, stream)."""
+                  lengths: np.ndarray, frames: np.ndarray | None = None,
+                  scores_on: tuple[str, int] = ("cpu", 0)) -> tuple[np.ndarray, np.ndarray]:
+        """Backend.align (frames None) or Backend.align_matrices over this backend's cross K/V handle (values in
+        graph_io.cross_inputs order, slots): the request checked, then align.onnx's session, opened on first use by
+        this backend's session factory (same device, threads and, on CUDA, stream); scores_on: where align.onnx's
+        scores are bound for alignment_matrix.onnx (an onnxruntime device name and id)."""
         if not isinstance(cross, cross_type):
             raise TypeError(f"align: received cross {type(cross).__name__}, expected the handle new_cross() and "
                             "encode() return")
         check_align_request(self.dims, cross.slots, audio_rows, tokens, lengths)
         if self._align is None:
             self._align = AlignRunner(self.bundle, self._session)
-        return self._align.run(cross.values, cross.slots, audio_rows, tokens, lengths)
+        if frames is None:
+            return self._align.run(cross.values, cross.slots, audio_rows, tokens, lengths)
+        return self._align.run_matrices(cross.values, cross.slots, audio_rows, tokens, lengths, frames, scores_on)
 
     def _check_prompt(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
         if self.selects and tokens.shape[1] > 1 and offsets.any():

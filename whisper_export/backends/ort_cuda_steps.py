@@ -273,6 +273,12 @@ class CudaSteps(OrtBackend):
         backend's stream; tokens in, scores and probabilities out through the host."""
         return self._align_on(cross, CrossHandle, audio_rows, tokens, lengths)
 
+    def align_matrices(self, cross: CrossHandle, audio_rows, tokens, lengths, frames):
+        """Backend.align_matrices: align.onnx's scores stay on the device for alignment_matrix.onnx; only the
+        (rows, tokens, frames) matrices and the probabilities reach the host."""
+        return self._align_on(cross, CrossHandle, audio_rows, tokens, lengths, frames,
+                              (self._ort_device, self.device_id))
+
     def close(self) -> None:
         # dropping the sessions frees their memory (and the device arena) once handles are gone
         self._steps = None  # type: ignore[assignment]

@@ -24,6 +24,7 @@ from whisper_export.runtime.words import (
     SegmentWords,
     WordTiming,
     add_word_timestamps,
+    alignment_matrix,
     find_alignments,
 )
 from whisper_export.tokenizer import WhisperTokenizer
@@ -71,7 +72,8 @@ def time_words(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, wi
 
 def _align(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, windows: Sequence[WindowWords],
            task: str, map_heads: HeadMap) -> list[list[WordTiming]]:
-    """openai's find_alignment of every window: one Backend.align and one DTW sweep over the windows with text."""
+    """openai's find_alignment of every window: one Backend.align_matrices (or Backend.align and the matrices on
+    the host, map_heads mapping their heads' work) and one DTW sweep over the windows with text."""
     special = tokenizer.special
     texts = [[t for s in w.segments for t in s.tokens if t < special.eot] for w in windows]
     rows = [k for k, text in enumerate(texts) if text]
@@ -85,10 +87,17 @@ def _align(backend: Backend, tokenizer: WhisperTokenizer, cross: CrossKV, window
     for r, sequence in enumerate(sequences):
         tokens[r, : len(sequence)] = sequence
     audio_rows = np.array([windows[k].cross_row for k in rows], np.int64)
-    qk, probs = backend.align(cross, audio_rows, tokens, lengths)
-    timed = find_alignments([AlignmentRow(qk[r, :, : lengths[r]], probs[r, : lengths[r] - 1], texts[k],
-                                          len(prefixes[k]) - 1, windows[k].n_frames, windows[k].language)
-                             for r, k in enumerate(rows)], tokenizer, map_heads)
+    frames = np.array([windows[k].n_frames // 2 for k in rows], np.int64)
+    on_backend = backend.align_matrices(cross, audio_rows, tokens, lengths, frames)
+    if on_backend is not None:
+        matrix, probs = on_backend
+        matrices = [matrix[r, : lengths[r], : frames[r]] for r in range(len(rows))]
+    else:
+        qk, probs = backend.align(cross, audio_rows, tokens, lengths)
+        matrices = [alignment_matrix(qk[r, :, : lengths[r]], windows[k].n_frames, map_heads=map_heads)
+                    for r, k in enumerate(rows)]
+    timed = find_alignments([AlignmentRow(matrices[r], probs[r, : lengths[r] - 1], texts[k], len(prefixes[k]) - 1,
+                                          windows[k].language) for r, k in enumerate(rows)], tokenizer)
     for k, alignment in zip(rows, timed):
         alignments[k] = alignment
     return alignments

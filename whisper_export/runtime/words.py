@@ -188,27 +188,23 @@ def _median_in_place(weights: np.ndarray, width: int, nan: bool) -> None:
 
 @dataclass(frozen=True)
 class AlignmentRow:
-    """One row of align.onnx's outputs, whose tokens were the sot sequence (n_sot tokens), <|notimestamps|>,
-    text_tokens and eot: qk (n_heads, T, n_audio_ctx) and text_probs (T - 1,), cut to the row's T tokens;
-    n_frames: the window's mel frames of audio; language: the window's."""
+    """One window's alignment, whose tokens were the sot sequence (n_sot tokens), <|notimestamps|>, text_tokens and
+    eot: matrix (T, n_frames // 2), alignment_matrix's (or Backend.align_matrices') cut to the row's T tokens and
+    the window's audio positions; text_probs (T - 1,); language: the window's."""
 
-    qk: np.ndarray
+    matrix: np.ndarray
     text_probs: np.ndarray
     text_tokens: list[int]
     n_sot: int
-    n_frames: int
     language: str
 
 
-def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer,
-                    map_heads: HeadMap = map) -> list[list[WordTiming]]:
-    """openai's find_alignment of each row (times in seconds from its window's start); the rows' DTWs run in one
-    sweep (dtw_many); map_heads: alignment_matrix's."""
+def find_alignments(rows: Sequence[AlignmentRow], tokenizer: WhisperTokenizer) -> list[list[WordTiming]]:
+    """openai's find_alignment of each row after its alignment matrix (times in seconds from its window's start);
+    the rows' DTWs run in one sweep (dtw_many)."""
     timed = [row for row in rows if row.text_tokens]
     # the alignment matrix's rows that predict each text token, then eot
-    costs = [-alignment_matrix(row.qk, row.n_frames, map_heads=map_heads)[row.n_sot : -1].astype(np.float64)
-             for row in timed]
-    paths = iter(dtw_many(costs))
+    paths = iter(dtw_many([-row.matrix[row.n_sot : -1].astype(np.float64) for row in timed]))
     return [_words_on_path(row, next(paths), tokenizer) if row.text_tokens else [] for row in rows]
 
 
@@ -223,11 +219,18 @@ def _words_on_path(row: AlignmentRow, path: tuple[np.ndarray, np.ndarray],
     jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
     jump_times = time_indices[jumps] / TOKENS_PER_SECOND
     probs = np.asarray(row.text_probs[row.n_sot : row.n_sot + len(row.text_tokens)], np.float64)
+    listed = probs.tolist()
     return [
-        WordTiming(word, tokens, float(start), float(end), float(np.mean(probs[i:j])))
+        WordTiming(word, tokens, float(start), float(end), _mean(probs, listed, i, j))
         for word, tokens, start, end, i, j in zip(words, word_tokens, jump_times[boundaries[:-1]],
                                                   jump_times[boundaries[1:]], boundaries[:-1], boundaries[1:])
     ]
+
+
+def _mean(values: np.ndarray, listed: list[float], i: int, j: int) -> float:
+    """np.mean(values[i:j]) (openai's word probability), the same bits: below 8 values numpy adds them in order,
+    as sum() does, without numpy's per-call cost (a word is mostly 1-3 tokens)."""
+    return sum(listed[i:j]) / (j - i) if j - i < 8 else float(np.mean(values[i:j]))
 
 
 def merge_punctuations(alignment: list[WordTiming], prepended: str, appended: str) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from whisper_export.runtime.audio import log_mel_batch
+from whisper_export.runtime.words import alignment_matrix
 from whisper_export.backends.base import BackendError
 from whisper_export.backends.picking import Pick
 from whisper_export.backends.step import StepRequest
@@ -439,7 +440,8 @@ def test_timestamp_rules_on_picked_steps_equal_filtering_the_logits(device, beam
 @pytest.mark.parametrize("variant", ["onnx", "onnxruntime"])
 def test_align_on_the_cuda_path_binds_the_cross_buffers(variant, tiny_bundle, tiny_bundle_ort, clips, simulated_cuda):
     """Word timestamps on the CUDA path: Backend.align binds the encoder's pooled cross K/V OrtValues as align.onnx's
-    inputs (nothing copied through numpy) and gives the CPU path's scores and probabilities; with the GPU's default
+    inputs (nothing copied through numpy) and gives the CPU path's scores and probabilities; align_matrices turns
+    those scores into the host's alignment matrices where they lie (the CPU backend leaves that to the host); with the GPU's default
     bundle kind (attention="onnxruntime", greedy steps streamed), two files transcribed at once with word timestamps
     get the CPU's words."""
     from whisper_export.runtime.api import WhisperRuntime
@@ -458,6 +460,13 @@ def test_align_on_the_cuda_path_binds_the_cross_buffers(variant, tiny_bundle, ti
         want_qk, want_probs = cpu.align(cpu.encode(mel), *request)
         np.testing.assert_allclose(qk, want_qk, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-7)
+        frames = np.array([1500, 701], np.int64)  # a whole window, and one of 1402 mel frames
+        matrix, matrix_probs = sim.align_matrices(cross, *request, frames)
+        assert cpu.align_matrices(cpu.encode(mel), *request, frames) is None  # the host's numpy, on the CPU
+        np.testing.assert_array_equal(matrix_probs, probs)
+        for r, (length, n) in enumerate(zip(request[2], frames)):  # alignment_matrix.onnx on the device's scores
+            want = alignment_matrix(qk[r, :, :length], 2 * int(n))
+            np.testing.assert_allclose(matrix[r, :length, :n], want, rtol=1e-5, atol=1e-5)
         if variant == "onnx":
             return
         words = []

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from whisper_export.runtime import dtw as dtw_module
 from whisper_export.runtime.words import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
     WordTiming,
     alignment_matrix,
-    dtw,
     dtw_many,
     median_filter,
     merge_punctuations,
@@ -86,18 +86,29 @@ def test_median_filter_rejects_even_width():
         median_filter(np.zeros((2, 10), np.float32), 6)
 
 
+@pytest.fixture(params=["numba", "numpy"])
+def dtw_impl(request):
+    """Each DTW implementation as dtw_many's signature: numba's compiled loop (the default where numba is
+    installed) and the numpy sweep (the fallback)."""
+    if request.param == "numpy":
+        return dtw_module.dtw_many_numpy
+    pytest.importorskip("numba")
+    assert dtw_module._compiled_dtw() is not None, "numba is installed but did not compile the DTW"
+    return dtw_many
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (6, 1), (4, 4), (9, 40), (23, 17), (30, 120)])
-def test_dtw_matches_the_plain_dtw(shape):
+def test_dtw_matches_the_plain_dtw(shape, dtw_impl):
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])
     for x in (rng.standard_normal(shape), rng.integers(-2, 2, shape).astype(np.float64)):  # ties everywhere
-        rows, cols = dtw(x)
+        rows, cols = dtw_impl([x])[0]
         want_rows, want_cols = plain_dtw(x)
         np.testing.assert_array_equal(rows, want_rows)
         np.testing.assert_array_equal(cols, want_cols)
         assert rows[-1] == shape[0] - 1 and cols[-1] == shape[1] - 1  # ends in the last cell
 
 
-def test_dtw_on_float32_costs_with_ties_and_nan_matches_the_plain_dtw():
+def test_dtw_on_float32_costs_with_ties_and_nan_matches_the_plain_dtw(dtw_impl):
     """The costs the word step passes (float32 values, NaN where a frame has no attention, exact ties between the
     diagonal and up moves below the left one), each through the sweep that handles it."""
     rng = np.random.default_rng(11)
@@ -107,23 +118,23 @@ def test_dtw_on_float32_costs_with_ties_and_nan_matches_the_plain_dtw():
         with_nan = smooth.copy()
         with_nan[:, rng.integers(0, shape[1], max(1, shape[1] // 5))] = np.nan
         for x in (smooth, ties, with_nan):
-            rows, cols = dtw(x)
+            rows, cols = dtw_impl([x])[0]
             want_rows, want_cols = plain_dtw(x)
             np.testing.assert_array_equal(rows, want_rows)
             np.testing.assert_array_equal(cols, want_cols)
 
 
-def test_dtw_many_matches_dtw_one_by_one():
+def test_dtw_many_matches_dtw_one_by_one(dtw_impl):
     """Matrices of different shapes swept together (the smaller ones padded) give each one's own path."""
     rng = np.random.default_rng(5)
     xs = [rng.standard_normal(shape).astype(np.float32).astype(np.float64)
           for shape in ((12, 300), (3, 40), (30, 120), (1, 1))]
     xs.append(rng.integers(-2, 2, (20, 60)).astype(np.float64))  # one with ties: the whole batch takes the rule
-    for got, x in zip(dtw_many(xs), xs):
+    for got, x in zip(dtw_impl(xs), xs):
         want = plain_dtw(x)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
-    assert dtw_many([]) == []
+    assert dtw_impl([]) == []
 
 
 def test_alignment_matrix_on_threads_is_the_one_by_one_matrix():
@@ -144,13 +155,13 @@ def test_alignment_matrix_on_threads_is_the_one_by_one_matrix():
         assert np.isnan(alignment_matrix(silent, 2800)).any() and not np.isnan(alignment_matrix(scores, 2800)).any()
 
 
-def test_against_openai_whisper_dtw_and_median_filter():
+def test_against_openai_whisper_dtw_and_median_filter(dtw_impl):
     timing = pytest.importorskip("whisper.timing")
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     for shape in ((12, 300), (40, 90), (5, 5)):
         x = -np.abs(rng.standard_normal(shape))
-        rows, cols = dtw(x)
+        rows, cols = dtw_impl([x])[0]
         want = timing.dtw_cpu(x)
         np.testing.assert_array_equal(rows, want[0])
         np.testing.assert_array_equal(cols, want[1])
@@ -214,3 +225,15 @@ def test_merge_punctuations_as_openai():
     theirs = [timing.WordTiming(a.word, a.tokens, a.start, a.end, a.probability) for a in alignment()]
     timing.merge_punctuations(theirs, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
     assert [(a.word, a.tokens) for a in merged] == [(a.word, a.tokens) for a in theirs]
+
+
+def test_word_probability_mean_is_numpys_mean():
+    """The word probability (openai's np.mean of its tokens' probabilities) taken without numpy's per-call cost
+    below 8 tokens: the same float for every length."""
+    from whisper_export.runtime.words import _mean
+
+    rng = np.random.default_rng()
+    for n in range(1, 20):
+        values = rng.random(n)
+        for i, j in ((0, n), (n // 3, n)):
+            assert _mean(values, values.tolist(), i, j) == float(np.mean(values[i:j]))
