@@ -72,6 +72,13 @@ class CudaSteps(OrtBackend):
     def __init__(self, bundle, threads: int | None = None, *, cuda_graph: bool | None = None, device_id: int = 0,
                  shared_stream: bool = True, provider_options: dict[str, str] | None = None):
         super().__init__(bundle, threads, device_id=device_id, provider_options=provider_options)
+        if self.selects and self.dtype == np.float32 and self._ort_device == "cuda":
+            # GroupQueryAttention has fp16/bf16 CUDA kernels only: onnxruntime would place the float32 one on the
+            # CPU, beside caches bound on the device, and the steps decode garbage (seen on an H200)
+            raise BackendError(
+                f"{self.bundle.directory}: received precision {self.precision} with --attention onnxruntime, "
+                "expected fp16 for CUDA (onnxruntime's GroupQueryAttention has no float32 CUDA kernel); re-export "
+                "it with --fp16, or with --attention onnx")
         check_cuda_provider()
         stream: CudaStream | None = None
         self.stream_error: str | None = None  # why the sessions have a stream each (no CUDA runtime library)

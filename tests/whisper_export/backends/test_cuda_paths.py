@@ -571,3 +571,17 @@ def test_cuda_sessions_use_cudnns_heuristic_unless_told_otherwise():
     (_, options), _ = providers("cuda", 1, "fp32", {"cudnn_conv_algo_search": "EXHAUSTIVE"}, graph=True)
     assert options["cudnn_conv_algo_search"] == "EXHAUSTIVE" and options["device_id"] == "1"
     assert options["use_tf32"] == "0" and options["enable_cuda_graph"] == "1"
+
+
+def test_a_float32_bundle_with_onnxruntime_attention_is_refused_on_cuda(tiny_bundle_ort, tiny_bundle):
+    """GroupQueryAttention has no float32 CUDA kernel: onnxruntime would run it on the CPU beside caches on the
+    device and decode garbage (seen on the H200), so the CUDA backend refuses such a bundle in one line, before it
+    looks for a GPU, naming the fix; the standard fp32 bundle is not refused for that reason."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    with pytest.raises(BackendError, match="received precision fp32 with --attention onnxruntime, expected fp16"):
+        OnnxRuntimeBackend(tiny_bundle_ort, device="cuda")
+    try:
+        OnnxRuntimeBackend(tiny_bundle, device="cuda").close()
+    except BackendError as error:  # on a machine without a GPU: the provider check, not the precision one
+        assert "attention" not in str(error)
