@@ -9,6 +9,7 @@ import re
 import sys
 from enum import Enum
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -91,18 +92,67 @@ def build(
         out, dims, ckpt = _load_model(model, out, overwrite, precision)
     unavailable = _check_profiles_and_target(options, limits, dims, ccs, precision)
 
-    # 2. the ONNX bundle, which stays usable whatever happens to the engines
-    if ckpt is not None:
-        _export(ckpt, out, precision, overwrite)
+    # 2. the ONNX bundle and its engines, built in a staging directory beside --out and swapped in when written
     assert out is not None
-    if unavailable:
-        _err(f"{unavailable}\nThe ONNX bundle {out} is complete (use it with the onnxruntime backend); "
-             "no TensorRT engines were built.")
-        raise typer.Exit(EXIT_NO_TENSORRT)
-
-    # 3. the engines
-    _build_engines(out, options)
+    replacing, may_replace = out.exists(), overwrite or engines_only
+    staging = _stage(out, ckpt, precision)
+    try:
+        if unavailable:
+            raise _Failed(EXIT_NO_TENSORRT, f"{unavailable}; no TensorRT engines were built")
+        _build_engines(staging, out, options)
+    except _Failed as failure:
+        keep = ckpt is not None and (not replacing or failure.code == EXIT_NO_TENSORRT)
+        _settle(staging, out, keep_new=keep, may_replace=may_replace)
+        _err(f"{failure.message}; {_state_after(out, keep)}")
+        raise typer.Exit(failure.code) from None
+    except BaseException:
+        _settle(staging, out, keep_new=False, may_replace=may_replace)
+        raise
+    _settle(staging, out, keep_new=True, may_replace=may_replace)
     typer.echo(str(out))
+
+
+class _Failed(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, " ".join(message.split())  # one line, whatever TensorRT printed
+
+
+def _stage(out: Path, ckpt: Any, precision: str) -> Path:
+    """--engines-only: a staged copy of the bundle --out; else the model exported into a new staging directory."""
+    from engines.staging import staged_copy, staging_target
+
+    if ckpt is None:
+        try:
+            return staged_copy(out)
+        except OSError as e:
+            _err(f"output {str(out)!r}: cannot stage a copy beside it ({e})")
+            raise typer.Exit(EXIT_FAILED) from None
+    staging = staging_target(out)
+    _export(ckpt, staging, precision, overwrite=False, shown=out)
+    return staging
+
+
+def _settle(staging: Path, out: Path, keep_new: bool, may_replace: bool) -> None:
+    """The staged bundle swapped in as --out (--out checked again: it may have changed meanwhile), or removed."""
+    from engines.staging import discard, finish
+    from whisper_export.export.exporter import ExportError, check_destination
+
+    if not keep_new:
+        discard(staging)
+        return
+    try:
+        check_destination(out, may_replace)
+        finish(staging, out)
+    except (ExportError, OSError) as e:
+        discard(staging)
+        _refuse_destination(e, out)
+
+
+def _state_after(out: Path, kept_new: bool) -> str:
+    if kept_new:
+        return f"the ONNX bundle {out} is complete (use it with the onnxruntime backend), without these engines"
+    return f"the bundle {out} is unchanged"
 
 
 def _open_existing_bundle(out: Path | None) -> tuple[Path, Any, str, None]:
@@ -179,33 +229,38 @@ def _check_profiles_and_target(options: Any, limits: Any, dims: Any, ccs: tuple[
     return unavailable
 
 
-def _export(ckpt: Any, out: Path, precision: str, overwrite: bool) -> None:
+def _export(ckpt: Any, out: Path, precision: str, overwrite: bool, shown: Path | None = None) -> None:
     from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
 
     try:
-        export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite), progress=_progress)
+        export_bundle(ckpt, out, ExportOptions(precision=precision, overwrite=overwrite),
+                      progress=_shown_as(out, shown or out))
     except ExportError as e:
-        _refuse_destination(e, out)
+        _refuse_destination(e, shown or out)
     except Exception as e:
-        _err(f"export failed: {e}")
+        _err(f"export failed: {' '.join(str(e).split())}")
         raise typer.Exit(EXIT_FAILED) from None
 
 
-def _build_engines(out: Path, options: Any) -> None:
-    """Both engines into the exported bundle, each reported on stderr."""
+def _shown_as(staging: Path, out: Path) -> Callable[[str], None]:
+    """Progress lines with the staging directory's path shown as --out's."""
+    return lambda message: _progress(message.replace(str(staging.absolute()), str(out.absolute())))
+
+
+def _build_engines(staging: Path, out: Path, options: Any) -> None:
+    """Both engines into the staged bundle, each reported on stderr; _Failed with the exit code otherwise."""
     from engines.attention import FusedAttentionError
     from engines.build import TargetError, build_engines
     from engines.loaders import EngineBuildError, OnnxParseError
     from whisper_export.backends.tensorrt.profiles import ProfileError
 
+    progress = _shown_as(staging, out)
     try:
-        report = build_engines(out, options, progress=_progress)
+        report = build_engines(staging, options, progress=progress)
     except (ProfileError, TargetError) as e:
-        _err(str(e))
-        raise typer.Exit(EXIT_USAGE) from None
+        raise _Failed(EXIT_USAGE, str(e)) from None
     except (OnnxParseError, EngineBuildError, FusedAttentionError) as e:
-        _err(f"{e}\nThe ONNX bundle {out} is complete; the engine above was not written.")
-        raise typer.Exit(EXIT_FAILED) from None
+        raise _Failed(EXIT_FAILED, str(e)) from None
     for engine in report.engines:
-        _progress(f"[build] {engine.path}: {engine.sidecar.engine_bytes / 1e6:.1f} MB, built in "
-                  f"{engine.build_seconds:.1f} s for {', '.join(engine.sidecar.compute_capabilities) or 'this GPU'}")
+        progress(f"[build] {engine.path}: {engine.sidecar.engine_bytes / 1e6:.1f} MB, built in "
+                 f"{engine.build_seconds:.1f} s for {', '.join(engine.sidecar.compute_capabilities) or 'this GPU'}")

@@ -77,3 +77,31 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, encoding: str 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     with atomic_writer(path, binary=True) as f:
         f.write(data)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h: swap the two names in one step
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2's RENAME_EXCHANGE): at every moment each name
+    holds one of the two. False where the platform or file system cannot (the caller then renames in two steps)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc by that name, or a libc older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        _fsync_directory(Path(b).parent)
+        return True
+    error = ctypes.get_errno()
+    if error in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this kernel or file system cannot exchange
+        return False
+    raise OSError(error, os.strerror(error), str(b))

@@ -283,3 +283,63 @@ def test_onnxruntime_variant_is_refused_before_anything_is_built(tiny_bundle_ort
     with pytest.raises(TargetError, match="attention='onnxruntime'.*expected attention='onnx'"):
         build_engines(tiny_bundle_ort, options, progress=lambda _: None)
     assert not list(tiny_bundle_ort.glob("*.engine"))
+
+
+def _files(directory):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def _leftovers(directory):
+    return [p.name for p in directory.parent.iterdir() if p.name.startswith(f".{directory.name}.")]
+
+
+@pytest.mark.parametrize("mode", [["--engines-only"], ["--overwrite"]])
+def test_a_failing_rebuild_leaves_the_bundle_as_it_was(built_bundle, tmp_path, mode):
+    """Engines are built in a staged copy beside --out and swapped in only when written: a rebuild that TensorRT
+    refuses (a decoder profile too large for int32 dimensions) exits 1 with one line saying the bundle is
+    unchanged, and every file of the bundle (engines, logs, manifest) is as it was; no staging directory stays."""
+    import shutil
+
+    from whisper_export.bundle import Bundle
+
+    assert built_bundle.exit_code == 0, built_bundle.stderr
+    out = tmp_path / "bundle"
+    shutil.copytree(built_bundle.path, out)
+    before = _files(out)
+    result = run_build_cli([*mode, "--out", str(out), "--compute-capability", TARGET_CC, "--max-batch", "100000",
+                            "--timing-cache-dir", str(built_bundle.cache_dir)])
+    assert result.exit_code in (1, 2), result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"the bundle {out} is unchanged" in errors[0], result.stderr
+    assert _files(out) == before and not _leftovers(out)
+    Bundle.open(out)
+
+
+def test_an_interrupted_engines_only_build_leaves_the_bundle_as_it_was(built_bundle, tmp_path, monkeypatch):
+    """Ctrl-C (or a kill) while the engines are being written: the bundle under --out keeps its old files (the
+    build wrote into the staged copy), so it still opens and verifies."""
+    import shutil
+
+    import engines.build as build_module
+    from whisper_export.bundle import Bundle
+
+    out = tmp_path / "bundle"
+    shutil.copytree(built_bundle.path, out)
+    before = _files(out)
+
+    def interrupted(bundle_dir, options, progress):
+        from pathlib import Path
+
+        log = Path(bundle_dir) / "decoder.engine.log"
+        log.unlink()  # as the builder does before it logs
+        log.write_text("")  # a truncated log, as a kill leaves it
+        (Path(bundle_dir) / "encoder.engine").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "build_engines", interrupted)
+    result = run_build_cli(["--engines-only", "--out", str(out), "--compute-capability", TARGET_CC])
+    assert result.exit_code != 0  # click turns the interrupt into its Abort
+    assert _files(out) == before and not _leftovers(out)
+    Bundle.open(out)

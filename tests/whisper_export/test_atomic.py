@@ -82,3 +82,24 @@ def test_an_error_while_writing_removes_the_temporary_file(tmp_path):
     with pytest.raises(TypeError):
         write_text_atomic(target, 42)  # type: ignore[arg-type]
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_two_directories_exchange_names_in_one_step(tmp_path):
+    """export/build --overwrite swap the new bundle in with exchange_paths: afterwards each name holds the other's
+    files (on Linux; elsewhere it answers False and the exporter renames in two steps)."""
+    import sys
+
+    from whisper_export.atomic import exchange_paths
+
+    old, new = tmp_path / "bundle", tmp_path / ".bundle.tmp"
+    for directory, text in ((old, "old"), (new, "new")):
+        directory.mkdir()
+        (directory / "manifest.json").write_text(text)
+    swapped = exchange_paths(new, old)
+    if not sys.platform.startswith("linux"):
+        assert swapped is False
+        return
+    assert swapped is True
+    assert (old / "manifest.json").read_text() == "new" and (new / "manifest.json").read_text() == "old"
+    with pytest.raises(FileNotFoundError):
+        exchange_paths(tmp_path / "missing", old)

@@ -15,6 +15,7 @@ from pathlib import Path
 import onnx
 
 from whisper_export import __version__, graph_io
+from whisper_export.atomic import exchange_paths
 from whisper_export.bundle import BUNDLE_FORMAT, MANIFEST, is_bundle_directory, write_manifest
 from whisper_export.export.graphs import (
     cache_reorder_graph,
@@ -151,7 +152,7 @@ def check_destination(out_dir: str | Path, overwrite: bool) -> None:
         raise ExportError(f"output {str(out_dir)!r}: directory {str(parent)!r} is not writable")
 
 
-def _sibling_directory(out_dir: Path, kind: str) -> Path:
+def sibling_directory(out_dir: Path, kind: str) -> Path:
     """A new empty directory beside out_dir, made with mode 0o777 so that the umask gives it ordinary
     permissions (tempfile.mkdtemp's 0o700 would stay on the bundle after the rename)."""
     for _ in range(100):
@@ -164,13 +165,17 @@ def _sibling_directory(out_dir: Path, kind: str) -> Path:
     raise FileExistsError(f"{out_dir.parent}: no free name for a temporary directory")
 
 
-def _swap_in(new: Path, out_dir: Path) -> None:
-    """Rename the finished bundle to out_dir; an old bundle there is moved aside first and deleted only once the
-    new one is in place (put back if that rename fails)."""
+def swap_in(new: Path, out_dir: Path) -> None:
+    """Rename the finished bundle to out_dir. An old bundle there is exchanged with it in one atomic step where
+    the system can (Linux), so out_dir always holds one of the two, then deleted; elsewhere it is moved aside
+    first and deleted only once the new one is in place (put back if that rename fails)."""
     if not out_dir.exists():
         new.rename(out_dir)
         return
-    trash = _sibling_directory(out_dir, "old")
+    if exchange_paths(new, out_dir):
+        shutil.rmtree(new, ignore_errors=True)  # the old bundle, now under the temporary name
+        return
+    trash = sibling_directory(out_dir, "old")
     out_dir.rename(trash / "old")
     try:
         new.rename(out_dir)
@@ -200,7 +205,7 @@ def export_bundle(
     dtype = graph_io.PRECISIONS[options.precision]
     metadata = {graph_io.METADATA_KEY: json.dumps(config, sort_keys=True)}
     try:
-        tmp = _sibling_directory(out_dir, "tmp")
+        tmp = sibling_directory(out_dir, "tmp")
     except OSError as e:
         raise ExportError(f"output {str(out_dir)!r}: cannot write in {str(out_dir.parent)!r} ({e.strerror})") from e
     try:
@@ -223,7 +228,7 @@ def export_bundle(
         _write_tokenizer(ckpt, tmp / "tokenizer.json")
         write_manifest(tmp, config)
         check_destination(out_dir, options.overwrite)  # again: the directory may have changed meanwhile
-        _swap_in(tmp, out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
