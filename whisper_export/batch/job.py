@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from whisper_export.batch.rows import decode_input, transcribe_rows
+from whisper_export.batch.rows import inspect_input, transcribe_rows
 from whisper_export.batch.store import PartStore
 
 
@@ -153,5 +153,6 @@ def run_in_process(todo: list[str], job: BatchJob, sink: RowSink) -> None:
     load = dict(job.load)
     with WhisperRuntime.load(load.pop("bundle_dir", None), **load) as runtime:
         for start in range(0, len(todo), job.files_per_batch):
-            decoded = [decode_input(p, job.max_duration) for p in todo[start:start + job.files_per_batch]]
+            # headers only: the runtime streams each file from disk, so memory does not grow with the audio
+            decoded = [inspect_input(p, job.max_duration) for p in todo[start:start + job.files_per_batch]]
             sink.add(transcribe_rows(runtime, decoded, job.options, job.words))

@@ -36,7 +36,7 @@ def decode_input(path: str, max_duration: float | None) -> dict[str, Any]:
     from whisper_export.runtime.audio_files import check_header, pcm_blocks, probe
 
     try:
-        header = probe(path)
+        header = probe(path, pipes=False)
         check_header(header, max_duration)
         blocks = list(pcm_blocks(header, None if max_duration is None else int(max_duration * SAMPLE_RATE)))
         if not blocks:
@@ -47,22 +47,44 @@ def decode_input(path: str, max_duration: float | None) -> dict[str, Any]:
     return {"path": path, "audio": np.ascontiguousarray(audio, np.float32).tobytes(), "error": None}
 
 
+def inspect_input(path: str, max_duration: float | None) -> dict[str, Any]:
+    """decode_input's dict without the samples, for a runtime in this process: the header checked (a regular file,
+    its duration within max_duration) and "audio" None, so that the runtime streams the file from disk (bounded
+    memory whatever its length) and "duration" is the header's. A file whose header has no duration is decoded."""
+    from whisper_export.runtime.audio_files import check_header, probe
+
+    try:
+        header = probe(path, pipes=False)
+        check_header(header, max_duration)
+    except Exception as e:  # noqa: BLE001 - any failure of one file is its row's error, never the job's
+        return {"path": path, "audio": b"", "error": one_line(e)}
+    if header.duration is None:
+        return decode_input(path, max_duration)
+    return {"path": path, "audio": None, "duration": header.duration, "error": None}
+
+
 def transcribe_rows(runtime: Any, decoded: Sequence[dict[str, Any]], options: dict[str, Any],
                     words: bool) -> list[dict[str, Any]]:
-    """Rows for decoded inputs (decode_input's dicts), in their order. options: runtime keyword options
+    """Rows for decoded or inspected inputs (decode_input's / inspect_input's dicts), in their order. options: runtime keyword options
     (checked already: an option error here is every file's, so it is raised, not written)."""
     rows: list[dict[str, Any] | None] = [None] * len(decoded)
-    audios, where = [], []
+    audios: list[Any] = []
+    durations, where = [], []
     for i, item in enumerate(decoded):
         if item["error"] is not None:
             rows[i] = error_row(item["path"], item["error"], None, words)
+        elif item["audio"] is None:  # inspect_input's: the runtime reads the file itself
+            audios.append(item["path"])
+            durations.append(item["duration"])
+            where.append(i)
         else:
             audios.append(np.frombuffer(item["audio"], np.float32))
+            durations.append(len(audios[-1]) / SAMPLE_RATE)
             where.append(i)
     if audios:
         for index, outcome in runtime.transcribe_iter(audios, **options):
             i = where[index]
-            duration = len(audios[index]) / SAMPLE_RATE
+            duration = durations[index]
             if outcome.ok:
                 rows[i] = result_row(decoded[i]["path"], outcome.result, duration, words)
             else:

@@ -66,14 +66,21 @@ class AudioHeader:
         return None if self.frames is None else self.frames / self.sample_rate
 
 
-def probe(path: str | os.PathLike[str]) -> AudioHeader:
-    """Read the header only; AudioError (naming the path) for anything that cannot be decoded sensibly."""
+def probe(path: str | os.PathLike[str], *, pipes: bool = True) -> AudioHeader:
+    """Read the header only; AudioError (naming the path) for anything that cannot be decoded sensibly.
+    pipes: whether a named pipe is read (into a temporary file); False refuses it (an archive's files)."""
     path = Path(os.fspath(path))
-    if not path.exists():
-        raise AudioError(f"audio file not found: received path {str(path)!r}, which does not exist")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise AudioError(f"audio file not found: received path {str(path)!r}, which does not exist") from None
+    except OSError as e:  # a symlink loop, a name too long, no permission on a directory on the way
+        raise AudioError(f"cannot read {str(path)!r}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
         raise AudioError(f"received directory {str(path)!r}, expected an audio file ({SOUNDFILE_FORMATS}, "
                          "or any format ffmpeg decodes)")
+    if stat.S_ISFIFO(mode) and not pipes:
+        raise AudioError(f"received {str(path)!r}, a named pipe, expected a regular audio file")
     spool = _spooled(path)
     source = Path(spool.name) if spool is not None else path
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from whisper_export.batch import read_output
 from whisper_export.batch.inputs import list_inputs
-from whisper_export.batch.rows import decode_input, error_row
+from whisper_export.batch.rows import decode_input, error_row, inspect_input
 from whisper_export.batch.store import PartStore
 
 
@@ -58,6 +58,32 @@ def test_a_file_that_cannot_be_decoded_is_its_own_error(tmp_path):
     assert row["audio"] == b"" and row["error"].startswith("AudioError") and "noise.wav" in row["error"]
     missing = decode_input(str(tmp_path / "missing.wav"), 3600.0)
     assert "missing.wav" in missing["error"]
+
+
+def test_a_named_pipe_or_a_symlink_loop_in_an_archive_is_its_own_error_at_once(tmp_path):
+    """A FIFO named .wav under INPUTS has no writer: reading it would block for ever, so the batch refuses it as a
+    row error (transcribe reads pipes, batch does not); a symlink loop says so, not "does not exist"."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.wav"
+    loop.symlink_to(loop)
+    for read in (decode_input, inspect_input):
+        row = read(str(fifo), 3600.0)
+        assert row["audio"] == b"" and "a named pipe, expected a regular audio file" in row["error"]
+        row = read(str(loop), 3600.0)
+        assert "loop.wav" in row["error"] and "does not exist" not in row["error"], row["error"]
+
+
+def test_an_inspected_input_stays_on_disk_with_its_headers_duration(tmp_path, clips):
+    """The in-process batch reads headers only (the runtime streams the file), so a long file costs no memory
+    for its samples: no audio in the dict, the duration from the header."""
+    import soundfile
+
+    path = clips["en_fox.wav"]["path"]
+    item = inspect_input(str(path), 3600.0)
+    assert item["audio"] is None and item["error"] is None
+    assert item["duration"] == soundfile.info(str(path)).duration
+    assert "max_duration=1" in inspect_input(str(path), 1.0)["error"]
 
 
 def test_read_output_keeps_one_row_per_path_the_last_written(tmp_path):
