@@ -50,8 +50,12 @@ def _read(part: Path, columns: list[str] | None = None) -> pa.Table:
     try:
         return pq.read_table(part, columns=columns)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"--out: received {str(part)!r}, which is not readable Parquet ({e}); expected only "
-                         "this command's part files there (move it away)") from None
+        raise _unreadable(part, e) from None
+
+
+def _unreadable(part: Path, error: Exception) -> ValueError:
+    return ValueError(f"--out: received {str(part)!r}, which is not readable Parquet ({' '.join(str(error).split())}); "
+                      "expected only this command's part files there (move it away)")
 
 
 class PartStore:
@@ -68,9 +72,9 @@ class PartStore:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            raise OSError(f"--out {self.out}: cannot write there ({e.strerror or e}), expected a writable "
-                          "directory") from None
+        except OSError as e:  # a bad --out (exit 2, as transcribe's --output-dir), found before any work
+            raise ValueError(f"--out {self.out}: cannot write there ({e.strerror or e}), expected a writable "
+                             "directory") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,7 +96,10 @@ class PartStore:
         this run (one directory holds one kind of row)."""
         paths: set[str] = set()
         for part in part_files(self.out):
-            names = pq.read_schema(part).names if part.stat().st_size else []
+            try:
+                names = pq.read_schema(part).names if part.stat().st_size else []
+            except (OSError, pa.ArrowException) as e:
+                raise _unreadable(part, e) from None
             if ("words" in names) != self.words:
                 had = "with" if "words" in names else "without"
                 raise ValueError(f"--out {self.out}: received a directory of rows written {had} word timestamps "
@@ -105,7 +112,11 @@ class PartStore:
         assert self._lock_fd is not None, "open the PartStore with `with` first"
         table = pa.Table.from_pylist(rows, schema=self.schema)
         path = self.out / f"part-{self._next:06d}.parquet"
-        with atomic_writer(path, binary=True) as f:
-            pq.write_table(table, f)
+        try:
+            with atomic_writer(path, binary=True) as f:
+                pq.write_table(table, f)
+        except OSError as e:  # a full disk: the part is not written, the earlier ones are kept
+            raise OSError(f"--out {self.out}: cannot write {path.name} ({e.strerror or e}); the parts written "
+                          "before are kept: free space and rerun to resume") from None
         self._next += 1
         return path

@@ -103,3 +103,19 @@ def test_a_directory_holds_one_kind_of_row(tmp_path):
     (tmp_path / "part-000009.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="part-000009.parquet', which is not readable Parquet"):
         read_output(tmp_path)
+
+
+def test_an_out_that_cannot_be_written_or_holds_a_corrupt_part_is_refused_naming_it(tmp_path):
+    """Both are a bad --out (exit 2 through the command, as transcribe's --output-dir): the message names the
+    directory or the part file."""
+    a_file = tmp_path / "afile.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="cannot write there"):
+        with PartStore(a_file, words=False):
+            pass
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "part-000000.parquet").write_bytes(os.urandom(300))
+    with PartStore(out, words=False) as store, pytest.raises(ValueError, match="part-000000.parquet") as info:
+        store.written()
+    assert "\n" not in str(info.value)
