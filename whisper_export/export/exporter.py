@@ -147,7 +147,8 @@ def check_destination(out_dir: str | Path, overwrite: bool) -> None:
             "--overwrite replaces only a bundle directory: choose a new directory or remove it yourself"
         )
     if not parent.is_dir():
-        raise ExportError(f"output {str(out_dir)!r}: parent directory {str(parent)!r} does not exist")
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise ExportError(f"output {str(out_dir)!r}: parent directory {str(parent)!r} {what}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ExportError(f"output {str(out_dir)!r}: directory {str(parent)!r} is not writable")
 

@@ -16,6 +16,8 @@ TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "inval
          500: "server_error", 503: "server_error"}
 
 # a form field for each option name an options error can begin with (runtime/options.py: "<field>: received")
+MAX_MESSAGE = 600  # characters of a message: a client's megabyte-long field is not echoed back whole
+
 _PARAMS = {"language": "language", "initial_prompt": "prompt", "prompt": "prompt", "temperature": "temperature",
            "task": None}
 
@@ -26,13 +28,21 @@ class APIError(Exception):
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code = status, " ".join(message.split()), param, code
+        self.status, self.message, self.param, self.code = status, _shortened(" ".join(message.split())), param, code
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": TYPES.get(self.status, "invalid_request_error"),
                           "param": self.param, "code": self.code}}
         return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def _shortened(message: str) -> str:
+    """The message's start and end (what was received begins it, what was expected ends it) when it is long."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    half = (MAX_MESSAGE - 5) // 2
+    return f"{message[:half]} ... {message[-half:]}"
 
 
 def option_error(error: Exception) -> APIError:

@@ -137,6 +137,13 @@ def test_output_directory_not_writable(tiny_checkpoint, tmp_path):
         export_bundle(tiny_checkpoint, target, **QUIET)
 
 
+def test_an_output_under_a_file_says_the_parent_is_not_a_directory(tiny_checkpoint, tmp_path):
+    a_file = tmp_path / "afile.txt"
+    a_file.write_text("x")
+    with pytest.raises(ExportError, match=r"parent directory .*afile.txt' is not a directory"):
+        export_bundle(tiny_checkpoint, a_file / "sub", **QUIET)
+
+
 def test_existing_output_needs_overwrite(tiny_bundle, tiny_checkpoint):
     with pytest.raises(ExportError, match="already exists"):
         export_bundle(tiny_checkpoint, tiny_bundle, **QUIET)

@@ -153,3 +153,12 @@ def test_models_health_and_metrics(runtime, clips):
         error = httpx.get(url + "/v1/nothing").json()["error"]
         assert set(error) == {"message", "type", "param", "code"}
         assert json.loads(httpx.post(url + "/v1/audio/transcriptions").text)["error"]["param"] == "file"
+
+
+def test_a_huge_bad_field_is_not_echoed_back_whole():
+    """A 1 MB language or response_format answers a 400 of at most a few hundred characters, still saying what
+    was received and what is expected."""
+    huge = "x" * (1 << 20)
+    error = APIError(400, f"response_format: received {huge!r}, expected one of json, text, srt, verbose_json, vtt")
+    body = json.loads(error.response().body)["error"]["message"]
+    assert len(body) <= 600 and body.startswith("response_format: received 'xxx") and body.endswith("vtt")
