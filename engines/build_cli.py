@@ -186,7 +186,7 @@ def _load_model(model: str | None, out: Path | None, overwrite: bool, precision:
         _progress(f"[build] loading {model or 'tiny.en'}")
         ckpt = load_checkpoint(model)
     except (ValueError, FileNotFoundError, PermissionError) as e:
-        _err(str(e))
+        _err(" ".join(str(e).split()))
         raise typer.Exit(EXIT_USAGE) from None
     if out is None:
         out = Path(f"bundle-{re.sub(r'[^A-Za-z0-9._-]+', '_', ckpt.name)}-{precision}")

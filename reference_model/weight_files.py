@@ -70,7 +70,18 @@ def read_torch_file(path: Path) -> object:
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint ({_torch_reason(e)}), expected an "
+                              "OpenAI .pt or another PyTorch state dict of tensors") from e
+
+
+def _torch_reason(error: Exception) -> str:
+    """What torch.load says went wrong, without its advice to load with weights_only=False (which would run the
+    file's code): for the weights-only unpickler, the unpickler's own line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        detail = [line for line in lines[1:] if not line.startswith(("Please file an issue", "Check the documentation"))]
+        return f"weights-only unpickling failed: {detail[0]}" if detail else "weights-only unpickling failed"
+    return " ".join(lines) or type(error).__name__
 
 
 def tensor_as_numpy(tensor) -> np.ndarray:

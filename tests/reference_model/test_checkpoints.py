@@ -158,3 +158,15 @@ def test_turbo_like_dims_random_weights_match_transformers(tmp_path):
     assert len(model.decoder.blocks) == 1 and len(model.encoder.blocks) == 3
     diff, bound = max_logit_diff_vs_transformers(model, hf_dir, 1, 5)
     assert diff <= bound
+
+
+def test_random_bytes_as_a_pt_file_are_one_line_without_torchs_unsafe_advice(tmp_path):
+    """torch.load's weights-only refusal names the unpickler's reason; its advice to retry with
+    weights_only=False (which runs the file's code) is not passed on."""
+    path = tmp_path / "random.pt"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(str(path))
+    message = str(info.value)
+    assert "random.pt" in message and "expected" in message and "\n" not in message
+    assert "weights_only" not in message and "False" not in message
