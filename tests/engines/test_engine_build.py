@@ -296,25 +296,53 @@ def _leftovers(directory):
 
 
 @pytest.mark.parametrize("mode", [["--engines-only"], ["--overwrite"]])
-def test_a_failing_rebuild_leaves_the_bundle_as_it_was(built_bundle, tmp_path, mode):
-    """Engines are built in a staged copy beside --out and swapped in only when written: a rebuild that TensorRT
-    refuses (a decoder profile too large for int32 dimensions) exits 1 with one line saying the bundle is
-    unchanged, and every file of the bundle (engines, logs, manifest) is as it was; no staging directory stays."""
+def test_a_failing_rebuild_leaves_the_bundle_as_it_was(built_bundle, tmp_path, monkeypatch, mode):
+    """Engines are built in a staged copy beside --out and swapped in only when written: a rebuild whose engine
+    TensorRT refuses (its error stands in for the builder's, after a new encoder engine and a truncated log were
+    written) exits 1 with one line saying the bundle is unchanged, and every file of the bundle (engines, logs,
+    manifest) is as it was; no staging directory stays."""
     import shutil
+    from pathlib import Path
 
+    import engines.build as build_module
+    from engines.loaders import EngineBuildError
     from whisper_export.bundle import Bundle
 
     assert built_bundle.exit_code == 0, built_bundle.stderr
     out = tmp_path / "bundle"
     shutil.copytree(built_bundle.path, out)
     before = _files(out)
-    result = run_build_cli([*mode, "--out", str(out), "--compute-capability", TARGET_CC, "--max-batch", "100000",
-                            "--timing-cache-dir", str(built_bundle.cache_dir)])
-    assert result.exit_code in (1, 2), result.stderr
+
+    def refused(bundle_dir, options, progress):
+        staged = Path(bundle_dir)
+        for name, data in (("encoder.engine", b"a new engine"), ("decoder.engine.log", b"")):
+            (staged / name).unlink(missing_ok=True)  # as the builder writes: a new file, never through a link
+            (staged / name).write_bytes(data)
+        raise EngineBuildError("TensorRT could not build the engine:\n  exceed_int32_dim\n  (decoder)")
+
+    monkeypatch.setattr(build_module, "build_engines", refused)
+    result = run_build_cli([*mode, "--out", str(out), "--compute-capability", TARGET_CC])
+    assert result.exit_code == 1, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"the bundle {out} is unchanged" in errors[0], result.stderr
+    assert "exceed_int32_dim" in errors[0]
     assert _files(out) == before and not _leftovers(out)
     Bundle.open(out)
+
+
+def test_a_profile_past_tensorrts_int32_elements_is_refused_before_anything_is_built(built_bundle, tmp_path):
+    """--max-batch 100000: the cross K/V of 500,000 rows would hold more than 2^31 elements, which TensorRT
+    refuses only after the export; refused first (exit 2), the bundle untouched."""
+    import shutil
+
+    out = tmp_path / "bundle"
+    shutil.copytree(built_bundle.path, out)
+    before = _files(out)
+    result = run_build_cli(["--overwrite", "--out", str(out), "--compute-capability", TARGET_CC,
+                            "--max-batch", "100000"])
+    assert result.exit_code == 2, result.stderr
+    assert "max_rows: received 500000" in result.stderr and "expected at most 3728" in result.stderr
+    assert _files(out) == before and not _leftovers(out)
 
 
 def test_an_interrupted_engines_only_build_leaves_the_bundle_as_it_was(built_bundle, tmp_path, monkeypatch):

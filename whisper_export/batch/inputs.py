@@ -27,7 +27,8 @@ def list_inputs(inputs: str | os.PathLike[str]) -> list[str]:
     if source.is_dir():
         return _unique(_audio_under(source))
     if not source.is_file():
-        raise ValueError(f"INPUTS: received {str(source)!r}, which does not exist; expected a directory of audio, "
+        what = "which is neither a directory nor a regular file" if os.path.lexists(source) else "which does not exist"
+        raise ValueError(f"INPUTS: received {str(source)!r}, {what}; expected a directory of audio, "
                          "a text file of paths or a JSONL file with a 'path' field")
     if source.suffix.lower() in AUDIO_EXTENSIONS:
         raise ValueError(f"INPUTS: received the audio file {str(source)!r}, expected a directory of audio, a text "

@@ -119,3 +119,8 @@ def test_an_out_that_cannot_be_written_or_holds_a_corrupt_part_is_refused_naming
     with PartStore(out, words=False) as store, pytest.raises(ValueError, match="part-000000.parquet") as info:
         store.written()
     assert "\n" not in str(info.value)
+
+
+def test_inputs_that_exist_but_are_no_list_say_so():
+    with pytest.raises(ValueError, match="'/dev/null', which is neither a directory nor a regular file"):
+        list_inputs("/dev/null")

@@ -132,6 +132,14 @@ class EngineLimits:
                 f"{need_rows}; the engine could not decode the requested batch. Raise max_rows (--max-rows) to "
                 f">= {need_rows} or lower --max-batch/--max-beam"
             )
+        # TensorRT indexes a tensor's elements with int32: the largest the profile makes is the cross K/V of
+        # every row, (rows, n_audio_ctx, n_text_state)
+        largest = max_rows * dims.n_audio_ctx * dims.n_text_state
+        if largest >= 2**31:
+            raise ProfileError(
+                f"max_rows: received {max_rows} (max_batch x max_beam), expected at most "
+                f"{(2**31 - 1) // (dims.n_audio_ctx * dims.n_text_state)} for this model (TensorRT's tensors hold "
+                f"fewer than 2^31 elements; the cross K/V of {max_rows} rows would hold {largest})")
         if max_capacity > dims.n_text_ctx:
             raise ProfileError(
                 f"max_capacity: received {max_capacity}, expected <= n_text_ctx {dims.n_text_ctx} "
