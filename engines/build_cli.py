@@ -94,7 +94,14 @@ def build(
 
     # 2. the ONNX bundle and its engines, built in a staging directory beside --out and swapped in when written
     assert out is not None
-    replacing, may_replace = out.exists(), overwrite or engines_only
+    _staged_build(out, ckpt, precision, options, unavailable, may_replace=overwrite or engines_only)
+    typer.echo(str(out))
+
+
+def _staged_build(out: Path, ckpt: Any, precision: str, options: Any, unavailable: str, may_replace: bool) -> None:
+    """Export (or copy) into a staging directory, build the engines there, swap it in as --out; on a failure
+    (typer.Exit with its code) the old --out stays, or a fresh --out gets the complete ONNX bundle."""
+    replacing = out.exists()
     staging = _stage(out, ckpt, precision)
     try:
         if unavailable:
@@ -109,7 +116,6 @@ def build(
         _settle(staging, out, keep_new=False, may_replace=may_replace)
         raise
     _settle(staging, out, keep_new=True, may_replace=may_replace)
-    typer.echo(str(out))
 
 
 class _Failed(Exception):
