@@ -80,6 +80,8 @@ def test_selection_error_names_every_profile_and_the_tensor_out_of_range():
     (EngineLimits(opt_batch=17), "opt_batch: received 17, expected <= max_batch 16"),
     (EngineLimits(opt_capacity=500), "opt_capacity: received 500, expected <= max_capacity 448"),
     (EngineLimits(max_beam=0), "max_beam: received 0, expected a positive int"),
+    (EngineLimits(max_beam=16), "max_beam: received 16, expected at most 15"),
+    (EngineLimits(max_batch=800), "max_rows: received 4000 (max_batch x max_beam), expected at most 3728"),
 ])
 def test_limits_are_verified_before_building(limits, message):
     with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):

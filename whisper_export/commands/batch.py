@@ -14,6 +14,7 @@ runtime could not be loaded, or the Ray job failed (the parts written are kept);
 from __future__ import annotations
 
 import inspect
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -60,11 +61,15 @@ def batch(**params: Any) -> None:
     from whisper_export.batch.job import run_batch
     from whisper_export.bundle import BundleError
 
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = run_batch(paths, job, on_start=_announce)
     except KeyboardInterrupt:
         error(f"interrupted: the part files under {job.out} are kept; rerun the same command to resume")
         raise typer.Exit(130)
+    except _Terminated:
+        error(f"terminated (SIGTERM): the part files under {job.out} are kept; rerun the same command to resume")
+        raise typer.Exit(128 + signal.SIGTERM)
     except (BundleError, OSError, RuntimeError) as e:
         error(str(e))
         raise typer.Exit(1)
@@ -75,8 +80,18 @@ def batch(**params: Any) -> None:
         error(f"the batch job failed ({type(e).__name__}: {' '.join(str(e).split())[:500]}); the part files "
               f"under {job.out} are kept: rerun to resume")
         raise typer.Exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     typer.echo(f"[batch] {summary.written} row(s) written to {job.out} ({summary.errors} with an error), "
                f"{summary.skipped} already there", err=True)
+
+
+class _Terminated(BaseException):
+    """SIGTERM while the batch runs: like Ctrl-C, it unwinds through run_batch (which keeps the parts written)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 batch.__signature__ = command_signature(inspect.signature(_explicit, eval_str=True), OPTIONS)  # type: ignore[attr-defined]

@@ -88,6 +88,28 @@ def test_a_killed_run_resumes_each_input_once_without_ray_and_texts_equal_transc
             assert row["error"] is None and row["text"] == texts[clip_of(row["path"])]
 
 
+def test_sigterm_keeps_the_parts_and_says_so(tmp_path, tiny_bundle, clips):
+    """A scheduler's SIGTERM (kill, docker stop) unwinds like Ctrl-C: the parts written are complete and kept,
+    one line says so, exit 143 (128 + SIGTERM)."""
+    made = make_inputs(tmp_path / "audio", clips, copies=4)
+    listing = tmp_path / "inputs.txt"
+    listing.write_text("".join(f"{p}\n" for p in made))
+    out = tmp_path / "out"
+    process = _batch_process(listing, out, tiny_bundle)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("part-*.parquet")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no part file appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]
+    assert f"error: terminated (SIGTERM): the part files under {out} are kept" in stderr
+    assert "Traceback" not in stderr
+    kept = [p for part in sorted(out.glob("part-*.parquet")) for p in pq.read_table(part)["path"].to_pylist()]
+    assert 2 <= len(kept) < len(made) and not list(out.glob(".*.tmp"))
+
+
 def _run(*args) -> tuple[int, str]:
     result = runner.invoke(cli.app, ["batch", *map(str, args)])
     return result.exit_code, result.stderr

@@ -116,6 +116,9 @@ class EngineLimits:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ProfileError(f"{name}: received {value!r}, expected a positive int")
+        if self.max_beam > io.TOP_K - 1:
+            raise ProfileError(f"max_beam: received {self.max_beam}, expected at most {io.TOP_K - 1} (the "
+                               "runtime's largest beam_size / best_of)")
         need_rows = self.max_batch * self.max_beam
         max_rows = need_rows if self.max_rows is None else self.max_rows
         max_capacity = dims.n_text_ctx if self.max_capacity is None else self.max_capacity
