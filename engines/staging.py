@@ -13,10 +13,11 @@ import os
 import shutil
 from pathlib import Path
 
-from whisper_export.export.exporter import sibling_directory, swap_in
+from whisper_export.export.siblings import remove_stale_siblings, sibling_directory, swap_in
 
 def staged_copy(bundle_dir: Path) -> Path:
     """A sibling directory holding bundle_dir's files (hard links, or copies where linking fails)."""
+    remove_stale_siblings(bundle_dir)
     staging = sibling_directory(bundle_dir, "build")
     try:
         for path in bundle_dir.iterdir():
@@ -34,6 +35,7 @@ def staged_copy(bundle_dir: Path) -> Path:
 
 def staging_target(out: Path) -> Path:
     """A free sibling name for a new bundle to be exported into (export_bundle creates it)."""
+    remove_stale_siblings(out)
     staging = sibling_directory(out, "build")
     staging.rmdir()
     return staging

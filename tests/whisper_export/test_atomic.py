@@ -103,3 +103,27 @@ def test_two_directories_exchange_names_in_one_step(tmp_path):
     assert (old / "manifest.json").read_text() == "new" and (new / "manifest.json").read_text() == "old"
     with pytest.raises(FileNotFoundError):
         exchange_paths(tmp_path / "missing", old)
+
+
+def test_directories_a_killed_run_left_beside_an_output_are_removed_and_live_ones_kept(tmp_path):
+    """sibling_directory names carry the host and the process: a later run removes those whose process is gone
+    (a killed export's half-written bundle), keeps a live process's and anything else beside the output."""
+    import subprocess
+    import sys
+
+    from whisper_export.export.siblings import _host, remove_stale_siblings, sibling_directory
+
+    out = tmp_path / "bundle"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".bundle.tmp-{_host()}-{dead_pid}-0123abcd"
+    nested = tmp_path / f"..bundle.build-{_host()}-{dead_pid}-0123abcd.tmp-{_host()}-{dead_pid}-4567abcd"
+    other_host = tmp_path / f".bundle.tmp-elsewhere-{dead_pid}-0123abcd"
+    live = sibling_directory(out, "build")  # this process's
+    unrelated = tmp_path / ".bundle.notes"
+    for path in (stale, nested, other_host, unrelated):
+        path.mkdir()
+    (stale / "encoder.onnx").write_bytes(b"half")
+    assert sorted(p.name for p in remove_stale_siblings(out)) == sorted([stale.name, nested.name])
+    assert not stale.exists() and not nested.exists()
+    assert other_host.is_dir() and live.is_dir() and unrelated.is_dir()

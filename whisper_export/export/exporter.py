@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -15,8 +14,8 @@ from pathlib import Path
 import onnx
 
 from whisper_export import __version__, graph_io
-from whisper_export.atomic import exchange_paths
 from whisper_export.bundle import BUNDLE_FORMAT, MANIFEST, is_bundle_directory, write_manifest
+from whisper_export.export.siblings import remove_stale_siblings, sibling_directory, swap_in
 from whisper_export.export.graphs import (
     cache_reorder_graph,
     decoder_graph,
@@ -153,40 +152,6 @@ def check_destination(out_dir: str | Path, overwrite: bool) -> None:
         raise ExportError(f"output {str(out_dir)!r}: directory {str(parent)!r} is not writable")
 
 
-def sibling_directory(out_dir: Path, kind: str) -> Path:
-    """A new empty directory beside out_dir, made with mode 0o777 so that the umask gives it ordinary
-    permissions (tempfile.mkdtemp's 0o700 would stay on the bundle after the rename)."""
-    for _ in range(100):
-        path = out_dir.parent / f".{out_dir.name}.{kind}-{secrets.token_hex(4)}"
-        try:
-            path.mkdir(0o777)
-            return path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"{out_dir.parent}: no free name for a temporary directory")
-
-
-def swap_in(new: Path, out_dir: Path) -> None:
-    """Rename the finished bundle to out_dir. An old bundle there is exchanged with it in one atomic step where
-    the system can (Linux), so out_dir always holds one of the two, then deleted; elsewhere it is moved aside
-    first and deleted only once the new one is in place (put back if that rename fails)."""
-    if not out_dir.exists():
-        new.rename(out_dir)
-        return
-    if exchange_paths(new, out_dir):
-        shutil.rmtree(new, ignore_errors=True)  # the old bundle, now under the temporary name
-        return
-    trash = sibling_directory(out_dir, "old")
-    out_dir.rename(trash / "old")
-    try:
-        new.rename(out_dir)
-    except BaseException:
-        (trash / "old").rename(out_dir)
-        trash.rmdir()
-        raise
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -205,6 +170,8 @@ def export_bundle(
     config = bundle_config(ckpt, options)
     dtype = graph_io.PRECISIONS[options.precision]
     metadata = {graph_io.METADATA_KEY: json.dumps(config, sort_keys=True)}
+    for stale in remove_stale_siblings(out_dir):
+        progress(f"[export] removed {stale.name}, left beside the output by a run that was killed")
     try:
         tmp = sibling_directory(out_dir, "tmp")
     except OSError as e:
