@@ -59,7 +59,7 @@ class AudioHeader:
     @property
     def source(self) -> Path:
         """What the decoders open: the file itself, or the temporary copy of a pipe."""
-        return Path(self.spool.name) if self.spool is not None else self.path
+        return _source(self.path, self.spool)
 
     @property
     def duration(self) -> float | None:
@@ -81,8 +81,8 @@ def probe(path: str | os.PathLike[str], *, pipes: bool = True) -> AudioHeader:
                          "or any format ffmpeg decodes)")
     if stat.S_ISFIFO(mode) and not pipes:
         raise AudioError(f"received {str(path)!r}, a named pipe, expected a regular audio file")
-    spool = _spooled(path)
-    source = Path(spool.name) if spool is not None else path
+    spool = _spooled(path, mode)
+    source = _source(path, spool)
     try:
         with open(source, "rb") as f:
             head = f.read(512)
@@ -99,13 +99,13 @@ def probe(path: str | os.PathLike[str], *, pipes: bool = True) -> AudioHeader:
     return header
 
 
-def _spooled(path: Path) -> Any:
-    """None for a regular file; for a pipe, a temporary file holding all its bytes (MAX_PIPE_BYTES at most).
-    Devices and sockets are refused."""
-    try:
-        mode = path.stat().st_mode
-    except OSError as e:
-        raise AudioError(f"cannot read {str(path)!r}: {e.strerror}") from None
+def _source(path: Path, spool: Any) -> Path:
+    return Path(spool.name) if spool is not None else path
+
+
+def _spooled(path: Path, mode: int) -> Any:
+    """None for a regular file (mode: its st_mode); for a pipe, a temporary file holding all its bytes
+    (MAX_PIPE_BYTES at most). Devices and sockets are refused."""
     if stat.S_ISREG(mode):
         return None
     if not stat.S_ISFIFO(mode):
@@ -184,8 +184,8 @@ def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str, spool: Any = None) -
             raise AudioError(f"cannot read {str(path)!r}: it looks like {known}, which libsndfile does not decode "
                              f"(it said: {libsndfile}), and the ffmpeg executable is not on PATH; {FFMPEG_INSTALL}")
         raise AudioError(f"cannot read {str(path)!r}: {libsndfile} (libsndfile); expected {SOUNDFILE_FORMATS}")
-    source = Path(spool.name) if spool is not None else path
-    result = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(source)], capture_output=True, check=False)
+    result = subprocess.run([ffmpeg, "-hide_banner", "-nostdin", "-i", str(_source(path, spool))], capture_output=True,
+                            check=False)
     text = result.stderr.decode(errors="replace")
     if not re.search(r"Stream #\S+.*: Audio:", text):
         lines = text.strip().splitlines()
