@@ -6,6 +6,7 @@ Registered by cli.py as ``app.command("build")(build)``; the typer annotations l
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from enum import Enum
 from pathlib import Path
@@ -33,7 +34,8 @@ class HardwareCompat(str, Enum):
 
 
 def _err(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, whatever the message holds (TensorRT's and torch's run over several)."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _progress(message: str) -> None:
@@ -110,7 +112,7 @@ def _staged_build(out: Path, ckpt: Any, precision: str, options: Any, unavailabl
     except _Failed as failure:
         keep = ckpt is not None and (not replacing or failure.code == EXIT_NO_TENSORRT)
         _settle(staging, out, keep_new=keep, may_replace=may_replace)
-        _err(f"{failure.message}; {_state_after(out, keep)}")
+        _err(f"{failure}; {_state_after(out, keep)}")
         raise typer.Exit(failure.code) from None
     except BaseException:
         _settle(staging, out, keep_new=False, may_replace=may_replace)
@@ -121,7 +123,7 @@ def _staged_build(out: Path, ckpt: Any, precision: str, options: Any, unavailabl
 class _Failed(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
-        self.code, self.message = code, " ".join(message.split())  # one line, whatever TensorRT printed
+        self.code = code
 
 
 def _stage(out: Path, ckpt: Any, precision: str) -> Path:
@@ -141,17 +143,17 @@ def _stage(out: Path, ckpt: Any, precision: str) -> Path:
 
 def _settle(staging: Path, out: Path, keep_new: bool, may_replace: bool) -> None:
     """The staged bundle swapped in as --out (--out checked again: it may have changed meanwhile), or removed."""
-    from engines.staging import discard, finish
     from whisper_export.export.exporter import ExportError, check_destination
+    from whisper_export.export.siblings import swap_in
 
     if not keep_new:
-        discard(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         return
     try:
         check_destination(out, may_replace)
-        finish(staging, out)
+        swap_in(staging, out)
     except (ExportError, OSError) as e:
-        discard(staging)
+        shutil.rmtree(staging, ignore_errors=True)
         _refuse_destination(e, out)
 
 
@@ -192,7 +194,7 @@ def _load_model(model: str | None, out: Path | None, overwrite: bool, precision:
         _progress(f"[build] loading {model or 'tiny.en'}")
         ckpt = load_checkpoint(model)
     except (ValueError, FileNotFoundError, PermissionError) as e:
-        _err(" ".join(str(e).split()))
+        _err(str(e))
         raise typer.Exit(EXIT_USAGE) from None
     if out is None:
         out = Path(f"bundle-{re.sub(r'[^A-Za-z0-9._-]+', '_', ckpt.name)}-{precision}")
@@ -244,7 +246,7 @@ def _export(ckpt: Any, out: Path, precision: str, overwrite: bool, shown: Path |
     except ExportError as e:
         _refuse_destination(e, shown or out)
     except Exception as e:
-        _err(f"export failed: {' '.join(str(e).split())}")
+        _err(f"export failed: {e}")
         raise typer.Exit(EXIT_FAILED) from None
 
 

@@ -13,7 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from whisper_export.export.siblings import remove_stale_siblings, sibling_directory, swap_in
+from whisper_export.export.siblings import remove_stale_siblings, sibling_directory
+
 
 def staged_copy(bundle_dir: Path) -> Path:
     """A sibling directory holding bundle_dir's files (hard links, or copies where linking fails)."""
@@ -39,12 +40,3 @@ def staging_target(out: Path) -> Path:
     staging = sibling_directory(out, "build")
     staging.rmdir()
     return staging
-
-
-def finish(staging: Path, out: Path) -> None:
-    """The staged bundle becomes --out (an old one there is replaced in one step where the system can)."""
-    swap_in(staging, out)
-
-
-def discard(staging: Path) -> None:
-    shutil.rmtree(staging, ignore_errors=True)

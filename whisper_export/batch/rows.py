@@ -65,8 +65,8 @@ def inspect_input(path: str, max_duration: float | None) -> dict[str, Any]:
 
 def transcribe_rows(runtime: Any, decoded: Sequence[dict[str, Any]], options: dict[str, Any],
                     words: bool) -> list[dict[str, Any]]:
-    """Rows for decoded or inspected inputs (decode_input's / inspect_input's dicts), in their order. options: runtime keyword options
-    (checked already: an option error here is every file's, so it is raised, not written)."""
+    """Rows for decoded or inspected inputs (decode_input's / inspect_input's dicts), in their order. options:
+    runtime keyword options (checked already: an option error here is every file's, so it is raised, not written)."""
     rows: list[dict[str, Any] | None] = [None] * len(decoded)
     audios: list[Any] = []
     durations, where = [], []

@@ -54,8 +54,9 @@ def _read(part: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def _unreadable(part: Path, error: Exception) -> ValueError:
-    return ValueError(f"--out: received {str(part)!r}, which is not readable Parquet ({' '.join(str(error).split())}); "
-                      "expected only this command's part files there (move it away)")
+    reason = " ".join(str(error).split())
+    return ValueError(f"--out: received {str(part)!r}, which is not readable Parquet ({reason}); expected only this "
+                      "command's part files there (move it away)")
 
 
 class PartStore:

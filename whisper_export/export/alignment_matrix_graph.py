@@ -110,7 +110,8 @@ def _median_filtered(g: _Graph, x: str, frames: str) -> str:
 
 def alignment_matrix_graph() -> onnx.ModelProto:
     g = _Graph()
-    qk = helper.make_tensor_value_info(io.IN_ALIGNMENT_QK, TensorProto.FLOAT, ["rows", "n_heads", "n_tokens", "n_frames"])
+    qk = helper.make_tensor_value_info(io.IN_ALIGNMENT_QK, TensorProto.FLOAT,
+                                       ["rows", "n_heads", "n_tokens", "n_frames"])
     lengths = helper.make_tensor_value_info(io.IN_LENGTHS, TensorProto.INT64, ["rows"])
     frames = helper.make_tensor_value_info(io.IN_FRAMES, TensorProto.INT64, ["rows"])
     filtered = _median_filtered(g, _normalised(g, io.IN_ALIGNMENT_QK, io.IN_LENGTHS, io.IN_FRAMES), io.IN_FRAMES)
