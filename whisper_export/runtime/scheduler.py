@@ -109,10 +109,10 @@ class Scheduler:
     # -- admission: encode, then the prompt step ---------------------------------------------------------
 
     def _admit(self) -> None:
-        admitted: dict[int, list[Window]] = {}
         live = sum(len(pool.live()) for pool in self.pools.values())
         if self.whole_pool and live and not self._wave_due(live):
             return
+        admitted: dict[int, tuple[Pool, list[Window]]] = {}
         while self.queue and live < self.max_windows:
             window = self.queue.popleft()
             try:
@@ -120,13 +120,18 @@ class Scheduler:
             except Exception as error:  # noqa: BLE001 - a window the backend cannot hold fails alone
                 window.failed(window, error)
                 continue
-            if None not in pool.windows:  # a pool the backend's row limit keeps smaller: the window waits
+            _, windows = admitted.setdefault(id(pool), (pool, []))
+            if pool.windows.count(None) == len(windows):  # a pool the backend's row limit keeps smaller: it waits
                 self.queue.appendleft(window)
                 break
-            pool.take(window)
-            admitted.setdefault(id(pool), []).append(window)
+            windows.append(window)
             live += 1
-        for windows in admitted.values():
+        for pool, windows in admitted.values():
+            if not windows:
+                continue
+            # windows with one prompt layout take neighbouring free slots: one prompt call per run of them
+            for window in sorted(windows, key=_layout):
+                pool.take(window)
             self._guarded(windows, lambda ws=windows: self._start(ws))
 
     def _wave_due(self, live: int) -> bool:
@@ -219,13 +224,16 @@ def _prompt_runs(windows: list[Window]) -> list[list[Window]]:
     runs: list[list[Window]] = []
     for window in sorted(windows, key=lambda w: w.slot):
         last = runs[-1][-1] if runs else None
-        if (last is not None and last.slot + 1 == window.slot
-                and last.decode.prompt().shape[1] == window.decode.prompt().shape[1]
-                and last.decode.prompt_positions == window.decode.prompt_positions):
+        if last is not None and last.slot + 1 == window.slot and _layout(last) == _layout(window):
             runs[-1].append(window)
         else:
             runs.append([window])
     return runs
+
+
+def _layout(window: Window) -> tuple:
+    """What windows must share to be prompted in one call: the prompt's length and the positions read."""
+    return window.decode.prompt().shape[1], window.decode.prompt_positions
 
 
 def _rows(result: StepResult, at: slice) -> StepResult:

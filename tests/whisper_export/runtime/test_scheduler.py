@@ -182,3 +182,45 @@ def test_a_backend_that_steps_whole_pools_admits_in_waves(tiny_bundle, english_c
     assert sizes[0] == (4, len(mels) - 4)
     assert sum(n for n, _ in sizes) == len(mels)
     assert all(n >= min(2, n + waiting) for n, waiting in sizes[1:]), sizes
+
+
+def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_clips):
+    """Windows admitted together take neighbouring slots by prompt layout, whatever their order in the queue: four
+    windows alternating between two previous texts are prompted in two calls, not four, and each gives the tokens
+    it gives alone."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mels = log_mel_batch(english_clips[:4])
+    options = DecodingOptions(without_timestamps=True)
+    texts = [None, "Hello there.", None, "Hello there."]
+
+    with OnnxRuntimeBackend(bundle) as backend:
+        def decode_all(max_windows: int, prompt_rows: list[int]) -> dict[int, list[int]]:
+            tokens: dict[int, list[int]] = {}
+            scheduler = Scheduler(backend, max_windows)
+            for i, mel in enumerate(mels):
+                scheduler.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en", texts[i]),
+                                        lambda w: tokens.__setitem__(w.tag, w.decode.result().tokens),
+                                        lambda w, e: None, tag=i))
+            step = backend.step
+
+            def recording_step(request, cache, cross):
+                if request.pick.kind == "logits" and request.tokens.shape[1] > 1:
+                    prompt_rows.append(request.rows)
+                return step(request, cache, cross)
+
+            backend.step = recording_step
+            try:
+                scheduler.run()
+            finally:
+                del backend.step
+            return tokens
+
+        alone_calls: list[int] = []
+        alone = decode_all(1, alone_calls)
+        together_calls: list[int] = []
+        assert decode_all(4, together_calls) == alone
+    assert alone_calls == [1, 1, 1, 1]
+    assert together_calls == [2, 2]
