@@ -299,6 +299,8 @@ def pool(rows: list[dict]) -> dict:
             "flip_margins": sorted(m for r in rows for m in r["flip_margins"])}
 
 
+DECODER_LAYERS = ("dec.self", "dec.cross.qo", "dec.mlp", "dec.mlp.out")  # the decoder blocks' Linear modules
+
 SCHEMES = {
     "all": Scheme(),
     **{f"only {g}": Scheme(groups=(g,)) for g in GROUPS},
@@ -315,6 +317,11 @@ SCHEMES = {
     "weights block128": Scheme(weights="block128"),
     "block32 w+acts (nbits level 4)": Scheme(weights="block32", acts="blocks32"),
     "mlp.2 above GELU floor": Scheme(act_override={"enc.mlp.out": "above_floor", "dec.mlp.out": "above_floor"}),
+    "dec float acts": Scheme(act_override={"enc.mlp.out": "rows_asym", **{g: "float" for g in DECODER_LAYERS}}),
+    "dec+logits float acts": Scheme(act_override={"enc.mlp.out": "rows_asym",
+                                                  **{g: "float" for g in (*DECODER_LAYERS, "logits")}}),
+    "dec+logits+cross.kv float acts": Scheme(act_override={
+        "enc.mlp.out": "rows_asym", **{g: "float" for g in (*DECODER_LAYERS, "logits", "cross.kv")}}),
     "smooth gamma": Scheme(smooth="gamma"),
     "smooth calib": Scheme(smooth="calib"),
     "smooth gamma + mlp.2 asym": Scheme(smooth="gamma", act_override={"enc.mlp.out": "rows_asym",
