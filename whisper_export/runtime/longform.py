@@ -91,11 +91,14 @@ class LongFormJob:
         return not self.clips
 
     def _enter_clip(self) -> None:
-        """openai-whisper's clip rule: a seek past its clip's end moves on to the next clip's start."""
-        while self.clips and self.seek >= self.clips[0][1]:
+        """openai-whisper's clip rule: a seek past its clip's end moves on to the next clip's start. A clip whose
+        start lies at or past its end (ends are cut to the audio) is passed over too."""
+        while self.clips:
+            start, end = self.clips[0]
+            self.seek = max(self.seek, start)
+            if self.seek < end:
+                return
             self.clips.pop(0)
-        if self.clips:
-            self.seek = max(self.seek, self.clips[0][0])
 
     def prompt(self) -> list[int]:
         if self.carry_initial_prompt:  # openai-whisper's: the initial prompt, then the latest text that fits
