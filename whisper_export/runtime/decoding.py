@@ -103,7 +103,9 @@ class WindowDecode:
         initial = initial_tokens(tokenizer, o, language, prompt, self.n_ctx, self.sample_len)
         self.sample_begin = len(initial)
         self.sot_index = initial.index(special.sot)
-        self.limit = min(self.n_ctx, self.sample_begin + self.sample_len)  # tokens a row may hold
+        # tokens a row may hold: openai-whisper stops once a row holds more than n_ctx, so the last sampled token
+        # (never fed back) may be the (n_ctx + 1)-th
+        self.limit = min(self.n_ctx + 1, self.sample_begin + self.sample_len)
         self.eot = special.eot
 
         self.logit_filters: list[LogitFilter] = []
