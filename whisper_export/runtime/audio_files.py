@@ -200,8 +200,9 @@ def _probe_ffmpeg(path: Path, head: bytes, libsndfile: str, spool: Any = None) -
 
 
 def pcm_blocks(header: AudioHeader, max_samples: int | None = None) -> Iterator[np.ndarray]:
-    """16 kHz mono float32 blocks of the file, in order; AudioError past max_samples (a header that lied) or
-    for NaN/inf samples. Close the iterator to stop early (an ffmpeg process is then killed)."""
+    """16 kHz mono float32 blocks of the file in [-1, 1], in order; AudioError past max_samples (a header that
+    lied) or for NaN/inf samples. Close the iterator to stop early (an ffmpeg process is then killed). Float
+    samples beyond full scale are clipped, as openai-whisper's ffmpeg decoding to 16-bit integers does."""
     blocks = _soundfile_blocks(header) if header.decoder == "soundfile" else _ffmpeg_blocks(header)
     done = 0
     try:
@@ -209,6 +210,7 @@ def pcm_blocks(header: AudioHeader, max_samples: int | None = None) -> Iterator[
             if not np.isfinite(block).all():
                 raise AudioError(f"{str(header.path)!r}: received NaN or inf near {done / SAMPLE_RATE:.2f} s, "
                                  "expected finite samples")
+            np.clip(block, -1.0, 1.0, out=block)
             done += len(block)
             if max_samples is not None and done > max_samples:
                 raise AudioError(f"{str(header.path)!r}: received more than {max_samples / SAMPLE_RATE:g} s of "

@@ -164,6 +164,21 @@ def test_resamples_44k1_stereo_to_16k_mono(tmp_path: Path) -> None:
     assert np.abs(audio[1000:-1000]).max() == pytest.approx(0.25, abs=0.01)
 
 
+def test_float_samples_beyond_full_scale_are_clipped(tmp_path: Path) -> None:
+    """A float WAV may hold samples past +-1; openai-whisper's ffmpeg decodes to 16-bit integers, which saturate
+    there, so the samples are clipped to [-1, 1] (the rest unchanged), at 16 kHz and through the resampler."""
+    speech = load_audio(DATA_DIR / "en_fox.wav")
+    loud = speech * np.float32(4.0)
+    assert np.abs(loud).max() > 1.5
+    path = tmp_path / "loud.wav"
+    soundfile.write(path, loud, SAMPLE_RATE, subtype="FLOAT")
+    np.testing.assert_array_equal(load_audio(path), np.clip(loud, -1.0, 1.0))
+    resampled = tmp_path / "loud_48k.wav"
+    soundfile.write(resampled, np.repeat(loud, 3), 3 * SAMPLE_RATE, subtype="FLOAT")
+    audio = load_audio(resampled)
+    assert np.abs(audio).max() == 1.0 and (np.abs(audio) == 1.0).sum() > 100
+
+
 @needs_ffmpeg
 @pytest.mark.parametrize("suffix", [".mp3", ".m4a"])
 def test_compressed_formats_load(tmp_path: Path, suffix: str) -> None:
