@@ -138,6 +138,37 @@ def test_clip_timestamps_confine_the_windows_as_openai(openai_model, two_windows
     assert any(200 <= s["seek"] < 2700 for s in full["segments"])
 
 
+def test_clips_that_start_past_the_end_are_passed_over(two_windows, tiny_bundle, tmp_path):
+    """A clip starting after the audio's end (its end cut to the audio) holds no window: the clips before it are
+    transcribed as without it, and a list of such clips alone gives no segments (no error)."""
+    path, audio = two_windows
+    duration = len(audio) / SAMPLE_RATE
+    past = f"{duration + 5:.1f},{duration + 9:.1f}"
+    within = ours(tiny_bundle, path, tmp_path, "--clip-timestamps", "0,2,27,30", *GREEDY)
+    beyond = ours(tiny_bundle, path, tmp_path, "--clip-timestamps", f"0,2,27,30,{past}", *GREEDY)
+    assert within["segments"] and beyond["segments"] == within["segments"]
+    assert ours(tiny_bundle, path, tmp_path, "--clip-timestamps", past, *GREEDY)["segments"] == []
+
+
+def test_a_window_with_a_full_prompt_samples_as_many_tokens_as_openais(openai_model, fox, tiny_bundle, tmp_path):
+    """With the longest prompt (223 tokens) and <|endoftext|> suppressed, the window runs until the row holds
+    more than n_ctx tokens, as openai-whisper's loop does: the last sampled token is never fed back, so it is the
+    (n_ctx + 1)-th. Same tokens as openai-whisper's."""
+    path, audio = fox
+    tok = Bundle.open(tiny_bundle).tokenizer()
+    prompt = " ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * 30)
+    args = ("--initial-prompt", prompt, "--suppress-tokens", f"-1,{tok.special.eot}", "--without-timestamps")
+    result = ours(tiny_bundle, path, tmp_path, *args, *GREEDY)
+    expected = theirs(openai_model, audio, initial_prompt=prompt, suppress_tokens=f"-1,{tok.special.eot}",
+                      without_timestamps=True)
+    mine = [t for s in result["segments"] for t in s["tokens"]]
+    theirs_tokens = [t for s in expected["segments"] for t in s["tokens"]]
+    n_ctx = openai_model.dims.n_text_ctx
+    sample_begin = 1 + (n_ctx // 2 - 1) + 2  # <|startofprev|>, the prompt's last 223 tokens, <|sot|> <|notimestamps|>
+    assert mine == theirs_tokens
+    assert len(mine) == n_ctx + 1 - sample_begin
+
+
 BEAM = ("--beam-size", "5", "--without-timestamps", *NO_FALLBACK)
 
 
