@@ -5,7 +5,8 @@ waits in a queue until fewer than `max_windows` are being decoded, then takes a 
 keyed by WindowDecode.pick_key() (rows per window and what its later steps pick), each a cross K/V handle of
 `max_windows` slots and a self-attention cache of slots x group rows. Admitted windows are encoded into their
 slots (one encoder call per pool), their prompts run (one call per run of neighbouring slots whose prompts have
-one length), and from then on each pool's windows step together: one request over the pool's rows, whatever
+one length; on a backend whose calls cost their launches, not their tokens, one call per run of neighbouring
+slots, shorter prompts padded at their end), and from then on each pool's windows step together: one request over the pool's rows, whatever
 step each window is at (per-row offsets), free slots stepped with dummy tokens and ignored. A window that
 finishes frees its slot at once, after its callback has run (which may queue the audio's next window, or the
 same window at a higher temperature); the next waiting window takes the slot at the next tick.
@@ -78,6 +79,8 @@ class Scheduler:
         # a CUDA backend replays one captured graph per pool: it steps every row of a pool, free ones too
         self.whole_pool = bool(getattr(backend, "steps_whole_pool", False))
         self.busy_steps = BUSY_STREAM_STEPS if getattr(backend, "streams_greedy", False) else 1
+        # where a call costs its launches (a GPU at these sizes), prompts of different lengths share one call
+        self.pads_prompts = bool(getattr(backend, "pads_prompts", False))
 
     def submit(self, window: Window) -> None:
         self.queue.append(window)
@@ -160,17 +163,24 @@ class Scheduler:
         pool = windows[0].pool
         assert pool is not None
         self.backend.encode(np.stack([w.mel for w in windows]), into=pool.cross, slots=[w.slot for w in windows])
-        for run in _prompt_runs(windows):
+        for run in _prompt_runs(windows, _slot_run if self.pads_prompts else _layout):
             self._prompt(pool, run)
 
     def _prompt(self, pool: Pool, run: list[Window]) -> None:
+        """One prompt call for a run of neighbouring slots. Prompts shorter than the longest are padded at their
+        end (with their last token): causal attention keeps a row's own tokens from seeing its padding, and
+        the padding's cache positions lie past the row's offset, hidden by the mask until its steps overwrite
+        them. Logits come back at every position some window reads; each window takes its own."""
         g = pool.group
-        tokens = np.concatenate([w.decode.prompt() for w in run])
+        width = max(w.decode.prompt().shape[1] for w in run)
+        tokens = np.concatenate([_padded(w.decode.prompt(), width) for w in run])  # (len(run) * g, width)
+        positions = sorted({p for w in run for p in w.decode.prompt_positions})
         request = StepRequest(tokens, np.zeros(len(tokens), np.int64), run[0].slot * g, g,
-                              positions=np.asarray(run[0].decode.prompt_positions, np.int64))
-        logits = self.backend.step(request, pool.cache, pool.cross).logits
+                              positions=np.asarray(positions, np.int64))
+        logits = self.backend.step(request, pool.cache, pool.cross).logits  # (len(run) * g, len(positions), V)
         for i, window in enumerate(run):
-            window.decode.take_prompt(logits[i * g : (i + 1) * g])
+            read = [positions.index(p) for p in window.decode.prompt_positions]
+            window.decode.take_prompt(logits[i * g : (i + 1) * g, read])
         self._retire(pool)
 
     # -- the step of a pool -------------------------------------------------------------------------------
@@ -219,12 +229,13 @@ class Scheduler:
                     window.failed(window, error)
 
 
-def _prompt_runs(windows: list[Window]) -> list[list[Window]]:
-    """The admitted windows in runs of neighbouring slots whose prompts have one length and layout."""
+def _prompt_runs(windows: list[Window], key: Callable[[Window], Any]) -> list[list[Window]]:
+    """The admitted windows in runs of neighbouring slots of one key (_layout: one prompt length and layout;
+    _slot_run: any prompts, padded)."""
     runs: list[list[Window]] = []
     for window in sorted(windows, key=lambda w: w.slot):
         last = runs[-1][-1] if runs else None
-        if last is not None and last.slot + 1 == window.slot and _layout(last) == _layout(window):
+        if last is not None and last.slot + 1 == window.slot and key(last) == key(window):
             runs[-1].append(window)
         else:
             runs.append([window])
@@ -234,6 +245,16 @@ def _prompt_runs(windows: list[Window]) -> list[list[Window]]:
 def _layout(window: Window) -> tuple:
     """What windows must share to be prompted in one call: the prompt's length and the positions read."""
     return window.decode.prompt().shape[1], window.decode.prompt_positions
+
+
+def _slot_run(window: Window) -> None:
+    """Padded prompts: every neighbouring slot joins the run."""
+    return None
+
+
+def _padded(prompt: np.ndarray, width: int) -> np.ndarray:
+    """prompt (G, n) with its last token repeated to (G, width)."""
+    return np.pad(prompt, ((0, 0), (0, width - prompt.shape[1])), mode="edge")
 
 
 def _rows(result: StepResult, at: slice) -> StepResult:

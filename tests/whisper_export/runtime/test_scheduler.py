@@ -187,7 +187,7 @@ def test_a_backend_that_steps_whole_pools_admits_in_waves(tiny_bundle, english_c
 def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_clips):
     """Windows admitted together take neighbouring slots by prompt layout, whatever their order in the queue: four
     windows alternating between two previous texts are prompted in two calls, not four, and each gives the tokens
-    it gives alone."""
+    it gives alone; on a backend that pads prompts (the CUDA one), in one call of the longest prompt's width."""
     from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
 
     bundle = Bundle.open(tiny_bundle)
@@ -208,7 +208,7 @@ def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_c
 
             def recording_step(request, cache, cross):
                 if request.pick.kind == "logits" and request.tokens.shape[1] > 1:
-                    prompt_rows.append(request.rows)
+                    prompt_rows.append(request.rows if not backend.pads_prompts else request.tokens.shape)
                 return step(request, cache, cross)
 
             backend.step = recording_step
@@ -218,9 +218,16 @@ def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_c
                 del backend.step
             return tokens
 
+        backend.pads_prompts = False
         alone_calls: list[int] = []
         alone = decode_all(1, alone_calls)
         together_calls: list[int] = []
         assert decode_all(4, together_calls) == alone
+        # where calls cost their launches, the two prompt lengths share one call, the shorter padded
+        backend.pads_prompts = True
+        padded_calls: list = []
+        assert decode_all(4, padded_calls) == alone
+        longest = WindowDecode(tokenizer, backend.dims, options, "en", texts[1]).prompt().shape[1]
     assert alone_calls == [1, 1, 1, 1]
     assert together_calls == [2, 2]
+    assert padded_calls == [(4, longest)]
