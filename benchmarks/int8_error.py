@@ -300,6 +300,13 @@ def pool(rows: list[dict]) -> dict:
 
 
 DECODER_LAYERS = ("dec.self", "dec.cross.qo", "dec.mlp", "dec.mlp.out")  # the decoder blocks' Linear modules
+BUNDLE_ACTS = {"enc.mlp.out": "rows_asym", "dec.mlp.out": "rows_asym"}  # what export --int8 does after the GELUs
+
+
+def _float_acts(*groups: str) -> Scheme:
+    """The int8 bundle's scheme with float activations into the named groups (weight-only int8 there)."""
+    return Scheme(act_override={**BUNDLE_ACTS, **{g: "float" for g in groups}})
+
 
 SCHEMES = {
     "all": Scheme(),
@@ -311,21 +318,18 @@ SCHEMES = {
     "weights only (float acts)": Scheme(acts="float"),
     "acts asym": Scheme(acts="rows_asym"),
     "acts per tensor": Scheme(acts="tensor"),
-    "mlp.2 acts asym": Scheme(act_override={"enc.mlp.out": "rows_asym", "dec.mlp.out": "rows_asym"}),
+    "mlp.2 acts asym": Scheme(act_override=BUNDLE_ACTS),
     "weights block32": Scheme(weights="block32"),
     "weights block64": Scheme(weights="block64"),
     "weights block128": Scheme(weights="block128"),
     "block32 w+acts (nbits level 4)": Scheme(weights="block32", acts="blocks32"),
     "mlp.2 above GELU floor": Scheme(act_override={"enc.mlp.out": "above_floor", "dec.mlp.out": "above_floor"}),
-    "dec float acts": Scheme(act_override={"enc.mlp.out": "rows_asym", **{g: "float" for g in DECODER_LAYERS}}),
-    "dec+logits float acts": Scheme(act_override={"enc.mlp.out": "rows_asym",
-                                                  **{g: "float" for g in (*DECODER_LAYERS, "logits")}}),
-    "dec+logits+cross.kv float acts": Scheme(act_override={
-        "enc.mlp.out": "rows_asym", **{g: "float" for g in (*DECODER_LAYERS, "logits", "cross.kv")}}),
+    "dec float acts": _float_acts(*DECODER_LAYERS),
+    "dec+logits float acts": _float_acts(*DECODER_LAYERS, "logits"),
+    "dec+logits+cross.kv float acts": _float_acts(*DECODER_LAYERS, "logits", "cross.kv"),
     "smooth gamma": Scheme(smooth="gamma"),
     "smooth calib": Scheme(smooth="calib"),
-    "smooth gamma + mlp.2 asym": Scheme(smooth="gamma", act_override={"enc.mlp.out": "rows_asym",
-                                                                        "dec.mlp.out": "rows_asym"}),
+    "smooth gamma + mlp.2 asym": Scheme(smooth="gamma", act_override=BUNDLE_ACTS),
 }
 
 
