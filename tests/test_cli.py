@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import wave
+from pathlib import Path
 
 import pytest
 
@@ -59,6 +60,20 @@ def test_transcribe_default_model_gets_the_words_right(english_clips, clips, tmp
     again = run_cli("transcribe", english_clips[0], env_extra=env)
     assert again.returncode == 0 and "exporting" not in again.stderr
     assert again.stdout.strip() == lines[str(english_clips[0])]
+
+
+def test_an_unwritable_cache_exports_for_the_process_alone(english_clips, clips, tmp_path):
+    """A cache that cannot be written (here a path under a file, which stops root too; a read-only home in a
+    container) does not stop a transcription: the bundle goes to a temporary directory, removed at exit."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    res = run_cli("transcribe", english_clips[0], env_extra={"WHISPER_EXPORT_CACHE_DIR": str(blocker / "cache")})
+    assert res.returncode == 0, res.stderr
+    (line,) = [line for line in res.stderr.splitlines() if "cannot write the cache" in line]
+    assert str(blocker / "cache") in line and "Not a directory" in line, line
+    exported = Path(line.split("exporting into ")[1].split(" for this process")[0])
+    assert exported.name.startswith("tiny.en-fp32-") and not exported.parent.exists()  # removed at exit
+    assert word_error_rate(clips[english_clips[0].name]["text"], res.stdout.strip()) <= 0.25, res.stdout
 
 
 @pytest.fixture

@@ -3,9 +3,13 @@ user cache and reuses it, so the onnxruntime path never needs a manual export st
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from whisper_export import __version__, graph_io
@@ -42,6 +46,29 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _unwritable(directory: Path) -> str | None:
+    """None when bundles can be written into directory (made if absent); else why not."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
+_PROCESS_DIR: list[Path] = []
+
+
+def _process_dir() -> Path:
+    """A temporary directory for this process's bundles, removed when it exits."""
+    if not _PROCESS_DIR:
+        path = Path(tempfile.mkdtemp(prefix=f"whisper-export-bundles-{os.getpid()}-"))
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        _PROCESS_DIR.append(path)
+    return _PROCESS_DIR[0]
+
+
 def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, attention: str = "onnx") -> Path:
     """The cached bundle of model, exported now if absent (needs the ``export`` extra: torch, onnx)."""
     directory = cached_bundle_dir(model, precision, attention)
@@ -55,8 +82,15 @@ def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, 
             f"model {model or DEFAULT_MODEL!r}: exporting it needs the export extra ({e.name} is missing): "
             "pip install 'whisper-export[export]', or pass --bundle DIR of an exported bundle"
         ) from None
-    progress(f"[bundle] exporting {model or DEFAULT_MODEL} ({precision}, attention={attention}) once into {directory}")
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    reason = _unwritable(directory.parent)
+    if reason is not None:
+        # a read-only home (a container, a shared account) should not stop a transcription: the bundle is
+        # exported for this process alone and removed at its exit
+        cache, directory = directory.parent, _process_dir() / directory.name
+        progress(f"[bundle] cannot write the cache {cache} ({reason}); exporting into {directory} for this "
+                 "process only (set WHISPER_EXPORT_CACHE_DIR to a writable directory to keep it)")
+    else:
+        progress(f"[bundle] exporting {model or DEFAULT_MODEL} ({precision}, attention={attention}) once into {directory}")
     try:
         export_bundle(load_checkpoint(model), directory, ExportOptions(precision=precision, attention=attention),
                       progress)
