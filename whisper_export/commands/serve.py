@@ -35,6 +35,7 @@ from whisper_export.runtime.options import DEFAULT_TEMPERATURE_INCREMENT, Decodi
 from whisper_export.serve.settings import (
     DEFAULT_MAX_DURATION,
     DEFAULT_MAX_QUEUE,
+    DEFAULT_UPLOAD_TIMEOUT,
     DEFAULT_MAX_UPLOAD_MB,
     PER_REQUEST_FIELDS,
     ServeSettings,
@@ -59,6 +60,7 @@ def _explicit(
     max_upload_mb: Annotated[str, typer.Option("--max-upload-mb", metavar="FLOAT", help="largest upload in MB (10^6 bytes); larger: 413")] = f"{DEFAULT_MAX_UPLOAD_MB:g}",
     max_duration: Annotated[str, typer.Option("--max-duration", metavar="FLOAT", help="seconds of audio per request at most; longer: 400")] = f"{DEFAULT_MAX_DURATION:g}",
     max_queue: Annotated[str, typer.Option("--max-queue", metavar="INT", help="requests taken at once (decoding or waiting); more: 429 with Retry-After")] = str(DEFAULT_MAX_QUEUE),
+    upload_timeout: Annotated[str, typer.Option("--upload-timeout", metavar="FLOAT", help="seconds an upload may go without a byte arriving; then 408 and the connection closed")] = f"{DEFAULT_UPLOAD_TIMEOUT:g}",
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar=API_KEY_ENV, show_envvar=True, help="the key every /v1 request must send as 'Authorization: Bearer KEY' (401 otherwise); default: none needed")] = None,
     model_id: Annotated[Optional[str], typer.Option("--model-id", help="the model's name in /v1/models (default: the bundle directory's or the model's name); requests may name any model")] = None,
     temperature_increment_on_fallback: Annotated[Optional[str], typer.Option(
@@ -73,7 +75,8 @@ def _explicit(
 
 def serve(**params: Any) -> None:
     """Serve OpenAI's audio API (/v1/audio/transcriptions, /v1/audio/translations) with one model, requests
-    decoded together; SIGTERM stops taking requests, answers those taken and exits 0."""
+    decoded together; SIGTERM stops taking requests, answers those taken and exits 0 (a second Ctrl-C stops at
+    once: 503 for the requests in progress, exit 130)."""
     try:
         settings = _settings(params)
     except (ValueError, TypeError) as e:
@@ -98,7 +101,9 @@ def serve(**params: Any) -> None:
         except (ValueError, TypeError) as e:
             error(_as_flag(str(e)))
             raise typer.Exit(2)
-        run(runtime, settings, sock)
+        forced = run(runtime, settings, sock)
+    if forced:
+        raise typer.Exit(130)
 
 
 serve.__signature__ = command_signature(inspect.signature(_explicit, eval_str=True), OPTIONS)  # type: ignore[attr-defined]
@@ -156,6 +161,7 @@ def _settings(params: dict[str, Any]) -> ServeSettings:
         max_upload_mb=_number("--max-upload-mb", params["max_upload_mb"]),
         max_duration=_number("--max-duration", params["max_duration"]),
         max_queue=_number("--max-queue", params["max_queue"], int),
+        upload_timeout=_number("--upload-timeout", params["upload_timeout"]),
         api_key=params["api_key"], defaults=defaults,
         temperature_increment=_number("--temperature-increment-on-fallback",
                                       params["temperature_increment_on_fallback"], optional=True),
@@ -170,7 +176,7 @@ def _as_flag(message: str) -> str:
     return message
 
 
-_SETTING_FLAGS = {"host", "port", "replicas", "batch_size", "max_upload_mb", "max_duration", "max_queue", "api_key",
+_SETTING_FLAGS = {"host", "port", "replicas", "batch_size", "max_upload_mb", "max_duration", "max_queue", "upload_timeout", "api_key",
                   "model_id", "temperature_increment_on_fallback"}
 
 __all__ = ["serve", "OPTIONS"]

@@ -32,7 +32,14 @@ from whisper_export.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 from whisper_export.serve.params import request_params
 from whisper_export.serve.responses import render
 from whisper_export.serve.settings import ServeSettings
-from whisper_export.serve.uploads import FORM_OVERHEAD_BYTES, BodyTooLarge, LimitedReceive, decode_upload, too_large
+from whisper_export.serve.uploads import (
+    FORM_OVERHEAD_BYTES,
+    BodyTooLarge,
+    LimitedReceive,
+    UploadStalled,
+    decode_upload,
+    too_large,
+)
 
 # threads decoding uploads (file reads, resampling, ffmpeg) beside the service's decoding thread
 AUDIO_THREADS = 2
@@ -40,6 +47,8 @@ AUDIO_THREADS = 2
 DISCARD_SECONDS = 10.0
 # answered 499 (nginx's "client closed request") in the metrics: the client left before its answer
 CLIENT_GONE = 499
+# a body that stopped arriving (--upload-timeout): 408 Request Timeout, and the connection closed
+STALLED = 408
 
 
 class ClientGone(Exception):
@@ -63,7 +72,8 @@ class _Endpoints:
 
     async def _answer(self, request: Request, task: str, endpoint: str) -> Response:
         started, status, audio_seconds = time.perf_counter(), 500, 0.0
-        receive = LimitedReceive(request.receive, self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
+        receive = LimitedReceive(request.receive, self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES,
+                                 self.settings.upload_timeout)
         try:
             self._authorize(request)
             with self._admitted():
@@ -81,7 +91,7 @@ class _Endpoints:
             return render(result, params, audio_seconds)
         except APIError as e:
             status = e.status
-            if not receive.complete:  # a client still sending reads the answer only once its body is taken
+            if not receive.complete and e.status != STALLED:  # a client still sending reads the answer only once its body is taken
                 await _discard_body(receive, self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
             return e.response()
         except ClientGone:
@@ -126,6 +136,10 @@ class _Endpoints:
             return await Request(request.scope, receive).form(max_files=1, max_fields=64)
         except BodyTooLarge:
             raise too_large(self.settings.max_upload_mb, "a larger request") from None
+        except UploadStalled:
+            raise APIError(STALLED, f"received no bytes of the request body for {self.settings.upload_timeout:g} s, "
+                                    "expected the upload to keep arriving (the server's --upload-timeout)",
+                           code="upload_timeout", headers={"Connection": "close"}) from None
         except ClientDisconnect:
             raise ClientGone from None
         except HTTPException as e:  # starlette's multipart errors
@@ -159,8 +173,14 @@ class _Endpoints:
         try:
             await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
+            # the server is stopping at once (a second Ctrl-C; uvicorn then leaves requests to the loop's end,
+            # which cancels them): the client gets an answer in OpenAI's shape rather than a bare 500
             self._cancel(future)
-            raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            raise APIError(503, "the server was stopped before this request was answered (a second interrupt "
+                                "stops it at once)", code="shutting_down") from None
         finally:
             gone.cancel()
         if not waiting.done():
@@ -219,7 +239,12 @@ def create_app(service: TranscriptionService, settings: ServeSettings) -> FastAP
     async def lifespan(_app: FastAPI):
         try:
             yield
-        finally:
+        except asyncio.CancelledError:
+            # a forced stop (a second Ctrl-C): uvicorn skips the shutdown and the loop's end cancels this; what is
+            # pending is cancelled, not drained, and the stop is not reported as the app's failure
+            service.close(drain=False)
+            endpoints.audio_pool.shutdown(wait=False)
+        else:
             await asyncio.to_thread(service.close)
             endpoints.audio_pool.shutdown()
 

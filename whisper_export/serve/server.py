@@ -1,5 +1,7 @@
 """Run the app with uvicorn until SIGTERM or SIGINT: then it stops accepting connections, answers every request it
-took (uvicorn's graceful shutdown waits for them), closes the service and returns normally (exit status 0).
+took (uvicorn's graceful shutdown waits for them; an upload that stalls ends after --upload-timeout), closes the
+service and returns normally (exit status 0). A second SIGINT stops it at once: the requests in progress are
+answered 503 and the command exits 130.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ def uvicorn_server(runtime: Any, settings: ServeSettings, log_level: str = "info
     return uvicorn.Server(config)
 
 
-def serve(runtime: Any, settings: ServeSettings, sock: socket.socket) -> None:
-    """Serve on sock until SIGTERM/SIGINT, then drain and return. uvicorn raises the signal again once it has
-    stopped (for a default handler to end the process); a handler that only asks the server to stop makes the
-    stop a normal return (and covers a signal that comes before uvicorn installs its own)."""
+def serve(runtime: Any, settings: ServeSettings, sock: socket.socket) -> bool:
+    """Serve on sock until SIGTERM/SIGINT, then drain and return False; True when a second SIGINT stopped it at
+    once (requests in progress answered 503, the service closed without draining). uvicorn raises the signal
+    again once it has stopped (for a default handler to end the process); a handler that only asks the server
+    to stop makes the stop a normal return (and covers a signal that comes before uvicorn installs its own)."""
     server = uvicorn_server(runtime, settings)
 
     def stop(*_: Any) -> None:
@@ -62,4 +65,9 @@ def serve(runtime: Any, settings: ServeSettings, sock: socket.socket) -> None:
           f"max queue {settings.max_queue}{', API key required' if settings.api_key else ''})",
           file=sys.stderr, flush=True)
     server.run(sockets=[sock])
+    if server.force_exit:  # the app's lifespan cancelled what was pending (app.py)
+        print("[serve] stopped at once (a second interrupt): requests in progress were answered 503",
+              file=sys.stderr, flush=True)
+        return True
     print("[serve] stopped", file=sys.stderr, flush=True)
+    return False

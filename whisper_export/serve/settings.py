@@ -15,6 +15,9 @@ DEFAULT_MAX_UPLOAD_MB = 25.0
 DEFAULT_MAX_DURATION = 3600.0
 # requests admitted (upload being decoded, or waiting for or in the batcher) at most; more get 429
 DEFAULT_MAX_QUEUE = 64
+# seconds a request's body may go without a byte arriving (nginx's client_body_timeout has the same sense): an
+# admitted upload holds a place of --max-queue, so a client that stalls must not hold it, or stop a shutdown
+DEFAULT_UPLOAD_TIMEOUT = 30.0
 # fields a request sets itself (task: the endpoint; language, prompt, temperature: form fields; word timestamps:
 # timestamp_granularities[]) or the server sets for all (batch_size, max_duration): never server-wide defaults
 PER_REQUEST_FIELDS = frozenset({"task", "language", "initial_prompt", "temperature", "word_timestamps",
@@ -32,7 +35,8 @@ def _positive(name: str, value: Any, kind: type = float) -> None:
 class ServeSettings:
     """host/port: where to listen (port 0: any free port); batch_size: windows decoded together;
     max_upload_mb: largest upload (413 beyond); max_duration: seconds of audio per request (400 beyond);
-    max_queue: requests admitted at once (429 beyond); api_key: None (open) or the Bearer key every /v1 request
+    max_queue: requests admitted at once (429 beyond); upload_timeout: seconds an upload may go without a byte
+    (408 beyond); api_key: None (open) or the Bearer key every /v1 request
     must carry (401 otherwise); model_id: the name /v1/models lists; defaults: DecodingOptions and
     TranscribeOptions keywords every request starts from (the fields a request sets itself excluded);
     temperature_increment: a request's `temperature` t becomes the fallback schedule t, t + increment, ... 1.0
@@ -45,6 +49,7 @@ class ServeSettings:
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_duration: float = DEFAULT_MAX_DURATION
     max_queue: int = DEFAULT_MAX_QUEUE
+    upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT
     api_key: str | None = field(default=None, repr=False)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     temperature_increment: float | None = DEFAULT_TEMPERATURE_INCREMENT
@@ -63,6 +68,7 @@ class ServeSettings:
         _positive("max_upload_mb", self.max_upload_mb)
         _positive("max_duration", self.max_duration)
         _positive("max_queue", self.max_queue, int)
+        _positive("upload_timeout", self.upload_timeout)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             raise ValueError("api_key: received an empty key, expected a non-empty string or none at all")
         if self.temperature_increment is not None:

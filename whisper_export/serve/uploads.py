@@ -8,6 +8,7 @@ block at a time and stopped as soon as it runs past the limit (a header may unde
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -35,16 +36,24 @@ def too_large(max_upload_mb: float, received: str) -> APIError:
                          "--max-upload-mb)", param="file", code="file_too_large")
 
 
+class UploadStalled(Exception):
+    """No part of the request body arrived for the idle timeout."""
+
+
 class LimitedReceive:
     """An ASGI receive() raising BodyTooLarge once the body passes limit bytes (a chunked upload has no length to
-    check up front); `complete` tells whether the body's last message was read."""
+    check up front) and UploadStalled when nothing arrives for idle_timeout seconds; `complete` tells whether the
+    body's last message was read."""
 
-    def __init__(self, receive: Receive, limit: int):
-        self.receive, self.limit = receive, limit
+    def __init__(self, receive: Receive, limit: int, idle_timeout: float):
+        self.receive, self.limit, self.idle_timeout = receive, limit, idle_timeout
         self.seen, self.complete = 0, False
 
     async def __call__(self) -> dict[str, Any]:
-        message = await self.receive()
+        try:
+            message = await asyncio.wait_for(self.receive(), self.idle_timeout)
+        except asyncio.TimeoutError:
+            raise UploadStalled(f"no bytes for {self.idle_timeout:g} s") from None
         if message["type"] == "http.request":
             self.seen += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)

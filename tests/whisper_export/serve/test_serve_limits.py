@@ -5,6 +5,7 @@ cancelled."""
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 
@@ -122,3 +123,36 @@ def test_a_client_that_disconnects_has_its_transcription_cancelled(runtime, long
                  and metric(url, "whisper_export_batch_windows") == 0, timeout=30, what="the batcher to empty")
         good = clips["en_fox.wav"]["path"].read_bytes()
         assert "lazy dog" in ask(url, good, key="x").text.lower()
+
+
+def _raw_request(url: str, path, cut: float) -> tuple[str, int, bytes]:
+    """(host, port, the first `cut` of a whole multipart request for the audio at path, as bytes)."""
+    request = httpx.Request("POST", url + "/v1/audio/transcriptions", files={"file": ("clip.wav", path.read_bytes())},
+                            data={"model": "whisper-1"})
+    host, port = url.removeprefix("http://").split(":")
+    raw = b"".join([f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\n".encode(),
+                    *(f"{k}: {v}\r\n".encode() for k, v in request.headers.items() if k != "host"),
+                    b"\r\n", request.read()])
+    return host, int(port), raw[: int(len(raw) * cut)]
+
+
+def test_an_upload_that_stalls_is_answered_408_and_gives_its_place_back(runtime, clips):
+    """A client that sends half its body and stops holds a place of --max-queue only until --upload-timeout:
+    then it reads a 408 in OpenAI's shape and the connection closes; the place is free again."""
+    clip = clips["en_fox.wav"]["path"]
+    with running(runtime, max_queue=1, upload_timeout=1.0) as url:
+        host, port, half = _raw_request(url, clip, 0.5)
+        with socket.create_connection((host, port)) as stalled:
+            stalled.sendall(half)
+            wait_for(lambda: metric(url, "whisper_export_requests_in_flight") == 1, what="the stalled upload taken")
+            with pytest.raises(openai.RateLimitError):  # its place is held while it may still arrive
+                ask(url, clip.read_bytes(), key="x")
+            stalled.settimeout(30)
+            answer = b""
+            while chunk := stalled.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), head
+        assert json.loads(body)["error"]["code"] == "upload_timeout"
+        assert metric(url, "whisper_export_requests_total", status="408") == 1
+        assert "lazy dog" in ask(url, clip.read_bytes(), key="x").text.lower()

@@ -86,6 +86,33 @@ def test_serve_answers_as_the_cli_and_drains_on_sigterm(tiny_bundle, clips, medi
     assert "Traceback" not in "".join(lines)
 
 
+def test_a_second_interrupt_stops_at_once_with_503s_and_exit_130(tiny_bundle, long_wav):
+    """Ctrl-C drains; Ctrl-C again stops now: the request in progress reads a 503 in OpenAI's shape (not a bare
+    500), nothing is printed as a failure, and the exit status says it was interrupted."""
+    process, url, lines = _start("--bundle", str(tiny_bundle), "--threads", "1")
+    answer: dict = {}
+
+    def long_request() -> None:
+        response = httpx.post(url + "/v1/audio/transcriptions", files={"file": ("long.wav", long_wav.read_bytes())},
+                              data={"model": "whisper-1"}, timeout=300)
+        answer.update(status=response.status_code, body=response.json())
+
+    request = threading.Thread(target=long_request)
+    try:
+        request.start()
+        wait_for(lambda: metric(url, "whisper_export_transcriptions_pending") == 1, what="the request in the service")
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: refused(url), timeout=30, what="the server to stop listening")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 130, "".join(lines)
+        request.join(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert answer["status"] == 503 and answer["body"]["error"]["code"] == "shutting_down", answer
+    assert "Traceback" not in "".join(lines) and "stopped at once" in "".join(lines)
+
+
 runner = CliRunner()
 
 
@@ -94,6 +121,7 @@ runner = CliRunner()
     (["--port", "http"], "--port: received 'http', expected an int"),
     (["--port", "70000"], "--port: received 70000, expected an int from 0"),
     (["--max-upload-mb", "-1"], "--max-upload-mb: received -1.0, expected a finite number > 0"),
+    (["--upload-timeout", "0"], "--upload-timeout: received 0.0, expected a finite number > 0"),
     (["--beam-size", "99"], "--beam-size: received 99, expected at most 15"),
     (["--device", "tpu"], "--device: received 'tpu', expected cpu or cuda"),
     (["--api-key", " "], "--api-key: received an empty key"),
