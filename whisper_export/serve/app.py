@@ -87,8 +87,9 @@ class _Endpoints:
                     await form.close()
                 audio_seconds = len(audio) / SAMPLE_RATE
                 result = await self._outcome(request, self._submit(audio, params.options))
+            response = render(result, params, audio_seconds)
             status = 200
-            return render(result, params, audio_seconds)
+            return response
         except APIError as e:
             status = e.status
             if not receive.complete and e.status != STALLED:  # a client still sending reads the answer only once its body is taken
