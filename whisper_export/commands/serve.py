@@ -176,7 +176,7 @@ def _as_flag(message: str) -> str:
     return message
 
 
-_SETTING_FLAGS = {"host", "port", "replicas", "batch_size", "max_upload_mb", "max_duration", "max_queue", "upload_timeout", "api_key",
-                  "model_id", "temperature_increment_on_fallback"}
+_SETTING_FLAGS = {"host", "port", "replicas", "batch_size", "max_upload_mb", "max_duration", "max_queue",
+                  "upload_timeout", "api_key", "model_id", "temperature_increment_on_fallback"}
 
 __all__ = ["serve", "OPTIONS"]

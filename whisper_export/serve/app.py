@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -62,6 +62,9 @@ class _Endpoints:
         self.metrics = Metrics(service)
         self.audio_pool = ThreadPoolExecutor(AUDIO_THREADS, thread_name_prefix="whisper-export-upload")
         self.in_flight = 0
+        # whether the server is stopping at once (uvicorn's force exit; serve/server.py sets it): only then is a
+        # cancelled request answered 503 here; any other cancel (Ray Serve's on a disconnect) goes on up
+        self.stopping_at_once: Callable[[], bool] = lambda: False
         self.recent_seconds = 1.0  # a running mean of answered requests' latency: the Retry-After of a 429
 
     async def transcriptions(self, request: Request) -> Response:
@@ -92,7 +95,8 @@ class _Endpoints:
             return response
         except APIError as e:
             status = e.status
-            if not receive.complete and e.status != STALLED:  # a client still sending reads the answer only once its body is taken
+            # a client still sending reads the answer only once its body is taken (a stalled one never will)
+            if not receive.complete and e.status != STALLED:
                 await _discard_body(receive, self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES)
             return e.response()
         except ClientGone:
@@ -174,9 +178,11 @@ class _Endpoints:
         try:
             await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            # the server is stopping at once (a second Ctrl-C; uvicorn then leaves requests to the loop's end,
-            # which cancels them): the client gets an answer in OpenAI's shape rather than a bare 500
+            # the server stopping at once (a second Ctrl-C; uvicorn then leaves requests to the loop's end, which
+            # cancels them): the client gets an answer in OpenAI's shape rather than a bare 500
             self._cancel(future)
+            if not self.stopping_at_once():
+                raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
@@ -240,11 +246,13 @@ def create_app(service: TranscriptionService, settings: ServeSettings) -> FastAP
     async def lifespan(_app: FastAPI):
         try:
             yield
-        except asyncio.CancelledError:
+        except BaseException as error:
             # a forced stop (a second Ctrl-C): uvicorn skips the shutdown and the loop's end cancels this; what is
             # pending is cancelled, not drained, and the stop is not reported as the app's failure
             service.close(drain=False)
             endpoints.audio_pool.shutdown(wait=False)
+            if not isinstance(error, asyncio.CancelledError):
+                raise
         else:
             await asyncio.to_thread(service.close)
             endpoints.audio_pool.shutdown()

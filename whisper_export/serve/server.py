@@ -45,7 +45,9 @@ def uvicorn_server(runtime: Any, settings: ServeSettings, log_level: str = "info
     # timeout_graceful_shutdown None: a stop waits for every request taken, however long its audio
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=None, lifespan="on",
                             access_log=log_level == "debug")
-    return uvicorn.Server(config)
+    server = uvicorn.Server(config)
+    app.state.endpoints.stopping_at_once = lambda: server.force_exit
+    return server
 
 
 def serve(runtime: Any, settings: ServeSettings, sock: socket.socket) -> bool:
