@@ -87,6 +87,8 @@ def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, 
         # a read-only home (a container, a shared account) should not stop a transcription: the bundle is
         # exported for this process alone and removed at its exit
         cache, directory = directory.parent, _process_dir() / directory.name
+        if (directory / MANIFEST).is_file():  # exported by this process already
+            return directory
         progress(f"[bundle] cannot write the cache {cache} ({reason}); exporting into {directory} for this "
                  "process only (set WHISPER_EXPORT_CACHE_DIR to a writable directory to keep it)")
     else:

@@ -3,13 +3,13 @@
 Every window of every audio (a 30 s slice with its WindowDecode: prompt, options, temperature) is a sequence. It
 waits in a queue until fewer than `max_windows` are being decoded, then takes a free slot of its pool: pools are
 keyed by WindowDecode.pick_key() (rows per window and what its later steps pick), each a cross K/V handle of
-`max_windows` slots and a self-attention cache of slots x group rows. Admitted windows are encoded into their
-slots (one encoder call per pool), their prompts run (one call per run of neighbouring slots whose prompts have
-one length; on a backend whose calls cost their launches, not their tokens, one call per run of neighbouring
-slots, shorter prompts padded at their end), and from then on each pool's windows step together: one request over the pool's rows, whatever
-step each window is at (per-row offsets), free slots stepped with dummy tokens and ignored. A window that
-finishes frees its slot at once, after its callback has run (which may queue the audio's next window, or the
-same window at a higher temperature); the next waiting window takes the slot at the next tick.
+`max_windows` slots and a self-attention cache of slots x group rows. Admitted windows are encoded into their slots
+(one encoder call per pool), their prompts run (one call per run of neighbouring slots whose prompts have one
+length; on a backend whose calls cost their launches, not their tokens, one call per run of neighbouring slots,
+shorter prompts padded at their end), and from then on each pool's windows step together: one request over the
+pool's rows, whatever step each window is at (per-row offsets), free slots stepped with dummy tokens and ignored. A
+window that finishes frees its slot at once, after its callback has run (which may queue the audio's next window, or
+the same window at a higher temperature); the next waiting window takes the slot at the next tick.
 """
 
 from __future__ import annotations
@@ -172,8 +172,9 @@ class Scheduler:
         the padding's cache positions lie past the row's offset, hidden by the mask until its steps overwrite
         them. Logits come back at every position some window reads; each window takes its own."""
         g = pool.group
-        width = max(w.decode.prompt().shape[1] for w in run)
-        tokens = np.concatenate([_padded(w.decode.prompt(), width) for w in run])  # (len(run) * g, width)
+        prompts = [w.decode.prompt() for w in run]
+        width = max(p.shape[1] for p in prompts)
+        tokens = np.concatenate([_padded(p, width) for p in prompts])  # (len(run) * g, width)
         positions = sorted({p for w in run for p in w.decode.prompt_positions})
         request = StepRequest(tokens, np.zeros(len(tokens), np.int64), run[0].slot * g, g,
                               positions=np.asarray(positions, np.int64))
