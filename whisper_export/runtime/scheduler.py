@@ -29,6 +29,12 @@ from whisper_export.runtime.decoding import WindowDecode
 # streamed greedy steps per call while windows wait for a slot: a window that ends mid-call holds its slot until
 # the call returns, so calls stay short when a freed slot has a taker
 BUSY_STREAM_STEPS = 8
+# a padded prompt call returns logits (rows, positions, vocabulary) at the union of its windows' read positions:
+# at most this many rows x positions (512 x 51,865 fp32 is ~106 MB), so a batch of many windows and prompt
+# lengths is cut into several calls rather than one of gigabytes
+MAX_PROMPT_LOGIT_ROWS = 512
+# and padding at most doubles a call's tokens (or adds this many): one long prompt does not pad every row of a run
+PROMPT_PAD_SLACK = 256
 
 
 @dataclass(eq=False)
@@ -163,7 +169,7 @@ class Scheduler:
         pool = windows[0].pool
         assert pool is not None
         self.backend.encode(np.stack([w.mel for w in windows]), into=pool.cross, slots=[w.slot for w in windows])
-        for run in _prompt_runs(windows, _slot_run if self.pads_prompts else _layout):
+        for run in _prompt_runs(windows, _fits_padded if self.pads_prompts else _same_layout):
             self._prompt(pool, run)
 
     def _prompt(self, pool: Pool, run: list[Window]) -> None:
@@ -230,13 +236,13 @@ class Scheduler:
                     window.failed(window, error)
 
 
-def _prompt_runs(windows: list[Window], key: Callable[[Window], Any]) -> list[list[Window]]:
-    """The admitted windows in runs of neighbouring slots of one key (_layout: one prompt length and layout;
-    _slot_run: any prompts, padded)."""
+def _prompt_runs(windows: list[Window], joins: Callable[[list[Window], Window], bool]) -> list[list[Window]]:
+    """The admitted windows in runs of neighbouring slots, each window joining the run before it where
+    joins(run, window) (_same_layout: one prompt length and layout; _fits_padded: any prompts, padded, within
+    the caps on logits and padding)."""
     runs: list[list[Window]] = []
     for window in sorted(windows, key=lambda w: w.slot):
-        last = runs[-1][-1] if runs else None
-        if last is not None and last.slot + 1 == window.slot and key(last) == key(window):
+        if runs and runs[-1][-1].slot + 1 == window.slot and joins(runs[-1], window):
             runs[-1].append(window)
         else:
             runs.append([window])
@@ -244,13 +250,24 @@ def _prompt_runs(windows: list[Window], key: Callable[[Window], Any]) -> list[li
 
 
 def _layout(window: Window) -> tuple:
-    """What windows must share to be prompted in one call: the prompt's length and the positions read."""
+    """What windows must share to be prompted in one call unpadded: the prompt's length and the positions read."""
     return window.decode.prompt().shape[1], window.decode.prompt_positions
 
 
-def _slot_run(window: Window) -> None:
-    """Padded prompts: every neighbouring slot joins the run."""
-    return None
+def _same_layout(run: list[Window], window: Window) -> bool:
+    return _layout(run[-1]) == _layout(window)
+
+
+def _fits_padded(run: list[Window], window: Window) -> bool:
+    """Whether window can join run in one padded call: the logits stay within MAX_PROMPT_LOGIT_ROWS rows x
+    positions and the padding within PROMPT_PAD_SLACK tokens or the run's own token count."""
+    windows = [*run, window]
+    prompts = [w.decode.prompt() for w in windows]
+    rows = sum(p.shape[0] for p in prompts)
+    positions = {p for w in windows for p in w.decode.prompt_positions}
+    tokens = sum(p.size for p in prompts)
+    padding = rows * max(p.shape[1] for p in prompts) - tokens
+    return rows * len(positions) <= MAX_PROMPT_LOGIT_ROWS and padding <= max(tokens, PROMPT_PAD_SLACK)
 
 
 def _padded(prompt: np.ndarray, width: int) -> np.ndarray:

@@ -184,6 +184,36 @@ def test_a_backend_that_steps_whole_pools_admits_in_waves(tiny_bundle, english_c
     assert all(n >= min(2, n + waiting) for n, waiting in sizes[1:]), sizes
 
 
+def _decode_recording_prompts(backend, tokenizer, mels, texts, max_windows):
+    """Tokens of each window (previous text texts[i]) decoded through max_windows slots, and the prompt calls
+    made: rows (unpadded) or the tokens' shape (padded)."""
+    options = DecodingOptions(without_timestamps=True)
+    tokens: dict[int, list[int]] = {}
+    calls: list = []
+    scheduler = Scheduler(backend, max_windows)
+    for i, mel in enumerate(mels):
+        scheduler.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en", texts[i]),
+                                lambda w: tokens.__setitem__(w.tag, w.decode.result().tokens),
+                                lambda w, e: None, tag=i))
+    step = backend.step
+
+    def recording_step(request, cache, cross):
+        if request.pick.kind == "logits" and request.tokens.shape[1] > 1:
+            calls.append(request.rows if not backend.pads_prompts else request.tokens.shape)
+        return step(request, cache, cross)
+
+    backend.step = recording_step
+    try:
+        scheduler.run()
+    finally:
+        del backend.step
+    return tokens, calls
+
+
+def _prompt_width(backend, tokenizer, text) -> int:
+    return WindowDecode(tokenizer, backend.dims, DecodingOptions(without_timestamps=True), "en", text).prompt().shape[1]
+
+
 def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_clips):
     """Windows admitted together take neighbouring slots by prompt layout, whatever their order in the queue: four
     windows alternating between two previous texts are prompted in two calls, not four, and each gives the tokens
@@ -193,41 +223,52 @@ def test_windows_with_one_prompt_are_prompted_in_one_call(tiny_bundle, english_c
     bundle = Bundle.open(tiny_bundle)
     tokenizer = bundle.tokenizer()
     mels = log_mel_batch(english_clips[:4])
-    options = DecodingOptions(without_timestamps=True)
     texts = [None, "Hello there.", None, "Hello there."]
 
     with OnnxRuntimeBackend(bundle) as backend:
-        def decode_all(max_windows: int, prompt_rows: list[int]) -> dict[int, list[int]]:
-            tokens: dict[int, list[int]] = {}
-            scheduler = Scheduler(backend, max_windows)
-            for i, mel in enumerate(mels):
-                scheduler.submit(Window(mel, WindowDecode(tokenizer, backend.dims, options, "en", texts[i]),
-                                        lambda w: tokens.__setitem__(w.tag, w.decode.result().tokens),
-                                        lambda w, e: None, tag=i))
-            step = backend.step
-
-            def recording_step(request, cache, cross):
-                if request.pick.kind == "logits" and request.tokens.shape[1] > 1:
-                    prompt_rows.append(request.rows if not backend.pads_prompts else request.tokens.shape)
-                return step(request, cache, cross)
-
-            backend.step = recording_step
-            try:
-                scheduler.run()
-            finally:
-                del backend.step
-            return tokens
-
         backend.pads_prompts = False
-        alone_calls: list[int] = []
-        alone = decode_all(1, alone_calls)
-        together_calls: list[int] = []
-        assert decode_all(4, together_calls) == alone
+        alone, alone_calls = _decode_recording_prompts(backend, tokenizer, mels, texts, 1)
+        together, together_calls = _decode_recording_prompts(backend, tokenizer, mels, texts, 4)
         # where calls cost their launches, the two prompt lengths share one call, the shorter padded
         backend.pads_prompts = True
-        padded_calls: list = []
-        assert decode_all(4, padded_calls) == alone
-        longest = WindowDecode(tokenizer, backend.dims, options, "en", texts[1]).prompt().shape[1]
+        padded, padded_calls = _decode_recording_prompts(backend, tokenizer, mels, texts, 4)
+        longest = _prompt_width(backend, tokenizer, texts[1])
+    assert together == alone and padded == alone
     assert alone_calls == [1, 1, 1, 1]
     assert together_calls == [2, 2]
     assert padded_calls == [(4, longest)]
+
+
+def test_padded_prompt_calls_are_capped_in_padding_and_logits(tiny_bundle, english_clips, monkeypatch):
+    """A long previous text does not pad three short prompts to its width (the padding would be more than the
+    run's own tokens and more than PROMPT_PAD_SLACK): it gets a call of its own. And a run stops growing where
+    its logits (rows x read positions) would pass MAX_PROMPT_LOGIT_ROWS. Tokens stay those of each window alone."""
+    from whisper_export.backends.onnxruntime import OnnxRuntimeBackend
+    from whisper_export.runtime import scheduler
+
+    bundle = Bundle.open(tiny_bundle)
+    tokenizer = bundle.tokenizer()
+    mels = log_mel_batch(english_clips[:4])
+    long_text = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
+    with OnnxRuntimeBackend(bundle) as backend:
+        short, long = _prompt_width(backend, tokenizer, None), _prompt_width(backend, tokenizer, long_text)
+        assert 4 * long - (3 * short + long) > max(3 * short + long, scheduler.PROMPT_PAD_SLACK)  # the case is real
+        texts = [None, long_text, None, None]
+        backend.pads_prompts = False
+        alone, _ = _decode_recording_prompts(backend, tokenizer, mels, texts, 1)
+        backend.pads_prompts = True
+        padded, padded_calls = _decode_recording_prompts(backend, tokenizer, mels, texts, 4)
+        assert padded == alone
+        assert padded_calls == [(3, short), (1, long)]
+
+        # each window reads two positions (the no-speech one at SOT, and its last): two windows of one layout are
+        # 2 rows x 2 positions, a third of another length makes 3 rows x 3 positions, past a cap of 4
+        texts = [None, "Hello there.", None, "Hello there."]
+        backend.pads_prompts = False
+        alone, _ = _decode_recording_prompts(backend, tokenizer, mels, texts, 1)
+        backend.pads_prompts = True
+        monkeypatch.setattr(scheduler, "MAX_PROMPT_LOGIT_ROWS", 4)
+        capped, capped_calls = _decode_recording_prompts(backend, tokenizer, mels, texts, 4)
+        hello = _prompt_width(backend, tokenizer, texts[1])
+    assert capped == alone
+    assert capped_calls == [(2, short), (2, hello)]
