@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import wave
 from pathlib import Path
@@ -62,18 +63,36 @@ def test_transcribe_default_model_gets_the_words_right(english_clips, clips, tmp
     assert again.stdout.strip() == lines[str(english_clips[0])]
 
 
-def test_an_unwritable_cache_exports_for_the_process_alone(english_clips, clips, tmp_path):
+def test_an_unwritable_cache_falls_back_to_one_private_directory_per_user(english_clips, clips, tmp_path):
     """A cache that cannot be written (here a path under a file, which stops root too; a read-only home in a
-    container) does not stop a transcription: the bundle goes to a temporary directory, removed at exit."""
+    container) does not stop a transcription: the bundle is exported into the user's fallback under the temporary
+    directory (mode 0700), and a second process reuses it instead of exporting again. A fallback directory that
+    others can write is refused in one line: it could hold a planted bundle."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    res = run_cli("transcribe", english_clips[0], env_extra={"WHISPER_EXPORT_CACHE_DIR": str(blocker / "cache")})
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {"WHISPER_EXPORT_CACHE_DIR": str(blocker / "cache"), "TMPDIR": str(temp)}
+    res = run_cli("transcribe", english_clips[0], env_extra=env)
     assert res.returncode == 0, res.stderr
     (line,) = [line for line in res.stderr.splitlines() if "cannot write the cache" in line]
     assert str(blocker / "cache") in line and "Not a directory" in line, line
-    exported = Path(line.split("exporting into ")[1].split(" for this process")[0])
-    assert exported.name.startswith("tiny.en-fp32-") and not exported.parent.exists()  # removed at exit
+    fallback = temp / f"whisper-export-{os.getuid()}"
+    assert f"exporting into {fallback / 'bundles'}/tiny.en-fp32-" in line, line
+    assert stat.S_IMODE(fallback.stat().st_mode) == 0o700
     assert word_error_rate(clips[english_clips[0].name]["text"], res.stdout.strip()) <= 0.25, res.stdout
+
+    again = run_cli("transcribe", english_clips[0], env_extra=env)
+    assert again.returncode == 0 and "exporting" not in again.stderr, again.stderr
+    assert f"using {fallback / 'bundles'}/tiny.en-fp32-" in again.stderr
+    assert again.stdout == res.stdout
+
+    fallback.chmod(0o777)
+    refused = run_cli("transcribe", english_clips[0], env_extra=env)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(errors) == 1, refused.stderr
+    assert str(fallback) in errors[0] and "mode 0777" in errors[0] and "expected" in errors[0], errors
+    assert "Traceback" not in refused.stderr and refused.stdout == ""
 
 
 @pytest.fixture

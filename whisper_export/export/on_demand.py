@@ -3,11 +3,10 @@ user cache and reuses it, so the onnxruntime path never needs a manual export st
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import os
 import re
-import shutil
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -57,16 +56,30 @@ def _unwritable(directory: Path) -> str | None:
     return None
 
 
-_PROCESS_DIR: list[Path] = []
-
-
-def _process_dir() -> Path:
-    """A temporary directory for this process's bundles, removed when it exits."""
-    if not _PROCESS_DIR:
-        path = Path(tempfile.mkdtemp(prefix=f"whisper-export-bundles-{os.getpid()}-"))
-        atexit.register(shutil.rmtree, path, ignore_errors=True)
-        _PROCESS_DIR.append(path)
-    return _PROCESS_DIR[0]
+def _fallback_cache() -> Path:
+    """Where bundles go when the cache cannot be written (a read-only home in a container, a shared account): one
+    directory per user under the system's temporary directory, mode 0700, shared by that user's processes, so a
+    bundle is exported once rather than once per process and nothing relies on a clean exit to remove it. One
+    that is a link, another user's, or writable by others is refused: it could hold a planted bundle."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    root = Path(tempfile.gettempdir()) / f"whisper-export-{uid if uid is not None else 'user'}"
+    try:
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(root)
+    except OSError as e:
+        raise ValueError(f"fallback cache {root}: {e.strerror or type(e).__name__}; set WHISPER_EXPORT_CACHE_DIR "
+                         "to a writable directory") from None
+    mode = stat.S_IMODE(info.st_mode)
+    if uid is not None and (not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or mode & 0o077):
+        kind = "a link" if stat.S_ISLNK(info.st_mode) else "a directory" if stat.S_ISDIR(info.st_mode) else "a file"
+        raise ValueError(f"fallback cache {root}: received {kind} of uid {info.st_uid} with mode {mode:04o}, "
+                         f"expected a directory of uid {uid} with mode 0700; set WHISPER_EXPORT_CACHE_DIR to a "
+                         "writable directory")
+    reason = _unwritable(root / "bundles")
+    if reason is not None:
+        raise ValueError(f"fallback cache {root / 'bundles'}: {reason}; set WHISPER_EXPORT_CACHE_DIR to a writable "
+                         "directory")
+    return root / "bundles"
 
 
 def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, attention: str = "onnx") -> Path:
@@ -74,6 +87,13 @@ def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, 
     directory = cached_bundle_dir(model, precision, attention)
     if (directory / MANIFEST).is_file():
         return directory
+    reason = _unwritable(directory.parent)
+    cache = directory.parent
+    if reason is not None:
+        directory = _fallback_cache() / directory.name
+        if (directory / MANIFEST).is_file():
+            progress(f"[bundle] cannot write the cache {cache} ({reason}); using {directory}")
+            return directory
     try:
         from reference_model import load_checkpoint
         from whisper_export.export.exporter import ExportError, ExportOptions, export_bundle
@@ -82,15 +102,9 @@ def ensure_bundle(model: str | None, precision: str = "fp32", progress=_stderr, 
             f"model {model or DEFAULT_MODEL!r}: exporting it needs the export extra ({e.name} is missing): "
             "pip install 'whisper-export[export]', or pass --bundle DIR of an exported bundle"
         ) from None
-    reason = _unwritable(directory.parent)
     if reason is not None:
-        # a read-only home (a container, a shared account) should not stop a transcription: the bundle is
-        # exported for this process alone and removed at its exit
-        cache, directory = directory.parent, _process_dir() / directory.name
-        if (directory / MANIFEST).is_file():  # exported by this process already
-            return directory
-        progress(f"[bundle] cannot write the cache {cache} ({reason}); exporting into {directory} for this "
-                 "process only (set WHISPER_EXPORT_CACHE_DIR to a writable directory to keep it)")
+        progress(f"[bundle] cannot write the cache {cache} ({reason}); exporting into {directory}, this user's "
+                 "fallback (set WHISPER_EXPORT_CACHE_DIR to a writable directory to choose where)")
     else:
         progress(f"[bundle] exporting {model or DEFAULT_MODEL} ({precision}, attention={attention}) once into {directory}")
     try:
