@@ -102,11 +102,27 @@ class _Endpoints:
         except ClientGone:
             status = CLIENT_GONE
             return Response(status_code=CLIENT_GONE)
+        except asyncio.CancelledError:
+            if not self.stopping_at_once():
+                raise
+            status = 503
+            return self._stopped_at_once().response()
         finally:
             seconds = time.perf_counter() - started
             if status == 200:
                 self.recent_seconds = 0.9 * self.recent_seconds + 0.1 * seconds
             self.metrics.answered(endpoint, status, seconds, audio_seconds)
+
+    @staticmethod
+    def _stopped_at_once() -> APIError:
+        """The server stopping at once (a second Ctrl-C; uvicorn then leaves requests to the loop's end, which
+        cancels them) wherever a request was (its form being read, its audio decoded, its transcription awaited):
+        the client gets an answer in OpenAI's shape rather than a bare 500."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return APIError(503, "the server was stopped before this request was answered (a second interrupt stops "
+                             "it at once)", code="shutting_down", headers={"Connection": "close"})
 
     def _authorize(self, request: Request) -> None:
         key = self.settings.api_key
@@ -178,16 +194,8 @@ class _Endpoints:
         try:
             await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            # the server stopping at once (a second Ctrl-C; uvicorn then leaves requests to the loop's end, which
-            # cancels them): the client gets an answer in OpenAI's shape rather than a bare 500
             self._cancel(future)
-            if not self.stopping_at_once():
-                raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
-            raise APIError(503, "the server was stopped before this request was answered (a second interrupt "
-                                "stops it at once)", code="shutting_down") from None
+            raise
         finally:
             gone.cancel()
         if not waiting.done():

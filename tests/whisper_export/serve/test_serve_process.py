@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 
@@ -86,9 +87,21 @@ def test_serve_answers_as_the_cli_and_drains_on_sigterm(tiny_bundle, clips, medi
     assert "Traceback" not in "".join(lines)
 
 
+def _stalled_upload(url: str) -> socket.socket:
+    """A connection that sent its headers and part of a multipart body, then nothing more."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    part = (b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+            b"Content-Type: audio/wav\r\n\r\n" + b"\0" * 1000)
+    sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                 b"Content-Type: multipart/form-data; boundary=B\r\n\r\n" + part)
+    return sock
+
+
 def test_a_second_interrupt_stops_at_once_with_503s_and_exit_130(tiny_bundle, long_wav):
-    """Ctrl-C drains; Ctrl-C again stops now: the request in progress reads a 503 in OpenAI's shape (not a bare
-    500), nothing is printed as a failure, and the exit status says it was interrupted."""
+    """Ctrl-C drains; Ctrl-C again stops now: the request being transcribed and one whose upload is still being
+    read both get a 503 in OpenAI's shape (not a bare 500), nothing is printed as a failure, and the exit status
+    says it was interrupted."""
     process, url, lines = _start("--bundle", str(tiny_bundle), "--threads", "1")
     answer: dict = {}
 
@@ -101,15 +114,19 @@ def test_a_second_interrupt_stops_at_once_with_503s_and_exit_130(tiny_bundle, lo
     try:
         request.start()
         wait_for(lambda: metric(url, "whisper_export_transcriptions_pending") == 1, what="the request in the service")
+        stalled = _stalled_upload(url)
+        wait_for(lambda: metric(url, "whisper_export_requests_in_flight") == 2, what="the stalled upload in flight")
         process.send_signal(signal.SIGINT)
         wait_for(lambda: refused(url), timeout=30, what="the server to stop listening")
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 130, "".join(lines)
         request.join(60)
+        head = stalled.recv(4096).decode()
     finally:
         if process.poll() is None:
             process.kill()
     assert answer["status"] == 503 and answer["body"]["error"]["code"] == "shutting_down", answer
+    assert head.startswith("HTTP/1.1 503") and '"code":"shutting_down"' in head, head
     assert "Traceback" not in "".join(lines) and "stopped at once" in "".join(lines)
 
 
