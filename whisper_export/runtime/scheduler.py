@@ -91,6 +91,14 @@ class Scheduler:
     def submit(self, window: Window) -> None:
         self.queue.append(window)
 
+    def close(self) -> None:
+        """Give the pools' cross K/V and cache rows back to the backend now. Windows and their callbacks refer to
+        one another in cycles that only the garbage collector breaks, so without this the next run would make
+        (on CUDA: allocate, zero and capture graphs for) new buffer sets while these still wait for collection."""
+        for pool in self.pools.values():
+            pool.cross = pool.cache = None
+        self.pools.clear()
+
     def cancel(self, matches: Callable[[Any], bool]) -> None:
         """Drop the windows whose tag matches: waiting ones, and live ones, whose slots are free at once (their
         rows are stepped as free rows until a window takes them)."""

@@ -190,8 +190,9 @@ class TranscriptionLoop:
         return bool(self.waiting or self.opening or self.active or self.finished)
 
     def close(self) -> None:
-        """Stop the reader threads (after the audios they are reading) and the word step's."""
+        """Stop the reader threads (after the audios they are reading) and the word step's; give the buffers back."""
         self._readers.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
         if self._word_threads is not None:
             self._word_threads.shutdown(wait=True)
 

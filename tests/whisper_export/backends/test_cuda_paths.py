@@ -585,3 +585,34 @@ def test_a_float32_bundle_with_onnxruntime_attention_is_refused_on_cuda(tiny_bun
         OnnxRuntimeBackend(tiny_bundle, device="cuda").close()
     except BackendError as error:  # on a machine without a GPU: the provider check, not the precision one
         assert "attention" not in str(error)
+
+
+def test_a_second_transcription_reuses_the_first_ones_buffer_sets(tiny_bundle, english_clips, simulated_cuda):
+    """The buffer sets (cross K/V, cache pairs) of a finished transcription go back to their pools when it ends,
+    not when the garbage collector next runs (off here): a second run of the same shape takes them again instead
+    of making new ones, which on a GPU would mean allocating, zeroing and capturing graphs for new addresses."""
+    import gc
+
+    from whisper_export.runtime.options import split_options
+    from whisper_export.runtime.transcribe import Transcriber
+
+    def made(pool) -> int:
+        return int(repr(pool._ids)[len("count("):-1])  # ids handed out so far, without taking one
+
+    bundle = Bundle.open(tiny_bundle)
+    files = [str(p) for p in english_clips[:3]]
+    with simulated_cuda(bundle, device="cuda") as backend:
+        transcriber = Transcriber(backend, bundle.tokenizer())
+        texts = []
+        gc.disable()
+        try:
+            for _ in range(2):
+                options, decoding = split_options(dict(beam_size=2, batch_size=2, without_timestamps=True))
+                texts.append(sorted((i, r.text) for i, r in transcriber.run(files, options, decoding)))
+                if len(texts) == 1:
+                    first = made(backend.buffers.cache), made(backend.buffers.cross)
+        finally:
+            gc.enable()
+        assert first[0] >= 2 and first[1] >= 1
+        assert (made(backend.buffers.cache), made(backend.buffers.cross)) == first
+    assert texts[0] == texts[1]

@@ -143,11 +143,15 @@ def test_top_candidates_are_the_sorted_best_with_ties_by_id():
     x[0, [7, 70, 700, 4000]] = 9.0  # four-way tie at the top
     x[1, rng.choice(5000, 12, replace=False)] = 5.0  # a tie straddling the k-th place
     x[2, rng.choice(5000, 100, replace=False)] = -np.inf
+    x[3] *= 40.0  # a spread wider than the first margins: the k best found by a partition
+    x[4] = -np.inf
+    x[4, [3, 9]] = [1.0, 2.0]  # fewer finite values than k
+    x[5] = -np.inf  # none
     for k in (1, 6, 16):
         ids, logprobs = top_candidates(x, k)
         want = np.lexsort((np.broadcast_to(np.arange(5000), x.shape), -x), axis=-1)[:, :k]
         assert np.array_equal(ids, want) and ids.dtype == np.int64
-        assert np.array_equal(logprobs, np.take_along_axis(log_softmax(x), want, axis=-1))
+        assert np.array_equal(logprobs, np.take_along_axis(log_softmax(x), want, axis=-1), equal_nan=True)
     assert top_candidates(x, 4)[0][0].tolist() == [7, 70, 700, 4000]
 
 
