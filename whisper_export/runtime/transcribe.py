@@ -42,6 +42,10 @@ READER_THREADS = 4
 # most threads that share the word step's per-head numpy (softmax, normalisation, median filter: numpy releases the
 # GIL in their loops) while the decode loop waits for it; as many as the backend's `threads` otherwise
 MAX_WORD_THREADS = 8
+# longest an idle loop waits, once one audio is open, for the others being read to make one first admission wave:
+# on a GPU a wave costs an encoder call and a prompt call whatever its size, so admitting the first audio alone
+# and the others one by one as they open makes many small calls
+GATHER_SECONDS = 0.25
 
 __all__ = ["Transcriber", "TranscriptionLoop", "TranscriptionResult", "Segment", "long_form_mel",
            "ProgressCallback", "SegmentCallback"]
@@ -217,9 +221,11 @@ class TranscriptionLoop:
             n_mels = self.backend.dims.n_mels
             self.opening.append((request, self._readers.submit(MelSource, request.audio, n_mels,
                                                                 max_duration=request.options.max_duration)))
-        # wait only when there is nothing to decode meanwhile
+        # wait only when there is nothing to decode meanwhile, and then for a first wave's worth of audios
         if self.opening and not self.scheduler.busy:
-            wait([f for _, f in self.opening], return_when=FIRST_COMPLETED)
+            reading = [f for _, f in self.opening]
+            wait(reading, return_when=FIRST_COMPLETED)
+            wait(reading[: self.scheduler.max_windows], timeout=GATHER_SECONDS)
         opened = []
         for request, future in [(r, f) for r, f in self.opening if f.done()]:
             self.opening.remove((request, future))

@@ -63,3 +63,22 @@ def test_on_segment_sees_every_segment_as_it_is_made(tiny_bundle, clips):
             # a file's segments were all reported before the file is yielded
             assert [s for i, s in seen if i == index] == done[index].segments
     assert sorted(done) == [0, 1] and all(done[i].segments for i in done)
+
+
+def test_an_idle_loop_admits_the_audios_being_read_as_one_first_wave(tiny_bundle, english_clips):
+    """The first admission waits (a bounded while) for the audios already being read instead of encoding the
+    first one alone and the others one by one as they open: on a GPU each admission costs an encoder and a
+    prompt call whatever its size. Texts stay those of one-at-a-time decoding."""
+    sizes: list[int] = []
+    with WhisperRuntime.load(tiny_bundle) as runtime:
+        encode = runtime.backend.encode
+
+        def recording_encode(mel, *args, **kwargs):
+            sizes.append(len(mel))
+            return encode(mel, *args, **kwargs)
+
+        alone = [r.result.text for r in runtime.transcribe_batch(english_clips, batch_size=1, temperature=0.0)]
+        runtime.backend.encode = recording_encode
+        together = runtime.transcribe_batch(english_clips, batch_size=len(english_clips), temperature=0.0)
+    assert sizes and sizes[0] == len(english_clips), f"encoder calls of {sizes} windows"
+    assert [r.result.text for r in together] == alone
