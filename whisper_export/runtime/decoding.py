@@ -176,7 +176,12 @@ class WindowDecode:
     def take_prompt(self, logits: np.ndarray) -> None:
         """logits (G, 2, V) at prompt_positions: the no-speech probability, then the first sampled token."""
         self.no_speech_prob = float(np.exp(log_softmax(logits[:1, 0]))[0, self.tokenizer.special.no_speech])
-        self._update_from_logits(np.array(logits[:, 1], dtype=np.float32))
+        first = np.array(logits[:, 1], dtype=np.float32)  # (G, V)
+        if len(first) > 1 and (first == first[:1]).all():
+            # the G rows hold one prompt: filter one row and let the decoder choose for all from it (beam search's
+            # candidates, or G samples), the same tokens as from G copies at a G-th of the host work
+            first = first[:1]
+        self._update_from_logits(first)
 
     def budget(self) -> int:
         """Steps this window may still take (each appends one token per row)."""
@@ -215,8 +220,9 @@ class WindowDecode:
                     break
 
     def _update_from_logits(self, logits: np.ndarray) -> None:
+        """logits (G, V), or (1, V) shared by every row (whose tokens are then the same too)."""
         for logit_filter in self.logit_filters:
-            logit_filter.apply(logits, self.tokens)
+            logit_filter.apply(logits, self.tokens[: len(logits)])
         self.tokens, completed = self.decoder.update(self.tokens, logits, self.sum_logprobs)
         if isinstance(self.decoder, BeamSearchDecoder):
             self.sources = self.decoder.source_indices

@@ -97,8 +97,8 @@ class TokenDecoder:
         """Forget state from a previous run."""
 
     def update(self, tokens: np.ndarray, logits: np.ndarray, sum_logprobs: np.ndarray) -> tuple[np.ndarray, bool]:
-        """Append one token per row. Returns (tokens (R, T + 1), whether every audio is complete);
-        sum_logprobs (R,) is updated in place."""
+        """Append one token per row, chosen from logits (R, V), or (1, V) shared by every row. Returns (tokens
+        (R, T + 1), whether every audio is complete); sum_logprobs (R,) is updated in place."""
         raise NotImplementedError
 
     def finalize(self, tokens: np.ndarray, sum_logprobs: np.ndarray) -> tuple[list[list[list[int]]], list[list[float]]]:
@@ -108,7 +108,7 @@ class TokenDecoder:
 
 
 class GreedyDecoder(TokenDecoder):
-    """Argmax at temperature 0, otherwise a sample from softmax(logits / temperature)."""
+    """Argmax at temperature 0, otherwise a sample from softmax(logits / temperature) (one uniform draw per row)."""
 
     def __init__(self, temperature: float, eot: int, rng: np.random.Generator | None = None):
         self.temperature = temperature
@@ -123,14 +123,32 @@ class GreedyDecoder(TokenDecoder):
         return self._buffer
 
     def update(self, tokens, logits, sum_logprobs):
+        rows = tokens.shape[0]
         if self.temperature == 0:
-            next_tokens = logits.argmax(axis=-1)
+            next_tokens = np.broadcast_to(logits.argmax(axis=-1), (rows,))
         else:
-            # Gumbel-max: argmax(logits / T + Gumbel noise) is a sample of softmax(logits / T)
-            gumbel = -np.log(-np.log(self.rng.random(logits.shape, dtype=np.float64) + 1e-300) + 1e-300)
-            next_tokens = (logits.astype(np.float64) / self.temperature + gumbel).argmax(axis=-1)
-        return self.update_chosen(tokens, next_tokens, chosen_logprobs(logits, next_tokens, self._scratch(logits.shape)),
-                                  sum_logprobs)
+            next_tokens = self._sample(logits, rows)
+        if len(logits) == rows:
+            current = chosen_logprobs(logits, next_tokens, self._scratch(logits.shape))
+        else:  # one row of logits for all: each row's choice is a column of it
+            current = chosen_logprobs(logits, next_tokens[None, :], self._scratch(logits.shape))[0]
+        return self.update_chosen(tokens, next_tokens, current, sum_logprobs)
+
+    def _sample(self, logits: np.ndarray, rows: int) -> np.ndarray:
+        """One token per row from softmax(logits / T) (logits (rows or 1, V)) by inverse transform: a uniform per
+        row against the running sum of the probabilities, in float64 so that the vocabulary's long tail keeps its
+        weight. One exp and one sum per row of logits, where Gumbel noise over every logit costs two logarithms and
+        a random draw per logit (twice the time at 5 x 51,864)."""
+        x = logits.astype(np.float64) / self.temperature
+        top = x.max(axis=-1, keepdims=True)
+        x -= np.where(np.isfinite(top), top, 0.0)  # a row of -inf only (never left by the filters) stays finite
+        np.exp(x, out=x)
+        np.cumsum(x, axis=-1, out=x)  # (L, V): cumulative unnormalised probabilities
+        own = np.minimum(np.arange(rows), len(x) - 1)  # each row's logits: its own, or the one shared row
+        targets = self.rng.random(rows) * x[own, -1]
+        # the first id whose running sum exceeds the target: never an id of probability 0
+        chosen = [np.searchsorted(x[r], target, side="right") for r, target in zip(own, targets)]
+        return np.minimum(np.asarray(chosen, np.int64), x.shape[1] - 1)
 
     def update_chosen(self, tokens, next_tokens, current, sum_logprobs):
         """update() once the tokens (R,) and their log-probabilities (R,) are chosen (a step that picks "best")."""
@@ -169,6 +187,8 @@ class BeamSearchDecoder(TokenDecoder):
         # the k best of each row of logits are its k best log-probabilities (log_softmax shifts a row by one
         # constant); only their log-probabilities are computed
         top, top_logprobs = top_candidates(logits, self.candidates)
+        if len(top) != len(tokens):  # one row of logits for all
+            top, top_logprobs = np.repeat(top, len(tokens), axis=0), np.repeat(top_logprobs, len(tokens), axis=0)
         return self.update_top(tokens, top, top_logprobs, sum_logprobs)
 
     @property

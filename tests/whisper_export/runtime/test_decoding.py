@@ -14,7 +14,7 @@ from whisper_export.backends.step import StepRequest
 from whisper_export.runtime.decoding import WindowDecode, suppress_set
 from whisper_export.runtime.scheduler import decode
 from whisper_export.runtime.options import DecodingOptions, TranscribeOptions, split_options
-from whisper_export.runtime.sampling import ApplyTimestampRules, BeamSearchDecoder, MaximumLikelihoodRanker
+from whisper_export.runtime.sampling import ApplyTimestampRules, BeamSearchDecoder, GreedyDecoder, MaximumLikelihoodRanker
 
 GREEDY = DecodingOptions(without_timestamps=True)
 
@@ -132,6 +132,42 @@ def test_beam_search_with_two_audios_one_finishing_early():
     assert all(seq[0] == 5 for seq in candidates[0]) and all(seq[0] == 6 for seq in candidates[1])
     assert all(seq[-1] == eot for group in candidates for seq in group)
     assert len(candidates[0]) == len(candidates[1]) == beams
+
+
+@pytest.mark.parametrize("options", [DecodingOptions(beam_size=5), DecodingOptions(temperature=0.6, best_of=5, seed=3),
+                                     DecodingOptions(beam_size=3, without_timestamps=True)])
+def test_a_prompt_pick_from_one_shared_row_equals_the_pick_from_every_row(tiny_bundle, options):
+    """A window's rows hold one prompt, so take_prompt filters and chooses from one row of logits: the tokens,
+    log-probabilities and beam sources are those of the same logits given once per row."""
+    bundle = Bundle.open(tiny_bundle)
+    rng = np.random.default_rng(11)
+    for _ in range(5):
+        row = (rng.standard_normal((1, 2, bundle.dims.n_vocab)) * 4).astype(np.float32)
+        shared, copied = (WindowDecode(bundle.tokenizer(), bundle.dims, options, "en") for _ in range(2))
+        shared.take_prompt(np.repeat(row, shared.group, axis=0))
+        copied._update_from_logits(np.repeat(row[:, 1], copied.group, axis=0))  # the filters and choice per row
+        assert shared.tokens.tolist() == copied.tokens.tolist()
+        assert shared.sum_logprobs.tolist() == copied.sum_logprobs.tolist()
+        assert shared.sources == copied.sources
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_temperature_sampling_draws_from_the_softmax_of_the_scaled_logits(shared):
+    """19,200 draws at temperature 0.7 land on each token as often as softmax(logits / 0.7) says (within 5 standard
+    deviations), never on a suppressed one; from one shared row of logits as from a row per draw."""
+    logits = np.array([[2.0, 1.0, 0.0, -1.0, -np.inf, 0.5, -6.0]], np.float32)
+    scaled = np.exp(np.float64(logits[0]) / 0.7)
+    expected = scaled / scaled.sum()
+    decoder = GreedyDecoder(0.7, eot=99, rng=np.random.default_rng(5))
+    rows, rounds = 64, 300
+    counts = np.zeros(logits.shape[1])
+    for _ in range(rounds):
+        given = logits if shared else np.repeat(logits, rows, axis=0)
+        tokens, _ = decoder.update(np.zeros((rows, 1), np.int64), given, np.zeros(rows))
+        counts += np.bincount(tokens[:, -1], minlength=logits.shape[1])
+    n = rows * rounds
+    assert counts[4] == 0
+    assert np.all(np.abs(counts - n * expected) <= 5 * np.sqrt(n * expected * (1 - expected)) + 1), (counts, n * expected)
 
 
 def test_length_penalty_ranks_as_openai_whisper():
