@@ -80,23 +80,52 @@ class OrtCpuBackend(OrtBackend):
         self.check_handles(cache, cross, CpuCache, CpuCross)
         self._check_prompt(request.tokens, request.offsets)
         start, stop, group = request.start, request.stop, request.group
+        if _one_prompt_per_group(request):
+            return self._decode_shared(request, cache, cross)
         rows = [value[start:stop] for value in cache.values]  # views: the step writes the pool itself
         index = request.cache_index()
         if index is not None:
             for view in rows:
                 view[...] = view[index]  # fancy indexing copies first, so the rows move as a whole
+        return self._run_decoder(request.tokens, request.offsets, request.logit_positions(), rows,
+                                 [value[start // group : stop // group] for value in cross.values])
+
+    def _decode_shared(self, request: StepRequest, cache: CpuCache, cross: CpuCross) -> np.ndarray:
+        """A prompt whose rows of each audio are one (beam search's and best_of's G copies): run once per audio,
+        into a zeroed cache of one row per audio holding the first row's past, then copied to the G rows. On a
+        CPU a prompt costs its tokens, so this is G times less work (115 ms against 27 for 5 rows of 150 tokens,
+        tiny.en, 2 threads); the rows' logits are the audio's, repeated."""
+        g, n_new = request.group, request.tokens.shape[1]
+        first = slice(request.start, request.stop, g)
+        past = int(request.offsets.max())
+        written = past + n_new
+        rows = []
+        for value in cache.values:
+            one = np.zeros((value[first].shape[0],) + value.shape[1:], value.dtype)  # (n_audio, H, capacity, hd)
+            one[:, :, :past] = value[first, :, :past]
+            rows.append(one)
+        slots = slice(request.start // g, request.stop // g)
+        logits = self._run_decoder(request.tokens[::g], request.offsets[::g], request.logit_positions(), rows,
+                                   [value[slots] for value in cross.values])
+        for value, one in zip(cache.values, rows):
+            audio_major = value[request.start : request.stop].reshape((-1, g) + value.shape[1:])  # a view
+            audio_major[:, :, :, :written] = one[:, None, :, :written]
+        return np.repeat(logits, g, axis=0)
+
+    def _run_decoder(self, tokens: np.ndarray, offsets: np.ndarray, positions: np.ndarray,
+                     rows: list[np.ndarray], cross: list[np.ndarray]) -> np.ndarray:
+        """One decoder run over contiguous cache rows (read and written in place) and their cross K/V slots."""
         binding = self.decoder.io_binding()
         # held in this dict until the run returns: logit_positions() and any int64 copy are temporaries
-        small_inputs = {graph_io.TOKENS: request.tokens, graph_io.OFFSETS: request.offsets,
-                        graph_io.LOGIT_POSITIONS: request.logit_positions()}
+        small_inputs = {graph_io.TOKENS: tokens, graph_io.OFFSETS: offsets, graph_io.LOGIT_POSITIONS: positions}
         small_inputs = {name: np.ascontiguousarray(value, dtype=np.int64) for name, value in small_inputs.items()}
         for name, value in small_inputs.items():
             _bind_array(binding, name, value, output=False)
         for name_in, name_out, view in zip(self._self_in, self._self_out, rows):
             _bind_array(binding, name_in, view, output=False)
             _bind_array(binding, name_out, view, output=True)
-        for name, value in zip(self._cross_in, cross.values):
-            _bind_array(binding, name, value[start // group : stop // group], output=False)
+        for name, value in zip(self._cross_in, cross):
+            _bind_array(binding, name, value, output=False)
         if self.selects:  # its in-graph choice is not used on the CPU: numpy picks from the logits
             _bind_array(binding, graph_io.LOGIT_BIAS, self._no_bias, output=False)
             binding.bind_output(graph_io.BEST_TOKEN, "cpu")
@@ -111,3 +140,14 @@ class OrtCpuBackend(OrtBackend):
 
     def close(self) -> None:
         self.encoder = self.decoder = self._align = None  # type: ignore[assignment]
+
+
+def _one_prompt_per_group(request: StepRequest) -> bool:
+    """Whether a several-token step gives every row of each audio the same tokens at the same offset, with no
+    reorder: its rows would compute the same thing G times."""
+    g, (rows, n_new) = request.group, request.tokens.shape
+    if g == 1 or n_new == 1 or request.cache_index() is not None:
+        return False
+    tokens = request.tokens.reshape(rows // g, g, n_new)
+    offsets = request.offsets.reshape(rows // g, g)
+    return bool((tokens == tokens[:, :1]).all() and (offsets == offsets[:, :1]).all())
