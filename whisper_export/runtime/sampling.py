@@ -205,29 +205,33 @@ class BeamSearchDecoder(TokenDecoder):
         n_audio = rows // self.beam_size
         if self.finished_sequences is None:
             self.finished_sequences = [{} for _ in range(n_audio)]
-        next_tokens: list[tuple[int, ...]] = []
         source_indices: list[int] = []
+        chosen: list[int] = []
         new_sums: list[float] = []
+        top_rows, logprob_rows, sums = top.tolist(), top_logprobs.tolist(), sum_logprobs.tolist()
         for i in range(n_audio):
-            scores: dict[tuple[int, ...], float] = {}
-            sources: dict[tuple[int, ...], int] = {}
+            base = i * self.beam_size
+            block = tokens[base : base + self.beam_size]  # (beam, T)
+            prefix_of = (block[:, None] == block[None]).all(axis=-1).argmax(axis=1).tolist()  # first equal beam
+            # a candidate is the sequence prefix + token, keyed here by (its prefix's first beam, token): beams with
+            # one prefix (a window's rows right after its prompt) make one sequence, as a dict of whole sequences would
+            scores: dict[tuple[int, int], float] = {}
+            sources: dict[tuple[int, int], int] = {}
             for j in range(self.beam_size):
-                row = i * self.beam_size + j
-                prefix = tuple(tokens[row].tolist())
-                for token, logprob in zip(top[row].tolist(), top_logprobs[row]):
-                    sequence = prefix + (token,)
-                    scores[sequence] = float(sum_logprobs[row] + logprob)
-                    sources[sequence] = row
+                row = base + j
+                for token, logprob in zip(top_rows[row], logprob_rows[row]):
+                    scores[prefix_of[j], token] = sums[row] + logprob
+                    sources[prefix_of[j], token] = row
             # keep the best beam_size unfinished candidates; finished ones go to the candidate list
             finished: dict[tuple[int, ...], float] = {}
             saved = 0
-            for sequence in sorted(scores, key=scores.__getitem__, reverse=True):
-                if sequence[-1] == self.eot:
-                    finished[sequence] = scores[sequence]
+            for key in sorted(scores, key=scores.__getitem__, reverse=True):
+                if key[1] == self.eot:
+                    finished[tuple(tokens[sources[key]].tolist()) + (self.eot,)] = scores[key]
                 else:
-                    new_sums.append(scores[sequence])
-                    next_tokens.append(sequence)
-                    source_indices.append(sources[sequence])
+                    new_sums.append(scores[key])
+                    source_indices.append(sources[key])
+                    chosen.append(key[1])
                     saved += 1
                     if saved == self.beam_size:
                         break
@@ -239,7 +243,8 @@ class BeamSearchDecoder(TokenDecoder):
         sum_logprobs[:] = new_sums
         self.source_indices = source_indices
         completed = all(len(done) >= self.max_candidates for done in self.finished_sequences)
-        return np.asarray(next_tokens, dtype=np.int64), completed
+        next_tokens = np.concatenate([tokens[source_indices], np.asarray(chosen, np.int64)[:, None]], axis=1)
+        return next_tokens, completed
 
     def finalize(self, tokens, sum_logprobs):
         assert self.finished_sequences is not None, "finalize() before update()"

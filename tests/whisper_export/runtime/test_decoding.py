@@ -170,6 +170,39 @@ def test_temperature_sampling_draws_from_the_softmax_of_the_scaled_logits(shared
     assert np.all(np.abs(counts - n * expected) <= 5 * np.sqrt(n * expected * (1 - expected)) + 1), (counts, n * expected)
 
 
+def test_beam_updates_equal_openai_whispers_from_identical_beams_on():
+    """Ten beam-search updates of 2 audios x 3 beams, starting (as after a prompt) from identical beams, eot often
+    among the candidates: the same tokens, cache sources, sums and finished candidates as openai-whisper's
+    BeamSearchDecoder on the same logits."""
+    torch = pytest.importorskip("torch")
+    from whisper.decoding import BeamSearchDecoder as OpenAIBeamSearch
+
+    class Sources:  # what openai's decoder hands its inference: the cache reorder
+        def rearrange_kv_cache(self, source_indices):
+            self.last = list(source_indices)
+
+    eot, beams, vocab = 0, 3, 40
+    rng = np.random.default_rng(7)
+    ours, inference = BeamSearchDecoder(beams, eot), Sources()
+    theirs = OpenAIBeamSearch(beams, eot, inference)
+    tokens = np.repeat(np.array([[5, 6], [7, 8]], np.int64), beams, axis=0)
+    reference = torch.tensor(tokens)
+    sums, reference_sums = np.zeros(2 * beams), torch.zeros(2 * beams, dtype=torch.float64)
+    for _ in range(10):
+        row_logits = (rng.standard_normal((2, vocab)) * 2).astype(np.float32)
+        logits = np.repeat(row_logits, beams, axis=0) if tokens.shape[1] == 2 else \
+            (rng.standard_normal((2 * beams, vocab)) * 2).astype(np.float32)
+        logits[:, eot] += rng.uniform(0, 3)
+        tokens, completed = ours.update(tokens, logits, sums)
+        reference, reference_completed = theirs.update(reference, torch.tensor(logits), reference_sums)
+        assert tokens.tolist() == reference.tolist()
+        assert ours.source_indices == inference.last and completed == reference_completed
+        np.testing.assert_allclose(sums, reference_sums.numpy(), rtol=0, atol=1e-5)
+    for mine, reference_done in zip(ours.finished_sequences, theirs.finished_sequences):
+        assert list(mine) == list(reference_done)
+        np.testing.assert_allclose(list(mine.values()), list(reference_done.values()), rtol=0, atol=1e-5)
+
+
 def test_length_penalty_ranks_as_openai_whisper():
     tokens = [[[1] * 2, [1] * 10]]
     sums = [[-1.0, -4.0]]
