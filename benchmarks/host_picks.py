@@ -3,7 +3,8 @@
     python benchmarks/host_picks.py --bundle B [--root OTHER_CHECKOUT] [--threads 2] [--long AUDIO]
 
 1. take_prompt of one window (the G = 5 rows of its prompt logits): beam 5 with timestamps, and best_of 5 at
-   temperature 0.4; one sampling step of 5 rows at temperature 0.4 (ms, best of 5 x 50).
+   temperature 0.4; one sampling step of 5 rows at temperature 0.4; one beam-search update of 5 beams (best of
+   5 repeats).
 2. the CPU backend's prompt step of a 5-row group at 4, 60 and 150 tokens: the 5 rows holding one prompt (run once
    and copied, ort_cpu._decode_shared) against 5 different prompts of the same width (every row computed).
 3. with --long: that audio transcribed with the CLI's decoding (beam 5, timestamps, fallback; seed 0), twice.
@@ -42,7 +43,7 @@ def main() -> None:
     from whisper_export.bundle import Bundle
     from whisper_export.runtime.decoding import WindowDecode
     from whisper_export.runtime.options import DecodingOptions
-    from whisper_export.runtime.sampling import GreedyDecoder
+    from whisper_export.runtime.sampling import BeamSearchDecoder, GreedyDecoder
 
     bundle = Bundle.open(args.bundle)
     tokenizer, dims = bundle.tokenizer(), bundle.dims
@@ -58,6 +59,13 @@ def main() -> None:
     logits = (rng.standard_normal((5, dims.n_vocab)) * 3).astype(np.float32)
     tokens, sums = np.zeros((5, 10), np.int64), np.zeros(5)
     print(f"sampling step, 5 rows, T 0.4: {_best_ms(lambda: decoder.update(tokens, logits, sums)):.3f} ms")
+    beams = rng.integers(200, 20000, (5, 60))  # 5 different beams of 60 tokens
+    top = rng.integers(200, 20000, (5, 6))
+    top_logprobs = -np.sort(rng.random((5, 6)) * 3, axis=1)
+
+    def beam_update():
+        BeamSearchDecoder(5, tokenizer.special.eot).update_top(beams, top, top_logprobs, np.zeros(5))
+    print(f"beam update, 5 beams of 60 tokens (update_top): {_best_ms(beam_update, 500) * 1e3:.1f} us")
 
     backend = OnnxRuntimeBackend(bundle, threads=args.threads)
     cross = backend.encode(np.zeros((1, dims.n_mels, 3000), np.float32))
