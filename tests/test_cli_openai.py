@@ -264,12 +264,14 @@ def test_seed_makes_sampling_and_fallback_reproducible(fox, tiny_bundle, tmp_pat
 def test_best_of_keeps_the_most_likely_sample(fox, tiny_bundle, tmp_path):
     path, _ = fox
 
-    def avg_logprob(best_of: str) -> float:
-        result = ours(tiny_bundle, path, tmp_path, "--temperature", "1", *NO_FALLBACK, "--seed", "3",
+    def avg_logprob(best_of: str, seed: str) -> float:
+        result = ours(tiny_bundle, path, tmp_path, "--temperature", "1", *NO_FALLBACK, "--seed", seed,
                       "--without-timestamps", "--sample-len", "24", "--best-of", best_of)
         return result["segments"][0]["avg_logprob"]
 
-    assert avg_logprob("8") > avg_logprob("1")
+    # summed over three seeds: one single sample can be luckier than the best of eight others (a few % of seeds)
+    seeds = ("0", "1", "2")
+    assert sum(avg_logprob("8", s) for s in seeds) > sum(avg_logprob("1", s) for s in seeds)
 
 
 def test_skip_silence_starts_windows_at_speech(two_windows, tiny_bundle, tmp_path):

@@ -86,7 +86,10 @@ def _start(tmp_path: Path, tiny_bundle: Path, first: Path, long_speech: Path) ->
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-m", "cli", "transcribe", str(first), str(long_speech), "--bundle", str(tiny_bundle),
             "-o", str(out), "-f", "all", "--batch-size", "1", *FAST]
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as at a terminal, also where the test run itself was started in the background (a shell without job
+    # control starts background commands with SIGINT ignored, and Python keeps an ignored SIGINT ignored)
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wanted = [out / f"{first.stem}.{fmt}" for fmt in ("txt", "json", "srt", "vtt", "tsv")]
     deadline = time.monotonic() + 300
     while not all(p.exists() for p in wanted):

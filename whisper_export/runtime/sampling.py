@@ -145,10 +145,12 @@ class GreedyDecoder(TokenDecoder):
         np.exp(x, out=x)
         np.cumsum(x, axis=-1, out=x)  # (L, V): cumulative unnormalised probabilities
         own = np.minimum(np.arange(rows), len(x) - 1)  # each row's logits: its own, or the one shared row
-        targets = self.rng.random(rows) * x[own, -1]
-        # the first id whose running sum exceeds the target: never an id of probability 0
-        chosen = [np.searchsorted(x[r], target, side="right") for r, target in zip(own, targets)]
-        return np.minimum(np.asarray(chosen, np.int64), x.shape[1] - 1)
+        totals = x[own, -1]
+        # below the total even where u * total rounds up to it: the first id whose running sum exceeds the target
+        # then always has some probability
+        targets = np.minimum(self.rng.random(rows) * totals, np.nextafter(totals, 0))
+        chosen = np.asarray([np.searchsorted(x[r], t, side="right") for r, t in zip(own, targets)], np.int64)
+        return np.where(chosen < x.shape[1], chosen, 0)  # a row of -inf only: id 0, as an argmax of it
 
     def update_chosen(self, tokens, next_tokens, current, sum_logprobs):
         """update() once the tokens (R,) and their log-probabilities (R,) are chosen (a step that picks "best")."""
