@@ -144,5 +144,4 @@ def _one_prompt_per_group(request: StepRequest) -> bool:
     if g == 1 or n_new == 1 or request.cache_index() is not None or request.offsets.any():
         return False  # offset 0 only: rows past a prompt may hold different pasts
     tokens = request.tokens.reshape(rows // g, g, n_new)
-    offsets = request.offsets.reshape(rows // g, g)
-    return bool((tokens == tokens[:, :1]).all() and (offsets == offsets[:, :1]).all())
+    return bool((tokens == tokens[:, :1]).all())
