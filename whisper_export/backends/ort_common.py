@@ -15,6 +15,7 @@ from whisper_export.backends.base import Backend
 from whisper_export.backends.ort_align import AlignRunner, check_align_request
 from whisper_export.backends.cpu_info import physical_cores
 from whisper_export.backends.ort_sessions import open_session
+from whisper_export.backends.signed_int8 import cpu_multiplies_u8s8_exactly
 from whisper_export.bundle import Bundle, BundleError
 
 
@@ -48,12 +49,15 @@ class OrtBackend(Backend):
         self._dec_in = graph_io.decoder_inputs(n_layer, self.selects)
         self._no_bias = np.zeros(self.dims.n_vocab, np.float32)  # a selecting decoder's bias input, when unused
         self._align: AlignRunner | None = None  # align.onnx (ort_align.py), opened by the first align()
+        # an int8 bundle's MatMulInteger weights as int8 where MLAS's u8 x s8 kernel is exact (signed_int8.py)
+        self._signed_int8 = (self.device == "cpu" and (self.bundle.config.get("quantize") or {}).get("form")
+                             == "matmul_integer" and cpu_multiplies_u8s8_exactly())
 
     def _session(self, path: Path, inputs: list[str], outputs: list[str], graph: bool = False,
                  fixed: dict[str, int] | None = None) -> ort.InferenceSession:
         return open_session(path, inputs, outputs, device=self.device, device_id=self.device_id,
                             precision=self.precision, threads=self.threads, provider_options=self.provider_options,
-                            graph=graph, fixed=fixed)
+                            graph=graph, fixed=fixed, signed_int8=self._signed_int8)
 
     def _align_on(self, cross: Any, cross_type: type, audio_rows: np.ndarray, tokens: np.ndarray,
                   lengths: np.ndarray, frames: np.ndarray | None = None,

@@ -9,6 +9,7 @@ import onnxruntime as ort
 
 from whisper_export import graph_io
 from whisper_export.backends.base import BackendError
+from whisper_export.backends.signed_int8 import signed_model_bytes
 from whisper_export.bundle import BundleError
 
 
@@ -28,9 +29,10 @@ def providers(device: str, device_id: int, precision: str, provider_options: dic
 
 def open_session(path: Path, inputs: list[str], outputs: list[str], *, device: str, device_id: int, precision: str,
                  threads: int, provider_options: dict[str, str], graph: bool = False,
-                 fixed: dict[str, int] | None = None) -> ort.InferenceSession:
+                 fixed: dict[str, int] | None = None, signed_int8: bool = False) -> ort.InferenceSession:
     """graph: with CUDA graph capture (BackendError where onnxruntime refuses it); fixed: free dimensions
-    overridden (a session specialised to one step shape)."""
+    overridden (a session specialised to one step shape); signed_int8: the graph's uint8 MatMulInteger weights
+    given to onnxruntime as int8 (signed_int8.py: for CPUs where that kernel is exact)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -44,7 +46,8 @@ def open_session(path: Path, inputs: list[str], outputs: list[str], *, device: s
     for name, value in (fixed or {}).items():
         opts.add_free_dimension_override_by_name(name, value)
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts,
+        model = (signed_model_bytes(path) if signed_int8 else None) or str(path)
+        session = ort.InferenceSession(model, sess_options=opts,
                                        providers=providers(device, device_id, precision, provider_options, graph))
     except Exception as e:  # onnxruntime raises its own exception types for corrupt files
         if graph:
