@@ -7,8 +7,8 @@ Rerunnable: every step is cached in --work (default $WHISPER_EXPORT_CACHE_DIR or
 int8-bench/) and redone only when missing:
 1. clips: --clips English clips of 2-20 s synthesised with espeak-ng (several voices and speeds; sox to 16 kHz
    mono) from benchmarks/data/int8_sentences.txt (seeded), and refs.tsv (audio<TAB>text) beside them;
-2. per model: our float and int8 bundles (CPU: fp32 and ``export --int8``; CUDA: fp16 and quantize="int8-nbits",
-   both on onnxruntime's fused operators) and the same packaged weights as CTranslate2 models for faster-whisper
+2. per model: our float and int8 bundles (CPU: fp32 and ``export --int8``; CUDA: fp16 and quantize="int8-nbits";
+   all on onnxruntime's fused operators, export/on_demand.py's choice) and the same packaged weights as CTranslate2 models for faster-whisper
    (saved as a Hugging Face directory, then ctranslate2's converter: quantization="int8", and "float32" with
    --float-baseline);
 3. whole-process runs, interleaved round-robin (--repeats rounds): ``whisper-export transcribe`` on the bundle
@@ -109,7 +109,7 @@ def make_clips(work: Path, n: int, seed: int) -> Path:
 
 # our bundles per device: the float one that device runs fastest (export/on_demand.py's choice) and the int8 one
 VARIANTS = {
-    "cpu": {"fp32": {}, "int8": {"quantize": "int8"}},
+    "cpu": {"fp32": {"attention": "onnxruntime"}, "int8": {"attention": "onnxruntime", "quantize": "int8"}},
     # onnxruntime's CUDA provider has no DynamicQuantizeLinear kernel; MatMulNBits runs there (export/quantize.py)
     "cuda": {"fp16": {"precision": "fp16", "attention": "onnxruntime"},
              "int8": {"precision": "fp16", "attention": "onnxruntime", "quantize": "int8-nbits"}},
@@ -122,7 +122,8 @@ def export_bundles(model: str, work: Path, device: str) -> dict[str, Path]:
 
     out = {}
     for variant, options in VARIANTS[device].items():
-        target = work / f"bundle-{model}-{device}-{variant}"
+        attention = "" if options.get("attention", "onnx") == "onnx" else f"-{options['attention']}"
+        target = work / f"bundle-{model}-{device}-{variant}{attention}"
         if not (target / "manifest.json").is_file():
             _log(f"exporting {model} {variant} for {device}")
             export_bundle(load_checkpoint(model), target, ExportOptions(**options, overwrite=True), progress=lambda _: None)

@@ -22,14 +22,14 @@ VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 class Field(NamedTuple):
     number: int
     wire: int
-    payload: bytes | int  # int for varints, the raw bytes otherwise
+    payload: bytes | memoryview | int  # int for varints, the raw bytes otherwise
 
 
 class WireError(ValueError):
     """The bytes are not a whole protobuf message."""
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= len(buf):
@@ -50,8 +50,10 @@ def _put_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def fields(buf: bytes) -> list[Field]:
-    """The fields of one protobuf message, in order."""
+def fields(buf: bytes | memoryview) -> list[Field]:
+    """The fields of one protobuf message, in order. Payloads are views into `buf`, not copies (a model's graph
+    and its tensors would be copied once per level otherwise)."""
+    buf = buf if isinstance(buf, memoryview) else memoryview(buf)
     out, pos = [], 0
     while pos < len(buf):
         key, pos = _varint(buf, pos)
@@ -73,28 +75,32 @@ def fields(buf: bytes) -> list[Field]:
 
 
 def encode(message: list[Field]) -> bytes:
-    out = bytearray()
+    parts: list[bytes | memoryview] = []
     for f in message:
-        out += _put_varint(f.number << 3 | f.wire)
+        parts.append(_put_varint(f.number << 3 | f.wire))
         if f.wire == VARINT:
-            out += _put_varint(int(f.payload))
+            parts.append(_put_varint(int(f.payload)))
             continue
         payload = raw(f)
         if f.wire == LENGTH:
-            out += _put_varint(len(payload))
-        out += payload
-    return bytes(out)
+            parts.append(_put_varint(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
 
 
-def raw(f: Field) -> bytes:
-    assert isinstance(f.payload, bytes), f
+def raw(f: Field) -> bytes | memoryview:
+    assert isinstance(f.payload, (bytes, memoryview)), f
     return f.payload
 
 
-def strings(message: bytes, number: int) -> list[str]:
-    return [raw(f).decode() for f in fields(message) if f.number == number]
+def text(f: Field) -> str:
+    return bytes(raw(f)).decode()
 
 
-def first_string(message: bytes, number: int) -> str:
+def strings(message: bytes | memoryview, number: int) -> list[str]:
+    return [text(f) for f in fields(message) if f.number == number]
+
+
+def first_string(message: bytes | memoryview, number: int) -> str:
     names = strings(message, number)
     return names[0] if names else ""

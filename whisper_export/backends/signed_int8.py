@@ -39,6 +39,7 @@ from whisper_export.onnx_wire import (
     first_string,
     raw,
     strings,
+    text,
 )
 
 # /proc/cpuinfo flags of the x86 extensions whose u8 x s8 dot products accumulate in int32 (MLAS picks its
@@ -69,8 +70,8 @@ def cpu_multiplies_u8s8_exactly(cpuinfo: str = "/proc/cpuinfo") -> bool:
 def signed_weights(model: bytes) -> tuple[bytes, int]:
     """(the model with every MatMulInteger whose B is a uint8 initializer held in the model (raw_data) and whose B
     zero point is a uint8 128 rewritten onto int8 weights and zero point 0, how many were rewritten). A weight
-    that other nodes also read (the tied token embedding, which a Gather reads as uint8) keeps its uint8 form
-    beside an int8 copy; one that only the rewritten MatMulIntegers read is replaced. Works on the protobuf bytes
+    whose values other nodes also read (the tied token embedding, which a Gather reads as uint8) keeps its uint8
+    form beside an int8 copy; one that only the rewritten MatMulIntegers (and Shapes) read is replaced. Works on the protobuf bytes
     (onnx_wire.py): the runtime has no onnx package."""
     top = fields(model)
     graphs = [f for f in top if f.number == MODEL_GRAPH]
@@ -79,10 +80,11 @@ def signed_weights(model: bytes) -> tuple[bytes, int]:
     graph = fields(raw(graphs[0]))
     tensors = {first_string(raw(f), TENSOR_NAME): raw(f) for f in graph if f.number == GRAPH_INITIALIZER}
     nodes = [raw(f) for f in graph if f.number == GRAPH_NODE]
-    readers: dict[str, int] = {}
+    readers: dict[str, int] = {}  # nodes that read a tensor's values (a Shape reads only its dims)
     for node in nodes:
-        for name in set(strings(node, NODE_INPUT)):
-            readers[name] = readers.get(name, 0) + 1
+        if _op(node) != ("", "Shape"):
+            for name in set(strings(node, NODE_INPUT)):
+                readers[name] = readers.get(name, 0) + 1
     targets = [k for k, node in enumerate(nodes) if _signable(node, tensors)]
     if not targets:
         return model, 0
@@ -119,12 +121,17 @@ def signed_model_bytes(path: Path) -> bytes | None:
     return signed if rewritten and len(signed) <= MAX_REWRITTEN_BYTES else None
 
 
-def _signable(node: bytes, tensors: dict[str, bytes]) -> bool:
+def _op(node: bytes | memoryview) -> tuple[str, str]:
+    """(domain, op_type) of a node; the default domain is ""."""
     node_fields = fields(node)
-    op = [raw(f).decode() for f in node_fields if f.number == NODE_OP_TYPE]
-    domain = [raw(f).decode() for f in node_fields if f.number == NODE_DOMAIN]
-    inputs = [raw(f).decode() for f in node_fields if f.number == NODE_INPUT]
-    if op != ["MatMulInteger"] or domain not in ([], [""]) or len(inputs) < 4:
+    op = [text(f) for f in node_fields if f.number == NODE_OP_TYPE]
+    domain = [text(f) for f in node_fields if f.number == NODE_DOMAIN]
+    return (domain[0] if domain else "", op[0] if op else "")
+
+
+def _signable(node: bytes | memoryview, tensors: dict[str, bytes | memoryview]) -> bool:
+    inputs = strings(node, NODE_INPUT)
+    if _op(node) != ("", "MatMulInteger") or len(inputs) < 4:
         return False
     weights, zero_point = tensors.get(inputs[1]), tensors.get(inputs[3])
     return (weights is not None and zero_point is not None and _uint8_data(weights) is not None
@@ -159,7 +166,7 @@ def _with_inputs(node: bytes, replaced: dict[int, str]) -> bytes:
     out, k = [], 0
     for f in fields(node):
         if f.number == NODE_INPUT:
-            f = Field(NODE_INPUT, LENGTH, replaced.get(k, raw(f).decode()).encode())
+            f = Field(NODE_INPUT, LENGTH, replaced.get(k, text(f)).encode())
             k += 1
         out.append(f)
     return encode(out)

@@ -17,8 +17,8 @@ K, N, V = 48, 40, 30
 
 
 def _model(rng, zero_point: int = 128) -> tuple[bytes, np.ndarray, np.ndarray]:
-    """y = MatMulInteger(x, w, 128, zero point) twice (one weight shared by two matmuls and a Gather, one read
-    only by a matmul), as export --int8 writes them. Small values: no u8 x s8 kernel saturates on them."""
+    """y = MatMulInteger(x, w, 128, zero point) three times (one weight shared by two matmuls and a Gather, one
+    read by a matmul and a Shape), as export --int8 writes them. Small values: no u8 x s8 kernel saturates on them."""
     shared = (rng.integers(-20, 21, (K, N)) + 128).astype(np.uint8)
     alone = (rng.integers(-20, 21, (N, V)) + 128).astype(np.uint8)
     nodes = [
@@ -29,13 +29,15 @@ def _model(rng, zero_point: int = 128) -> tuple[bytes, np.ndarray, np.ndarray]:
         helper.make_node("DynamicQuantizeLinear", ["sum_u8_rows"], ["q", "q_scale", "q_zero"]),
         helper.make_node("MatMulInteger", ["q", "alone", "q_zero", "w_zero"], ["y"]),
         helper.make_node("Gather", ["shared", "ids"], ["rows"], axis=0),
+        helper.make_node("Shape", ["alone"], ["dims"]),  # reads only the dims, as export's output shapes do
     ]
     graph = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, K]),
          helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [None, V]),
-         helper.make_tensor_value_info("rows", TensorProto.UINT8, [None, N])],
+         helper.make_tensor_value_info("rows", TensorProto.UINT8, [None, N]),
+         helper.make_tensor_value_info("dims", TensorProto.INT64, [2])],
         [numpy_helper.from_array(shared, "shared"), numpy_helper.from_array(alone, "alone"),
          numpy_helper.from_array(np.array(128, np.uint8), "x_zero"),
          numpy_helper.from_array(np.array(zero_point, np.uint8), "w_zero")])
@@ -62,7 +64,10 @@ def test_the_rewrite_signs_the_matmul_weights_and_leaves_what_else_reads_them():
         assert weights.dtype == np.int8 and zero.dtype == np.int8 and zero.item() == 0
         np.testing.assert_array_equal(weights, original.astype(np.int16) - 128)
     assert matmuls[0].input[1] == matmuls[1].input[1] != "shared"  # one int8 copy for both
-    assert matmuls[2].input[1] == "alone"  # read only by a matmul: replaced under its own name
+    assert matmuls[2].input[1] == "alone"  # its values read only by a matmul: replaced under its own name
+    # nothing else copied: alone replaced in place (its Shape reads only dims), one int8 copy of shared, one zero
+    added = {matmuls[0].input[1], matmuls[0].input[3]}
+    assert {t.name for t in read.graph.initializer} == {"shared", "alone", "x_zero", "w_zero"} | added
     gather = next(n for n in read.graph.node if n.op_type == "Gather")
     assert gather.input[0] == "shared" and tensors["shared"].dtype == np.uint8
     np.testing.assert_array_equal(tensors["shared"], shared)

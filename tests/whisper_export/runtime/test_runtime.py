@@ -233,13 +233,13 @@ def test_load_errors(tiny_bundle, tmp_path):
 
 
 def test_load_without_bundle_exports_the_default_model_once(tmp_path, monkeypatch, clips):
-    from whisper_export.export.on_demand import cached_bundle_dir
+    from whisper_export.export.on_demand import ON_DEMAND, cached_bundle_dir
 
     monkeypatch.setenv("WHISPER_EXPORT_CACHE_DIR", str(tmp_path))
     path = clips["en_fox.wav"]["path"]
     with WhisperRuntime.load() as rt:
         first = rt.transcribe(path, beam_size=1)
-    cached = cached_bundle_dir(None)
+    cached = cached_bundle_dir(None, *ON_DEMAND["cpu"])
     assert cached.parent.parent == tmp_path and (cached / "manifest.json").is_file()
     stamp = (cached / "decoder.onnx").stat().st_mtime_ns
     with WhisperRuntime.load(model="tiny.en") as rt:  # the same bundle, not exported again
