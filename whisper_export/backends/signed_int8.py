@@ -71,7 +71,8 @@ def signed_weights(model: bytes) -> tuple[bytes, int]:
     """(the model with every MatMulInteger whose B is a uint8 initializer held in the model (raw_data) and whose B
     zero point is a uint8 128 rewritten onto int8 weights and zero point 0, how many were rewritten). A weight
     whose values other nodes also read (the tied token embedding, which a Gather reads as uint8) keeps its uint8
-    form beside an int8 copy; one that only the rewritten MatMulIntegers (and Shapes) read is replaced. Works on the protobuf bytes
+    form beside an int8 copy; one that only the rewritten MatMulIntegers (and Shapes) read is replaced. Weights
+    in external data files (graphs over 1 GB of weights) keep their uint8 form. Works on the protobuf bytes
     (onnx_wire.py): the runtime has no onnx package."""
     top = fields(model)
     graphs = [f for f in top if f.number == MODEL_GRAPH]
