@@ -20,7 +20,9 @@ import numpy as np
 
 from whisper_export.onnx_wire import (
     GRAPH_INITIALIZER,
+    GRAPH_INPUT,
     GRAPH_NODE,
+    GRAPH_OUTPUT,
     LENGTH,
     MODEL_GRAPH,
     NODE_DOMAIN,
@@ -31,6 +33,7 @@ from whisper_export.onnx_wire import (
     TENSOR_DIMS,
     TENSOR_NAME,
     TENSOR_RAW_DATA,
+    VALUE_INFO_NAME,
     VARINT,
     Field,
     WireError,
@@ -47,6 +50,7 @@ from whisper_export.onnx_wire import (
 EXACT_U8S8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 ZERO_POINT = 128  # export/quantize.py's storage of symmetric 8-bit weights
 UINT8, INT8 = 2, 3  # TensorProto.DataType
+SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan"})
 # protobuf cannot serialise a model of 2 GiB or more: larger graphs keep their uint8 weights
 MAX_REWRITTEN_BYTES = 2**31 - 2**26
 
@@ -81,7 +85,10 @@ def signed_weights(model: bytes) -> tuple[bytes, int]:
     graph = fields(raw(graphs[0]))
     tensors = {first_string(raw(f), TENSOR_NAME): raw(f) for f in graph if f.number == GRAPH_INITIALIZER}
     nodes = [raw(f) for f in graph if f.number == GRAPH_NODE]
-    readers: dict[str, int] = {}  # nodes that read a tensor's values (a Shape reads only its dims)
+    if any(_op(node)[1] in SUBGRAPH_OPS for node in nodes):
+        return model, 0  # readers inside subgraphs are not counted here: left as exported
+    # what reads a tensor's values: nodes (a Shape reads only its dims), the graph's inputs and outputs by name
+    readers = {first_string(raw(f), VALUE_INFO_NAME): 1 for f in graph if f.number in (GRAPH_INPUT, GRAPH_OUTPUT)}
     for node in nodes:
         if _op(node) != ("", "Shape"):
             for name in set(strings(node, NODE_INPUT)):

@@ -84,8 +84,8 @@ class WhisperRuntime:
     ) -> "WhisperRuntime":
         """bundle_dir: an exported bundle (onnxruntime; tensorrt after ``whisper-export build``); without one,
         model (a checkpoint name or path; None = the packaged tiny.en) is exported once into the user cache, as
-        the device runs it fastest (bundle_cache.ON_DEMAND: fp32 for a CPU, fp16 with attention="onnxruntime"
-        for CUDA).
+        the device runs it fastest (on_demand.ON_DEMAND: attention="onnxruntime", fp32 for a CPU, fp16 for
+        CUDA).
         backend "torch" runs the checkpoint itself (model may also be a reference_model Checkpoint)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend: received {backend!r}, expected one of {', '.join(BACKENDS)}")

@@ -78,6 +78,19 @@ def test_the_rewrite_signs_the_matmul_weights_and_leaves_what_else_reads_them():
         np.testing.assert_array_equal(got, expected)
 
 
+def test_a_weight_that_is_also_a_graph_output_is_copied_not_replaced():
+    model, _, alone = _model(np.random.default_rng(1))
+    read = onnx.load_from_string(model)
+    read.graph.output.append(helper.make_tensor_value_info("alone", TensorProto.UINT8, [N, V]))
+    signed, rewritten = signed_weights(read.SerializeToString())
+    assert rewritten == 3
+    out = onnx.load_from_string(signed)
+    tensors = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
+    assert tensors["alone"].dtype == np.uint8  # the output keeps its type and values
+    np.testing.assert_array_equal(tensors["alone"], alone)
+    onnx.checker.check_model(out, full_check=True)
+
+
 def test_a_matmul_with_another_zero_point_is_left_as_it_is():
     model, _, _ = _model(np.random.default_rng(0), zero_point=127)
     assert signed_weights(model) == (model, 0)
