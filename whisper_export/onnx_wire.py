@@ -104,3 +104,11 @@ def strings(message: bytes | memoryview, number: int) -> list[str]:
 def first_string(message: bytes | memoryview, number: int) -> str:
     names = strings(message, number)
     return names[0] if names else ""
+
+
+def model_graph(top: list[Field]) -> list[Field]:
+    """The fields of a model's one graph, from the model's own fields."""
+    graphs = [f for f in top if f.number == MODEL_GRAPH]
+    if len(graphs) != 1:
+        raise WireError(f"onnx model: received a model with {len(graphs)} graphs, expected 1")
+    return fields(raw(graphs[0]))

@@ -36,12 +36,11 @@ from whisper_export.onnx_wire import (
     VALUE_INFO_NAME,
     VARINT,
     Field,
-    WireError,
     encode,
     fields,
     first_string,
+    model_graph,
     raw,
-    strings,
     text,
 )
 
@@ -79,31 +78,29 @@ def signed_weights(model: bytes) -> tuple[bytes, int]:
     in external data files (graphs over 1 GB of weights) keep their uint8 form. Works on the protobuf bytes
     (onnx_wire.py): the runtime has no onnx package."""
     top = fields(model)
-    graphs = [f for f in top if f.number == MODEL_GRAPH]
-    if len(graphs) != 1:
-        raise WireError(f"onnx model: received a model with {len(graphs)} graphs, expected 1")
-    graph = fields(raw(graphs[0]))
+    graph = model_graph(top)
     tensors = {first_string(raw(f), TENSOR_NAME): raw(f) for f in graph if f.number == GRAPH_INITIALIZER}
     nodes = [raw(f) for f in graph if f.number == GRAPH_NODE]
-    if any(_op(node)[1] in SUBGRAPH_OPS for node in nodes):
+    parsed = [_parse(node) for node in nodes]
+    if any(op in SUBGRAPH_OPS for (_, op), _ in parsed):
         return model, 0  # readers inside subgraphs are not counted here: left as exported
     # what reads a tensor's values: nodes (a Shape reads only its dims), the graph's inputs and outputs by name
     readers = {first_string(raw(f), VALUE_INFO_NAME): 1 for f in graph if f.number in (GRAPH_INPUT, GRAPH_OUTPUT)}
-    for node in nodes:
-        if _op(node) != ("", "Shape"):
-            for name in set(strings(node, NODE_INPUT)):
+    for op, inputs in parsed:
+        if op != ("", "Shape"):
+            for name in set(inputs):
                 readers[name] = readers.get(name, 0) + 1
-    targets = [k for k, node in enumerate(nodes) if _signable(node, tensors)]
+    targets = [k for k, (op, inputs) in enumerate(parsed) if _signable(op, inputs, tensors)]
     if not targets:
         return model, 0
     weight_readers: dict[str, int] = {}
     for k in targets:
-        name = strings(nodes[k], NODE_INPUT)[1]
+        name = parsed[k][1][1]
         weight_readers[name] = weight_readers.get(name, 0) + 1
     zero = _unused_name(tensors, "signed_int8_zero_point")
     renamed = {w: w if readers[w] == n else _unused_name(tensors, f"{w}_int8") for w, n in weight_readers.items()}
     for k in targets:
-        nodes[k] = _with_inputs(nodes[k], {1: renamed[strings(nodes[k], NODE_INPUT)[1]], 3: zero})
+        nodes[k] = _with_inputs(nodes[k], {1: renamed[parsed[k][1][1]], 3: zero})
     added = [_int8_tensor(zero, [], b"\x00")]
     added += [_signed(tensors[w], name) for w, name in renamed.items() if name != w]
     in_place = {w for w, name in renamed.items() if name == w}
@@ -129,17 +126,17 @@ def signed_model_bytes(path: Path) -> bytes | None:
     return signed if rewritten and len(signed) <= MAX_REWRITTEN_BYTES else None
 
 
-def _op(node: bytes | memoryview) -> tuple[str, str]:
-    """(domain, op_type) of a node; the default domain is ""."""
+def _parse(node: bytes | memoryview) -> tuple[tuple[str, str], list[str]]:
+    """((domain, op_type), inputs) of a node; the default domain is ""."""
     node_fields = fields(node)
     op = [text(f) for f in node_fields if f.number == NODE_OP_TYPE]
     domain = [text(f) for f in node_fields if f.number == NODE_DOMAIN]
-    return (domain[0] if domain else "", op[0] if op else "")
+    inputs = [text(f) for f in node_fields if f.number == NODE_INPUT]
+    return (domain[0] if domain else "", op[0] if op else ""), inputs
 
 
-def _signable(node: bytes | memoryview, tensors: dict[str, bytes | memoryview]) -> bool:
-    inputs = strings(node, NODE_INPUT)
-    if _op(node) != ("", "MatMulInteger") or len(inputs) < 4:
+def _signable(op: tuple[str, str], inputs: list[str], tensors: dict[str, bytes | memoryview]) -> bool:
+    if op != ("", "MatMulInteger") or len(inputs) < 4:
         return False
     weights, zero_point = tensors.get(inputs[1]), tensors.get(inputs[3])
     return (weights is not None and zero_point is not None and _uint8_data(weights) is not None

@@ -22,11 +22,12 @@ from whisper_export.onnx_wire import (
     VALUE_INFO_NAME,
     Field,
     WireError,
-    first_string,
-    raw,
-    strings,
     encode,
     fields,
+    first_string,
+    model_graph,
+    raw,
+    strings,
 )
 
 __all__ = ["CutError", "cut", "encode", "fields"]
@@ -40,10 +41,7 @@ def cut(model: bytes, tensor: str) -> tuple[bytes, bytes]:
     inputs its nodes read) and computes the model's outputs. The cut is before the first node reading `tensor`;
     no node of the back half may read anything else the front half makes."""
     top = fields(model)
-    graphs = [f for f in top if f.number == MODEL_GRAPH]
-    if len(graphs) != 1:
-        raise CutError(f"onnx cut: received a model with {len(graphs)} graphs, expected 1")
-    graph = fields(raw(graphs[0]))
+    graph = model_graph(top)
     nodes = [raw(f) for f in graph if f.number == GRAPH_NODE]
     at = next((k for k, n in enumerate(nodes) if tensor in strings(n, NODE_INPUT)), None)
     if at is None:
