@@ -22,12 +22,9 @@ def encoder_graph(
     n_frames = 2 * dims.n_audio_ctx
     mel = g.input(io.MEL, TensorProto.FLOAT, ["batch", dims.n_mels, n_frames])
     x = mel if g.elem == TensorProto.FLOAT else g.op("Cast", [mel], to=g.elem)
+    x = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, n_frames, n_mels)
     for i, stride in ((1, 1), (2, 2)):
-        w = g.weight(f"encoder.conv{i}.weight", state[f"encoder.conv{i}.weight"])
-        b = g.weight(f"encoder.conv{i}.bias", state[f"encoder.conv{i}.bias"])
-        x = g.op("Conv", [x, w, b], kernel_shape=[3], pads=[1, 1], strides=[stride])
-        x = g.op("Gelu", [x])
-    x = g.op("Transpose", [x], perm=[0, 2, 1])  # (B, n_audio_ctx, D)
+        x = g.op("Gelu", [_conv3(g, x, state, f"encoder.conv{i}", n_frames, stride)])
     x = g.op("Add", [x, g.weight("encoder.positional_embedding", state["encoder.positional_embedding"])])
     for i in range(dims.n_audio_layer):
         p = f"encoder.blocks.{i}"
@@ -42,6 +39,19 @@ def encoder_graph(
             kv = nn.split_heads(nn.linear(x, f"decoder.blocks.{i}.cross_attn.{proj}"), dims.n_text_head)
             g.output(next(names), kv, g.elem, kv_shape)
     return g.model(opset, metadata)
+
+
+def _conv3(g: GraphBuilder, x: str, state: dict[str, np.ndarray], prefix: str, n_in: int, stride: int) -> str:
+    """A kernel-3, padding-1 Conv1d over time-major x (B, n_in, C) as one MatMul: the three taps side by side
+    (B, n_in / stride, 3C) times the kernel laid out tap-major (3C, O), so no convolution kernel (cuDNN's plan
+    per input shape on CUDA) runs."""
+    w = state[f"{prefix}.weight"]  # (O, C, 3)
+    padded = g.op("Pad", [x, g.const([0, 1, 0, 0, 1, 0])])  # (B, n_in + 2, C)
+    taps = [g.op("Slice", [padded, g.const([k]), g.const([k + n_in]), g.const([1]), g.const([stride])])
+            for k in range(3)]  # 3 x (B, n_in / stride, C)
+    kernel = g.weight(f"{prefix}.weight_taps", w.transpose(2, 1, 0).reshape(-1, w.shape[0]))  # (3C, O)
+    y = g.op("MatMul", [g.op("Concat", taps, axis=2), kernel])
+    return g.op("Add", [y, g.weight(f"{prefix}.bias", state[f"{prefix}.bias"])])
 
 
 class DecoderIO:

@@ -81,7 +81,8 @@ def test_int8_bundle_is_under_30_percent_of_fp32(tiny_bundle, tiny_bundle_int8):
 
 def test_int8_graphs_keep_float_io_norms_and_no_float_matrices(tiny_bundle_int8):
     """Every MatMul/Gemm weight and the token embedding are integers; the graph I/O (logits, caches, cross K/V),
-    LayerNorm and the positional embeddings stay float32; the config still says fp32 for the runtime."""
+    LayerNorm, the positional embeddings and the encoder's convolution stem (two MatMuls over its kernel taps, as
+    float as when it was a Conv) stay float32; the config still says fp32 for the runtime."""
     bundle = Bundle.open(tiny_bundle_int8)
     assert bundle.precision == "fp32" and bundle.config["quantize"]["bits"] == 8
     dims = bundle.dims
@@ -89,13 +90,15 @@ def test_int8_graphs_keep_float_io_norms_and_no_float_matrices(tiny_bundle_int8)
         model = onnx.load(str(path))
         # each MLP's second matmul (after the GELU) quantizes its rows asymmetrically, from their minimum
         assert sum(n.op_type == "ReduceMin" for n in model.graph.node) == layers
-        float_matrices = [t.name for t in model.graph.initializer
-                          if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and "positional" not in t.name]
-        assert not float_matrices, float_matrices
+        stem = {"encoder.conv1.weight_taps", "encoder.conv2.weight_taps"} if path == bundle.encoder_path else set()
+        float_matrices = {t.name for t in model.graph.initializer
+                          if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and "positional" not in t.name}
+        assert float_matrices == stem, float_matrices
         assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
         ops = {n.op_type for n in model.graph.node}
-        # attention="onnx": attention is the Attention operator, so every MatMul left would be a float projection
-        assert {"LayerNormalization", "Attention", "MatMulInteger"} <= ops and not ops & {"MatMul", "Gemm"}, ops
+        # attention="onnx": attention is the Attention operator, so every MatMul but the stem's is a float projection
+        assert {"LayerNormalization", "Attention", "MatMulInteger"} <= ops and "Gemm" not in ops, ops
+        assert sum(n.op_type == "MatMul" for n in model.graph.node) == len(stem)
         config = json.loads(next(p.value for p in model.metadata_props if p.key == io.METADATA_KEY))
         assert config["quantize"] == bundle.config["quantize"]
     embedding = next(t for t in onnx.load(str(bundle.decoder_path)).graph.initializer

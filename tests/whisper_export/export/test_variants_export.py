@@ -42,8 +42,13 @@ def test_fp16_checkpoint_exports_to_fp16_bit_for_bit(turbo_hf, turbo_bundle_fp16
     state = load_checkpoint(turbo_hf).state
     bundle = Bundle.open(turbo_bundle_fp16)
     encoder, decoder = initializers(bundle.encoder_path), initializers(bundle.decoder_path)
-    for name in ("encoder.conv1.weight", "encoder.blocks.5.mlp_ln.weight", "encoder.ln_post.bias"):
+    for name in ("encoder.conv1.bias", "encoder.blocks.5.mlp_ln.weight", "encoder.ln_post.bias"):
         assert encoder[name].dtype == np.float16 and encoder[name].tobytes() == state[name].tobytes(), name
+    # the convolution stem's kernel (out, in, tap) is stored tap-major (tap * in + in, out) for its one MatMul
+    conv1 = state["encoder.conv1.weight"]
+    taps = np.ascontiguousarray(conv1.transpose(2, 1, 0).reshape(-1, conv1.shape[0]))
+    assert encoder["encoder.conv1.weight_taps"].dtype == np.float16
+    assert encoder["encoder.conv1.weight_taps"].tobytes() == taps.tobytes()
     for name in ("decoder.token_embedding.weight", "decoder.positional_embedding"):
         assert decoder[name].dtype == np.float16 and decoder[name].tobytes() == state[name].tobytes(), name
     # projections are stored transposed (x @ W.T); the query's attention scale 1/4 is a power of two: exact
