@@ -9,7 +9,6 @@ import shutil
 import stat
 import subprocess
 import wave
-from pathlib import Path
 
 import pytest
 
